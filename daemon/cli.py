@@ -1,0 +1,161 @@
+"""The ``dronesync`` command line (also ``python -m daemon``).
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage error, 78 configuration error (EX_CONFIG).
+Expected errors end with one clear message and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from daemon import __version__, control, logs
+from daemon.config import Settings, config_path, load_config, runtime_problems, runtime_warnings
+from daemon.config_example import example
+from daemon.errors import EXIT_OK, ConfigError, DronesyncError, UsageError
+from daemon.journal import Journal
+from daemon.status import read_live, render, snapshot
+
+ANSWER_TIMEOUT_S = 2.5
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        help="configuration file (default: $DRONESYNC_CONFIG, else /etc/dronesync/dronesync.toml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="dronesync",
+        description="Ingest drone images from cards and folders, upload them, start processing.",
+    )
+    parser.add_argument("--version", action="version", version=f"dronesync {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    status = sub.add_parser("status", parents=[common], help="datasets and their files")
+    status.add_argument("dataset", nargs="?", help="only this dataset")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--files", action="store_true", help="list every file")
+    retry = sub.add_parser("retry", parents=[common], help="failed files back to waiting")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("dataset", nargs="?", help="dataset whose failed files to retry")
+    which.add_argument("--all", action="store_true", help="every dataset")
+    process = sub.add_parser("process", parents=[common], help="start processing now")
+    process.add_argument("dataset")
+    cancel = sub.add_parser("cancel", parents=[common], help="stop uploading a dataset")
+    cancel.add_argument("dataset")
+    config = sub.add_parser("config", help="check or print the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_sub.add_parser("check", parents=[common], help="validate the configuration")
+    config_sub.add_parser("example", help="print an annotated example configuration")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dronesync`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"dronesync: {line}", file=sys.stderr)
+        return exc.exit_code
+    except DronesyncError as exc:
+        print(f"dronesync: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _settings(args: argparse.Namespace) -> tuple[Path, Settings]:
+    path = config_path(args.config)
+    return path, load_config(path)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "config":
+        if args.config_command == "example":
+            sys.stdout.write(example())
+            return EXIT_OK
+        path, settings = _settings(args)
+        problems = runtime_problems(path, settings)
+        if problems:
+            raise ConfigError(problems)
+        for note in runtime_warnings(settings):
+            print(f"note: {note}")
+        print(f"{path}: ok ({len(settings.sources)} sources, {len(settings.targets)} targets)")
+        return EXIT_OK
+    path, settings = _settings(args)
+    if args.command == "run":
+        return _run(path, settings)
+    if args.command == "status":
+        return _status(settings, args)
+    return _request(settings, args)
+
+
+def _run(path: Path, settings: Settings) -> int:
+    from daemon.service import Daemon  # noqa: PLC0415 (keep `status` light)
+
+    problems = runtime_problems(path, settings)
+    if problems:
+        raise ConfigError(problems)
+    logs.configure(settings.log_level)
+    return asyncio.run(Daemon(path, settings).run())
+
+
+def _journal(settings: Settings) -> Journal:
+    from daemon.service import JOURNAL  # noqa: PLC0415
+
+    path = settings.state_dir / JOURNAL
+    if not path.exists():
+        raise UsageError(
+            f"{path}: no journal yet; start the daemon (`dronesync run`) to create it"
+        )
+    return Journal.open(path, readonly=True)
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    import time  # noqa: PLC0415
+
+    journal = _journal(settings)
+    try:
+        if args.dataset and journal.dataset_by_name(args.dataset) is None:
+            raise UsageError(f"no dataset named {args.dataset!r}; see `dronesync status`")
+        now = time.time()
+        doc = snapshot(
+            journal, read_live(settings.state_dir, now), dataset=args.dataset, files=args.files
+        )
+    finally:
+        journal.close()
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(render(doc, bars=sys.stdout.isatty(), now=now))
+    return EXIT_OK
+
+
+def _request(settings: Settings, args: argparse.Namespace) -> int:
+    dataset: str | None = None if getattr(args, "all", False) else args.dataset
+    if dataset is not None:
+        journal = _journal(settings)
+        try:
+            if journal.dataset_by_name(dataset) is None:
+                raise UsageError(f"no dataset named {dataset!r}; see `dronesync status`")
+        finally:
+            journal.close()
+    request = control.submit(settings.state_dir, args.command, dataset)
+    if not control.daemon_running(settings.state_dir):
+        print("queued: the daemon is not running; it applies this when it starts")
+        return EXIT_OK
+    answer = control.wait_answer(request, ANSWER_TIMEOUT_S)
+    if answer is None:
+        print("queued: the daemon has not answered yet; it applies this shortly")
+        return EXIT_OK
+    print(answer)
+    return EXIT_OK if not answer.startswith("not done") else 1

@@ -1,0 +1,395 @@
+"""The configuration model: one TOML file, validated by pydantic-settings.
+
+The model is the single source of truth: ``dronesync config example`` is generated from the
+field descriptions below, and components receive their own sub-model, never the whole file.
+Every problem in a file is reported at once, one line each, naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import fnmatch
+import os
+import re
+import string
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from daemon.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/dronesync/dronesync.toml")
+IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.dng"]
+DAY_S = 86_400.0
+
+_toml_path: contextvars.ContextVar[Path] = contextvars.ContextVar("toml_path")
+
+
+def config_path(explicit: Path | None) -> Path:
+    """The config file to use: ``--config``, else ``$DRONESYNC_CONFIG``, else the system one."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("DRONESYNC_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def _default_state_dir() -> Path:
+    # Under systemd, StateDirectory= hands us the folder it created with the right owner.
+    return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/dronesync").split(":")[0])
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_placeholders(template: str, allowed: set[str]) -> str:
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"{exc}; write a literal brace as {{{{ or }}}}") from exc
+    unknown = names - allowed
+    if unknown:
+        bad = ", ".join(sorted("{" + n + "}" for n in unknown))
+        known = ", ".join(sorted("{" + n + "}" for n in allowed))
+        raise ValueError(f"unknown placeholder {bad}; use {known}")
+    return template
+
+
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """A case-insensitive matcher for one include/exclude glob."""
+    return re.compile(fnmatch.translate(pattern), re.IGNORECASE)
+
+
+class UploadSettings(_Model):
+    """Engine-wide knobs shared by every target."""
+
+    concurrency: int = Field(4, ge=1, le=64, description="Files uploaded at the same time.")
+    attempts: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="Attempts per file before it is marked failed (`dronesync retry` resets).",
+    )
+    quick_retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Of those, retries made at once in the worker before the file is parked.",
+    )
+    backoff_initial_s: float = Field(
+        2.0, gt=0, le=3600, description="First wait after a transient failure (full jitter)."
+    )
+    backoff_max_s: float = Field(
+        300.0, gt=0, le=DAY_S, description="Longest wait between two attempts of one file."
+    )
+    stall_s: float = Field(
+        60.0, gt=0, le=DAY_S, description="Abort and retry a transfer that made no progress."
+    )
+    bandwidth_limit: int | None = Field(
+        None,
+        ge=1024,
+        description="Upload limit in bytes per second for all transfers together; unset: none.",
+        json_schema_extra={"example": 10_000_000},
+    )
+    hash_workers: int = Field(2, ge=1, le=32, description="Threads hashing new files.")
+
+
+class DirectoryTargetConfig(_Model):
+    """A local folder or a mounted NAS share: the embedded default target."""
+
+    type: Literal["directory"] = Field(description="Target implementation.")
+    path: Path = Field(
+        description="Folder that receives one sub-folder per dataset.",
+        json_schema_extra={"example": "/srv/drone-archive"},
+    )
+    process_command: list[str] | None = Field(
+        None,
+        description=(
+            "Run once per dataset when it is processed; {dataset} and {dataset_dir} are"
+            " replaced inside each argument. Exit code 0 means processed."
+        ),
+        json_schema_extra={"example": ["/usr/local/bin/process-dataset", "{dataset_dir}"]},
+    )
+    process_timeout_s: float = Field(
+        DAY_S, gt=0, le=7 * DAY_S, description="Processing that runs longer is stopped, failed."
+    )
+    duplicate_scope: Literal["target", "dataset"] = Field(
+        "target",
+        description='"target": content already sent to this target is a duplicate; "dataset":'
+        " only within the same dataset.",
+    )
+
+    @field_validator("process_command")
+    @classmethod
+    def _command_ok(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if not value or not value[0].strip():
+            raise ValueError("must name a program, e.g. [\"/usr/local/bin/process\", \"{dataset_dir}\"]")
+        for arg in value:
+            _check_placeholders(arg, {"dataset", "dataset_dir"})
+        return value
+
+
+TargetConfig = Annotated[DirectoryTargetConfig, Field(discriminator="type")]
+
+
+class SourceConfig(_Model):
+    """Where images come from, how folders map to datasets, and when a dataset is done."""
+
+    path: Path = Field(
+        description="A folder to watch (a glob such as /run/dronesync/cards/* for card mounts).",
+        json_schema_extra={"example": "/srv/drone-inbox"},
+    )
+    target: str = Field(
+        description="Name of a [targets.NAME] table.", json_schema_extra={"example": "archive"}
+    )
+    layout: Literal["subfolders", "single"] = Field(
+        "subfolders",
+        description='"subfolders": each immediate sub-folder is a dataset; "single": the whole'
+        " folder is one dataset.",
+    )
+    dataset: str = Field(
+        "{folder}",
+        min_length=1,
+        description="Dataset name template: {folder} (the dataset folder's name), {source}"
+        " (the watched folder's name).",
+    )
+    include: list[str] = Field(
+        default_factory=lambda: list(IMAGE_PATTERNS),
+        description="Files to take (globs, case-insensitive; a pattern with / matches the path"
+        " inside the dataset folder).",
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Files to leave alone, even when included.",
+        json_schema_extra={"example": ["*_thumb.jpg"]},
+    )
+    stable_s: float = Field(
+        3.0, ge=0, le=3600, description="A file is ready when unchanged this long."
+    )
+    quiet_s: float = Field(
+        600.0,
+        ge=0,
+        le=7 * DAY_S,
+        description="Processing starts when no file of the dataset changed this long.",
+    )
+    auto_process: bool = Field(
+        True, description="false: the dataset waits as ready for `dronesync process`."
+    )
+    poll_s: float | None = Field(
+        None,
+        ge=0.5,
+        le=3600,
+        description="Poll every so many seconds instead of using inotify (NFS, SMB, FUSE).",
+        json_schema_extra={"example": 10},
+    )
+    rescan_s: float = Field(
+        900.0, ge=5, le=DAY_S, description="Full rescan interval; events only make it sooner."
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_ok(cls, value: str) -> str:
+        return _check_placeholders(value, {"folder", "source"})
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _globs_ok(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not pattern.strip():
+                raise ValueError("empty glob; remove it")
+            if pattern.startswith("/"):
+                raise ValueError(f"glob {pattern!r} is absolute; patterns match inside a dataset")
+            if pattern.count("[") != pattern.count("]"):
+                raise ValueError(f"glob {pattern!r} has an unclosed [ ]")
+            compile_glob(pattern)
+        return value
+
+
+class Settings(BaseSettings):
+    """The whole configuration file."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, env_prefix="DRONESYNC_", env_nested_delimiter="__"
+    )
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        description="Journal and logs; $STATE_DIRECTORY under systemd.",
+        json_schema_extra={"example": "/var/lib/dronesync"},
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least important log events shown."
+    )
+    upload: UploadSettings = Field(default_factory=UploadSettings)  # type: ignore[arg-type]
+    targets: dict[str, TargetConfig] = Field(
+        default_factory=dict, description="Named targets; `type` picks the implementation."
+    )
+    sources: list[SourceConfig] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Init arguments, then ``DRONESYNC_*`` environment, then the TOML file."""
+        del dotenv_settings, file_secret_settings
+        path = _toml_path.get(None)
+        if path is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path))
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    skip_next_tag = False
+    for index, item in enumerate(loc):
+        if skip_next_tag:
+            skip_next_tag = False
+            continue
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+            continue
+        parts.append(("." if parts else "") + item)
+        # targets.NAME is followed by the discriminator tag ("directory"): not a key.
+        if index >= 1 and loc[index - 1] == "targets" and len(loc) > index + 1:
+            skip_next_tag = True
+    return "".join(parts) or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key; check its spelling against `dronesync config example`"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown target type {error['input']!r}; use \"directory\""
+    if kind == "union_tag_not_found":
+        return 'missing `type`; use "directory"'
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if "input" in error and kind not in {"value_error"} and not isinstance(error["input"], dict):
+        message += f" (got {error['input']!r})"
+    return message
+
+
+def _reference_problems(file: Path, raw: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    targets = raw.get("targets")
+    names = set(targets) if isinstance(targets, dict) else set()
+    sources = raw.get("sources")
+    if not isinstance(sources, list) or not sources:
+        problems.append(f"{file}: sources: no [[sources]] table; add one naming a folder to watch")
+        return problems
+    for index, source in enumerate(sources):
+        if not isinstance(source, dict):
+            continue
+        target = source.get("target")
+        if isinstance(target, str) and target not in names:
+            known = ", ".join(sorted(names)) or "none defined"
+            problems.append(
+                f"{file}: sources[{index}].target: no target named {target!r}"
+                f" (targets: {known}); add [targets.{target}] or fix the name"
+            )
+    return problems
+
+
+def load_config(path: Path) -> Settings:
+    """Read and validate ``path``; raise ConfigError listing every problem in it."""
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            [f"{path}: file not found; write one (`dronesync config example`) or pass --config"]
+        ) from exc
+    except PermissionError as exc:
+        raise ConfigError([f"{path}: cannot be read by this user; check its permissions"]) from exc
+    except IsADirectoryError as exc:
+        raise ConfigError([f"{path}: is a folder; name the TOML file itself"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text; save it as UTF-8"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from exc
+    problems: list[str] = []
+    settings: Settings | None = None
+    token = _toml_path.set(path)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems.extend(f"{path}: {_loc(e['loc'])}: {_describe(e)}" for e in exc.errors())
+    finally:
+        _toml_path.reset(token)
+    problems.extend(_reference_problems(path, raw))
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return _relative_to(settings, path.parent)
+
+
+def _anchor(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+def _relative_to(settings: Settings, base: Path) -> Settings:
+    """Relative paths in a file are taken relative to the file's own folder."""
+    targets = {}
+    for name, target in settings.targets.items():
+        command = target.process_command
+        if command and "/" in command[0] and not command[0].startswith("/"):
+            command = [str(base / command[0]), *command[1:]]
+        targets[name] = target.model_copy(
+            update={"path": _anchor(target.path, base), "process_command": command}
+        )
+    sources = [s.model_copy(update={"path": _anchor(s.path, base)}) for s in settings.sources]
+    return settings.model_copy(
+        update={
+            "state_dir": _anchor(settings.state_dir, base),
+            "targets": targets,
+            "sources": sources,
+        }
+    )
+
+
+def runtime_problems(path: Path, settings: Settings) -> list[str]:
+    """Problems only visible on this machine: a state_dir that cannot be written."""
+    state = settings.state_dir
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        probe = state / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return [
+            f"{path}: state_dir: {state} cannot be written ({exc.strerror}); create it for this"
+            " user or point state_dir elsewhere"
+        ]
+    return []
+
+
+def runtime_warnings(settings: Settings) -> list[str]:
+    """Things worth saying that are not errors: a source or target folder absent right now."""
+    notes: list[str] = []
+    for index, source in enumerate(settings.sources):
+        if not any(ch in str(source.path) for ch in "*?[") and not source.path.is_dir():
+            notes.append(
+                f"sources[{index}].path: {source.path} does not exist yet; it is watched for"
+            )
+    for name, target in settings.targets.items():
+        if not target.path.is_dir():
+            notes.append(
+                f"targets.{name}.path: {target.path} does not exist yet; it is created on first"
+                " upload"
+            )
+    return notes

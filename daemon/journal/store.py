@@ -1,0 +1,564 @@
+"""The journal store: SQLite in WAL mode with numbered migrations and one writer.
+
+The daemon owns the only writing connection and uses it from the event-loop thread. Other
+processes (``dronesync status``) open it read-only; WAL lets them read while the daemon writes.
+Commits do not fsync under ``synchronous=NORMAL`` in WAL mode, so a committed change survives a
+killed process (only a power cut can lose the last moments); bulk work is grouped with
+:meth:`Journal.transaction` so a scan of 100,000 files is a handful of commits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import JournalError
+
+FILE_STATUSES = ("waiting", "uploading", "uploaded", "duplicate", "failed")
+DONE_STATUSES = ("uploaded", "duplicate")
+# A dataset in these states takes no more files: later files start a new generation.
+CLOSED_STATES = ("processing", "processed", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetRow:
+    """One dataset: the files of one folder that are processed together."""
+
+    id: int
+    name: str
+    target: str
+    source: str
+    volume: str
+    folder: bytes
+    generation: int
+    state: str
+    auto_process: bool
+    quiet_s: float
+    created_at: float
+    last_activity_at: float
+    processing_started_at: float | None
+    processing_finished_at: float | None
+    processing_handle: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    """One file of a dataset, with its upload status."""
+
+    id: int
+    dataset_id: int
+    volume: str
+    relpath: bytes
+    dspath: bytes
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    status: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float
+    remote_key: bytes | None
+    duplicate_of: int | None
+    discovered_at: float
+    uploaded_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What the scanner needs to know about a file it meets again (the hash cache)."""
+
+    id: int
+    dataset_id: int
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetCounts:
+    """Per-status file counts and byte totals of one dataset."""
+
+    files: dict[str, int]
+    bytes_total: int
+    bytes_uploaded: int
+    pending_hash: int
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("daemon.journal") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+SCHEMA_VERSION = max(number for number, _ in _migrations())
+
+
+class Journal:
+    """The SQLite journal. Not thread-safe: use it from one thread (the event loop)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self._depth = 0
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> Journal:
+        """Open (and migrate, unless read-only) the journal at ``path``."""
+        try:
+            if readonly:
+                conn = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=10
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            journal = cls(conn, path)
+            if not readonly:
+                journal._migrate()
+            elif journal.schema_version() != SCHEMA_VERSION:
+                raise JournalError(
+                    f"{path}: journal schema {journal.schema_version()} is not the expected"
+                    f" {SCHEMA_VERSION}; start the daemon once to migrate it"
+                )
+        except sqlite3.Error as exc:
+            raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
+        return journal
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    def schema_version(self) -> int:
+        """The applied migration number (SQLite ``user_version``)."""
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise JournalError(
+                f"{self.path}: journal schema {current} is newer than this dronesync"
+                f" ({SCHEMA_VERSION}); upgrade dronesync"
+            )
+        for number, script in _migrations():
+            if number <= current:
+                continue
+            # executescript() commits first; the script and the version bump go in together.
+            self._conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+
+    def integrity_ok(self) -> bool:
+        """``PRAGMA integrity_check`` says ok."""
+        return bool(self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+    # -- transactions ----------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes into one commit; nested uses join the outer transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._conn.execute("ROLLBACK")
+            raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
+
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        try:
+            with self.transaction():
+                return self._conn.execute(sql, tuple(params))
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        cursor = self._conn.execute(sql, tuple(params))
+        cursor.row_factory = sqlite3.Row
+        return list(cursor.fetchall())
+
+    # -- datasets --------------------------------------------------------------------------
+
+    @staticmethod
+    def _dataset(row: sqlite3.Row) -> DatasetRow:
+        values = dict(row)
+        values["auto_process"] = bool(values["auto_process"])
+        return DatasetRow(**values)
+
+    def datasets(self) -> list[DatasetRow]:
+        """Every dataset, oldest first."""
+        return [self._dataset(r) for r in self._rows("SELECT * FROM datasets ORDER BY id")]
+
+    def dataset(self, dataset_id: int) -> DatasetRow:
+        """The dataset with this id."""
+        rows = self._rows("SELECT * FROM datasets WHERE id = ?", (dataset_id,))
+        return self._dataset(rows[0])
+
+    def dataset_by_name(self, name: str) -> DatasetRow | None:
+        """The dataset with this name, if any."""
+        rows = self._rows("SELECT * FROM datasets WHERE name = ?", (name,))
+        return self._dataset(rows[0]) if rows else None
+
+    def _free_name(self, base: str, generation: int) -> str:
+        candidate = base if generation == 1 else f"{base}-{generation}"
+        suffix = 1
+        while self.dataset_by_name(candidate) is not None:
+            suffix += 1
+            candidate = f"{base}-{generation}.{suffix}" if generation > 1 else f"{base}.{suffix}"
+        return candidate
+
+    def open_dataset(
+        self,
+        *,
+        volume: str,
+        folder: bytes,
+        name: str,
+        target: str,
+        source: str,
+        auto_process: bool,
+        quiet_s: float,
+        now: float,
+    ) -> DatasetRow:
+        """The dataset that takes new files of this folder, created when needed.
+
+        Once a dataset's processing has started it takes no more files: a later file opens
+        the next generation, named ``NAME-2``, ``NAME-3``, ... (see README "Datasets").
+        """
+        rows = self._rows(
+            "SELECT * FROM datasets WHERE volume = ? AND folder = ? ORDER BY generation DESC"
+            " LIMIT 1",
+            (volume, folder),
+        )
+        generation = 1
+        base = name
+        if rows:
+            latest = self._dataset(rows[0])
+            closed = latest.state in CLOSED_STATES and latest.processing_started_at is not None
+            if not closed:
+                return latest
+            generation = latest.generation + 1
+            base = latest.name if latest.generation == 1 else latest.name.rsplit("-", 1)[0]
+        cursor = self._write(
+            "INSERT INTO datasets (name, target, source, volume, folder, generation,"
+            " auto_process, quiet_s, created_at, last_activity_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self._free_name(base, generation),
+                target,
+                source,
+                volume,
+                folder,
+                generation,
+                int(auto_process),
+                quiet_s,
+                now,
+                now,
+            ),
+        )
+        return self.dataset(int(cursor.lastrowid or 0))
+
+    def set_dataset_state(
+        self, dataset_id: int, state: str, detail: str | None = None, **fields: Any
+    ) -> None:
+        """Move a dataset to ``state``; extra columns (timestamps, handle) may be set too."""
+        assignments = ["state = ?", "detail = ?"]
+        params: list[Any] = [state, detail]
+        for column, value in fields.items():
+            assignments.append(f"{column} = ?")
+            params.append(value)
+        params.append(dataset_id)
+        self._write(f"UPDATE datasets SET {', '.join(assignments)} WHERE id = ?", params)  # noqa: S608 (columns are ours)
+
+    def set_dataset_detail(self, dataset_id: int, detail: str | None) -> None:
+        """Record the latest operator-facing message of a dataset."""
+        self._write("UPDATE datasets SET detail = ? WHERE id = ?", (detail, dataset_id))
+
+    def touch_dataset(self, dataset_id: int, now: float) -> None:
+        """A file of this dataset was added or changed: the quiet period starts again."""
+        self._write(
+            "UPDATE datasets SET last_activity_at = max(last_activity_at, ?) WHERE id = ?",
+            (now, dataset_id),
+        )
+
+    def set_dataset_settings(self, dataset_id: int, *, auto_process: bool, quiet_s: float) -> None:
+        """Apply the current source settings (after a reload) to an open dataset."""
+        self._write(
+            "UPDATE datasets SET auto_process = ?, quiet_s = ? WHERE id = ?",
+            (int(auto_process), quiet_s, dataset_id),
+        )
+
+    def counts(self) -> dict[int, DatasetCounts]:
+        """Per-status counts and bytes for every dataset."""
+        result: dict[int, DatasetCounts] = {}
+        rows = self._conn.execute(
+            "SELECT dataset_id, status, count(*), coalesce(sum(size), 0),"
+            " sum(sha256 IS NULL AND status = 'waiting') FROM files GROUP BY dataset_id, status"
+        ).fetchall()
+        for dataset_id, status, count, size, unhashed in rows:
+            entry = result.setdefault(
+                dataset_id, DatasetCounts(dict.fromkeys(FILE_STATUSES, 0), 0, 0, 0)
+            )
+            entry.files[status] = count
+            result[dataset_id] = DatasetCounts(
+                entry.files,
+                entry.bytes_total + size,
+                entry.bytes_uploaded + (size if status in DONE_STATUSES else 0),
+                entry.pending_hash + int(unhashed or 0),
+            )
+        return result
+
+    # -- files -----------------------------------------------------------------------------
+
+    def known_files(self, volume: str) -> dict[bytes, Known]:
+        """The hash cache of one volume: relative path to what was recorded for it."""
+        rows = self._conn.execute(
+            "SELECT relpath, id, dataset_id, size, mtime_ns, sha256, status FROM files"
+            " WHERE volume = ?",
+            (volume,),
+        ).fetchall()
+        return {bytes(r[0]): Known(r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows}
+
+    def file(self, file_id: int) -> FileRow:
+        """The file with this id."""
+        row = self._rows("SELECT * FROM files WHERE id = ?", (file_id,))[0]
+        return self._file(row)
+
+    @staticmethod
+    def _file(row: sqlite3.Row) -> FileRow:
+        values = dict(row)
+        for key in ("relpath", "dspath", "remote_key"):
+            if values[key] is not None:
+                values[key] = bytes(values[key])
+        return FileRow(**values)
+
+    def files(self, dataset_id: int) -> list[FileRow]:
+        """Every file of a dataset, in path order."""
+        rows = self._rows("SELECT * FROM files WHERE dataset_id = ? ORDER BY dspath", (dataset_id,))
+        return [self._file(r) for r in rows]
+
+    def add_file(
+        self,
+        *,
+        dataset_id: int,
+        volume: str,
+        relpath: bytes,
+        dspath: bytes,
+        size: int,
+        mtime_ns: int,
+        now: float,
+    ) -> int:
+        """Record a newly seen file as waiting (not yet hashed); returns its id."""
+        cursor = self._write(
+            "INSERT INTO files (dataset_id, volume, relpath, dspath, size, mtime_ns,"
+            " discovered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (dataset_id, volume, relpath, dspath, size, mtime_ns, now),
+        )
+        self.touch_dataset(dataset_id, now)
+        return int(cursor.lastrowid or 0)
+
+    def record_hash(
+        self,
+        file_id: int,
+        *,
+        dataset_id: int,
+        size: int,
+        mtime_ns: int,
+        sha256: str,
+        duplicate_scope: str,
+        now: float,
+    ) -> FileRow:
+        """Store the content hash of a stable file and decide whether it is a duplicate.
+
+        A file already uploaded with the same content only gets its new size and mtime (a FAT
+        card's times shift with the time zone). Changed content re-opens it as waiting, in the
+        dataset that now takes the folder's files.
+        """
+        with self.transaction():
+            current = self.file(file_id)
+            if current.sha256 == sha256 and current.status in DONE_STATUSES:
+                self._write(
+                    "UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?",
+                    (size, mtime_ns, file_id),
+                )
+                return self.file(file_id)
+            original = self._original_of(file_id, sha256, dataset_id, duplicate_scope)
+            self._write(
+                "UPDATE files SET dataset_id = ?, size = ?, mtime_ns = ?, sha256 = ?,"
+                " status = ?, duplicate_of = ?, attempts = 0, last_error = NULL,"
+                " next_attempt_at = 0, remote_key = NULL, uploaded_at = NULL WHERE id = ?",
+                (
+                    dataset_id,
+                    size,
+                    mtime_ns,
+                    sha256,
+                    "duplicate" if original else "waiting",
+                    original,
+                    file_id,
+                ),
+            )
+            if current.sha256 is not None and current.sha256 != sha256:
+                self.touch_dataset(dataset_id, now)
+            return self.file(file_id)
+
+    def _original_of(
+        self, file_id: int, sha256: str, dataset_id: int, scope: str
+    ) -> int | None:
+        dataset = self.dataset(dataset_id)
+        where = "d.target = ?" if scope == "target" else "f.dataset_id = ?"
+        param: Any = dataset.target if scope == "target" else dataset_id
+        row = self._conn.execute(
+            "SELECT f.id FROM files f JOIN datasets d ON d.id = f.dataset_id"  # noqa: S608
+            f" WHERE f.sha256 = ? AND f.id != ? AND f.duplicate_of IS NULL AND {where}"
+            " AND f.status IN ('waiting', 'uploading', 'uploaded') AND d.state != 'cancelled'"
+            " ORDER BY f.status = 'uploaded' DESC, f.id LIMIT 1",
+            (sha256, file_id, param),
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def forget_unhashed(self, file_id: int) -> None:
+        """Drop a file that vanished before it was ever hashed (it was never in any plan)."""
+        self._write(
+            "DELETE FROM files WHERE id = ? AND sha256 IS NULL AND status = 'waiting'",
+            (file_id,),
+        )
+
+    def rehash(self, file_id: int, error: str) -> None:
+        """The file changed under us: it goes back to the stability gate, not to failed."""
+        self._write(
+            "UPDATE files SET status = 'waiting', sha256 = NULL, last_error = ? WHERE id = ?",
+            (error, file_id),
+        )
+
+    def next_uploads(self, now: float, limit: int, exclude: Iterable[int]) -> list[FileRow]:
+        """Hashed, waiting files whose next attempt is due, of datasets still collecting."""
+        skip = list(exclude)
+        marks = ",".join("?" * len(skip)) or "NULL"
+        rows = self._rows(
+            "SELECT f.* FROM files f JOIN datasets d ON d.id = f.dataset_id"  # noqa: S608
+            " WHERE f.status = 'waiting' AND f.sha256 IS NOT NULL AND f.next_attempt_at <= ?"
+            f" AND d.state IN ('collecting', 'ready') AND f.id NOT IN ({marks})"
+            " ORDER BY f.next_attempt_at, f.id LIMIT ?",
+            (now, *skip, limit),
+        )
+        return [self._file(r) for r in rows]
+
+    def next_due(self) -> float | None:
+        """When the earliest parked file becomes due again (None: nothing parked)."""
+        row = self._conn.execute(
+            "SELECT min(f.next_attempt_at) FROM files f JOIN datasets d ON d.id = f.dataset_id"
+            " WHERE f.status = 'waiting' AND f.sha256 IS NOT NULL"
+            " AND d.state IN ('collecting', 'ready')"
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def mark_uploading(self, file_id: int) -> None:
+        """A worker took the file."""
+        self._write(
+            "UPDATE files SET status = 'uploading', attempts = attempts + 1 WHERE id = ?",
+            (file_id,),
+        )
+
+    def mark_uploaded(self, file_id: int, remote_key: bytes, now: float) -> None:
+        """The target confirmed the file."""
+        self._write(
+            "UPDATE files SET status = 'uploaded', remote_key = ?, uploaded_at = ?,"
+            " last_error = NULL WHERE id = ?",
+            (remote_key, now, file_id),
+        )
+
+    def mark_retry(self, file_id: int, error: str, next_attempt_at: float) -> None:
+        """A transient failure: park the file until ``next_attempt_at``."""
+        self._write(
+            "UPDATE files SET status = 'waiting', last_error = ?, next_attempt_at = ?"
+            " WHERE id = ?",
+            (error, next_attempt_at, file_id),
+        )
+
+    def mark_failed(self, file_id: int, error: str) -> None:
+        """Attempts exhausted or a permanent error; ``retry`` brings it back."""
+        self._write(
+            "UPDATE files SET status = 'failed', last_error = ? WHERE id = ?", (error, file_id)
+        )
+
+    def release(self, file_id: int) -> None:
+        """An upload was interrupted (stop, cancel): back to waiting, attempt not counted."""
+        self._write(
+            "UPDATE files SET status = 'waiting', attempts = max(attempts - 1, 0)"
+            " WHERE id = ? AND status = 'uploading'",
+            (file_id,),
+        )
+
+    def recover(self) -> int:
+        """After a crash: files left uploading go back to waiting. Returns how many."""
+        return self._write(
+            "UPDATE files SET status = 'waiting' WHERE status = 'uploading'"
+        ).rowcount
+
+    def retry_failed(self, dataset_id: int | None) -> int:
+        """Failed files (of one dataset, or all) go back to waiting with fresh attempts."""
+        sql = (
+            "UPDATE files SET status = 'waiting', attempts = 0, next_attempt_at = 0,"
+            " last_error = NULL WHERE status = 'failed'"
+        )
+        params: tuple[Any, ...] = ()
+        if dataset_id is not None:
+            sql += " AND dataset_id = ?"
+            params = (dataset_id,)
+        return self._write(sql, params).rowcount
+
+    def move_unfinished(self, from_dataset: int, to_dataset: int) -> int:
+        """Files not yet uploaded follow the folder into its next dataset."""
+        return self._write(
+            "UPDATE files SET dataset_id = ? WHERE dataset_id = ?"
+            " AND status IN ('waiting', 'uploading', 'failed')",
+            (to_dataset, from_dataset),
+        ).rowcount
+
+    def uploaded_keys(self, dataset_id: int) -> list[bytes]:
+        """Remote keys of the dataset's uploaded files (what processing gets)."""
+        rows = self._conn.execute(
+            "SELECT remote_key FROM files WHERE dataset_id = ? AND status = 'uploaded'"
+            " ORDER BY id",
+            (dataset_id,),
+        ).fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def uploaded_since(self, since: float) -> list[tuple[int, float, int]]:
+        """(dataset id, uploaded_at, size) of files uploaded after ``since``: for rates."""
+        rows = self._conn.execute(
+            "SELECT dataset_id, uploaded_at, size FROM files WHERE uploaded_at > ?"
+            " AND status = 'uploaded'",
+            (since,),
+        ).fetchall()
+        return [(int(a), float(b), int(c)) for a, b, c in rows]

@@ -1,0 +1,192 @@
+"""The processing trigger: quiet datasets start processing, and processing is followed.
+
+A dataset is done collecting when every file is uploaded or duplicate, nothing is settling in
+the stability gate or being hashed, and no file was added or changed for ``quiet_s``. Then it
+starts processing by itself, or waits as ``ready`` for ``dronesync process`` when
+``auto_process = false``. Failed files hold automatic processing back until retried; a manual
+``process`` goes ahead with what is uploaded, and files not uploaded yet move on to the
+folder's next dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from daemon.clock import Clock
+from daemon.errors import TargetError, UsageError
+from daemon.journal import DatasetRow, Journal
+from daemon.targets.base import DatasetRef, Target
+
+log = structlog.get_logger("dronesync.processing")
+
+TICK_S = 0.25
+
+
+class ProcessingController:
+    """Decides when datasets are processed, starts them, and polls their status."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        targets: dict[str, Target],
+        clock: Clock,
+        busy: Callable[[], set[int]],
+        notify: Callable[[str, DatasetRow, str | None], None] | None = None,
+    ) -> None:
+        self._journal = journal
+        self._targets = targets
+        self._clock = clock
+        self._busy = busy
+        self._notify = notify or (lambda event, ds, detail: None)
+        self._polls: dict[int, float] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._held: dict[int, int] = {}
+
+    async def run(self) -> None:
+        """Check every dataset a few times a second, until cancelled."""
+        try:
+            while True:
+                await self.tick()
+                await asyncio.sleep(TICK_S)
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+
+    async def tick(self) -> None:
+        """One pass over every dataset."""
+        now = self._clock.time()
+        counts = self._journal.counts()
+        busy = self._busy()
+        for dataset in self._journal.datasets():
+            if dataset.id in self._tasks:
+                continue
+            if dataset.state in ("collecting", "ready"):
+                files = counts[dataset.id].files if dataset.id in counts else {}
+                self._check_collecting(dataset, files, dataset.id in busy, now)
+            elif dataset.state == "processing":
+                await self._poll(dataset, now)
+
+    def _check_collecting(
+        self, dataset: DatasetRow, files: dict[str, int], busy: bool, now: float
+    ) -> None:
+        pending = files.get("waiting", 0) + files.get("uploading", 0)
+        failed = files.get("failed", 0)
+        done = files.get("uploaded", 0) + files.get("duplicate", 0)
+        if dataset.state == "ready" and (pending or busy):
+            self._journal.set_dataset_state(dataset.id, "collecting")
+            return
+        if pending or busy or not (done or failed):
+            return
+        if failed:
+            if self._held.get(dataset.id) != failed:
+                self._held[dataset.id] = failed
+                detail = f"{failed} failed file(s) hold processing back; `dronesync retry` them"
+                self._journal.set_dataset_detail(dataset.id, detail)
+                self._notify("needs_attention", dataset, detail)
+            return
+        self._held.pop(dataset.id, None)
+        if now - dataset.last_activity_at < dataset.quiet_s:
+            return
+        if not dataset.auto_process:
+            if dataset.state != "ready":
+                self._journal.set_dataset_state(
+                    dataset.id, "ready", "waiting for `dronesync process`"
+                )
+                log.info("dataset ready", dataset=dataset.name)
+            return
+        self.start(dataset)
+
+    def start(self, dataset: DatasetRow) -> None:
+        """Start processing in its own task (what was uploaded so far)."""
+        now = self._clock.time()
+        if not self._journal.uploaded_keys(dataset.id):
+            self._journal.set_dataset_state(
+                dataset.id,
+                "processed",
+                "nothing to process: every file is a duplicate of one sent before",
+                processing_started_at=now,
+                processing_finished_at=now,
+            )
+            log.info("dataset has only duplicates", dataset=dataset.name)
+            return
+        # Recorded before the target is asked, so a crash in between is never silent.
+        self._journal.set_dataset_state(
+            dataset.id, "processing", "starting", processing_started_at=now,
+            processing_finished_at=None, processing_handle=None,
+        )
+        self._tasks[dataset.id] = asyncio.create_task(self._start(dataset))
+
+    async def _start(self, dataset: DatasetRow) -> None:
+        target = self._targets[dataset.target]
+        ref = DatasetRef(dataset.id, dataset.name)
+        try:
+            handle = await target.start_processing(ref, self._journal.uploaded_keys(dataset.id))
+        except TargetError as exc:
+            self._finish(dataset, "failed", f"processing could not start: {exc}")
+            return
+        finally:
+            self._tasks.pop(dataset.id, None)
+        self._journal.set_dataset_state(
+            dataset.id, "processing", "processing started", processing_handle=handle
+        )
+        log.info("processing started", dataset=dataset.name, target=dataset.target)
+        self._notify("processing_started", dataset, None)
+
+    async def _poll(self, dataset: DatasetRow, now: float) -> None:
+        target = self._targets.get(dataset.target)
+        if target is None or dataset.processing_handle is None:
+            if dataset.processing_handle is None and dataset.id not in self._tasks:
+                self._finish(
+                    dataset, "failed", "processing was interrupted before it started;"
+                    " `dronesync process` starts it again"
+                )
+            return
+        if now < self._polls.get(dataset.id, 0):
+            return
+        self._polls[dataset.id] = now + target.poll_interval_s
+        try:
+            status = await target.processing_status(
+                DatasetRef(dataset.id, dataset.name), dataset.processing_handle
+            )
+        except TargetError as exc:
+            self._journal.set_dataset_detail(dataset.id, f"cannot read processing status: {exc}")
+            return
+        if status.state == "running":
+            if status.detail and status.detail != dataset.detail:
+                self._journal.set_dataset_detail(dataset.id, status.detail)
+            return
+        self._finish(dataset, "processed" if status.state == "done" else "failed", status.detail)
+
+    def _finish(self, dataset: DatasetRow, state: str, detail: str | None) -> None:
+        self._journal.set_dataset_state(
+            dataset.id, state, detail, processing_finished_at=self._clock.time()
+        )
+        self._polls.pop(dataset.id, None)
+        if state == "processed":
+            log.info("processing finished", dataset=dataset.name, detail=detail)
+            self._notify("processing_finished", dataset, detail)
+        else:
+            log.warning("processing failed", dataset=dataset.name, detail=detail)
+            self._notify("processing_failed", dataset, detail)
+
+    # -- operator requests -----------------------------------------------------------------
+
+    def process_now(self, dataset: DatasetRow, follow_up: Callable[[DatasetRow], DatasetRow]) -> str:
+        """``dronesync process``: start with what is uploaded; the rest moves to a new dataset."""
+        if dataset.state == "processing":
+            raise UsageError(f"{dataset.name}: already processing")
+        files = self._journal.counts().get(dataset.id)
+        unfinished = 0
+        if files is not None:
+            unfinished = sum(files.files[s] for s in ("waiting", "uploading", "failed"))
+        if not self._journal.uploaded_keys(dataset.id):
+            raise UsageError(f"{dataset.name}: no uploaded file to process yet")
+        self.start(dataset)
+        if unfinished:
+            successor = follow_up(self._journal.dataset(dataset.id))
+            moved = self._journal.move_unfinished(dataset.id, successor.id)
+            return f"{dataset.name}: processing started; {moved} file(s) not uploaded yet continue in {successor.name}"
+        return f"{dataset.name}: processing started"

@@ -1,0 +1,328 @@
+"""The daemon: wiring, signals and the service manager.
+
+One session owns every component (sources, hasher, upload engine, processing, requests, live
+figures) in one set of tasks with one end event. SIGTERM/SIGINT end the session and the
+process; SIGHUP ends the session and starts a new one on the re-read configuration (an invalid
+file is reported and the old one kept). In-flight uploads go back to waiting when a session
+ends; the journal is the only state that survives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from daemon import control
+from daemon.clock import Clock, SystemClock
+from daemon.config import Settings, load_config, runtime_problems
+from daemon.errors import ConfigError, DronesyncError, UsageError
+from daemon.journal import DatasetRow, FileRow, Journal
+from daemon.notify import notify, watchdog_interval
+from daemon.processing import ProcessingController
+from daemon.sources.hasher import Hasher
+from daemon.sources.manager import SourceManager
+from daemon.status import write_live
+from daemon.targets import Target, build_target
+from daemon.upload.engine import UploadEngine
+
+log = structlog.get_logger("dronesync")
+
+JOURNAL = "journal.sqlite3"
+REQUEST_POLL_S = 0.3
+STOP_TIMEOUT_S = 8.0
+
+TargetFactory = Callable[[Settings], dict[str, Target]]
+
+
+def journal_path(settings: Settings) -> Path:
+    """Where the journal of this configuration lives."""
+    return settings.state_dir / JOURNAL
+
+
+def default_targets(settings: Settings) -> dict[str, Target]:
+    """The targets named in the configuration."""
+    return {
+        name: build_target(name, config, settings.state_dir)
+        for name, config in settings.targets.items()
+    }
+
+
+def _file_path(row: FileRow) -> Path:
+    return Path(os.fsdecode(os.fsencode(row.volume) + b"/" + row.relpath))
+
+
+class Daemon:
+    """``dronesync run``: everything, until a signal says stop."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        target_factory: TargetFactory = default_targets,
+    ) -> None:
+        self._config_path = config_path
+        self._settings = settings
+        self._clock = clock or SystemClock()
+        self._target_factory = target_factory
+        self._stop = asyncio.Event()
+        self._reload = False
+        self._session_end = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run sessions until stopped; the exit code for the process."""
+        state_dir = self._settings.state_dir
+        lock = control.DaemonLock(state_dir)
+        if not lock.acquire():
+            raise UsageError(f"{state_dir}: another dronesync daemon is using this state_dir")
+        journal = Journal.open(state_dir / JOURNAL)
+        recovered = journal.recover()
+        if recovered:
+            log.info("resumed after an interruption", files_back_to_waiting=recovered)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            while True:
+                code = await self._session(journal)
+                if code is not None or self._stop.is_set():
+                    return code or 0
+                self._apply_reload()
+        finally:
+            notify("STOPPING=1")
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            journal.close()
+            lock.release()
+            log.info("stopped")
+
+    def stop(self) -> None:
+        """End the daemon (SIGTERM)."""
+        log.info("stopping")
+        notify("STOPPING=1")
+        self._stop.set()
+        self._session_end.set()
+
+    def reload(self) -> None:
+        """Re-read the configuration (SIGHUP)."""
+        log.info("reloading configuration", config=str(self._config_path))
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        self._reload = True
+        self._session_end.set()
+
+    def _apply_reload(self) -> None:
+        self._reload = False
+        try:
+            settings = load_config(self._config_path)
+            problems = runtime_problems(self._config_path, settings)
+            if problems:
+                raise ConfigError(problems)
+        except ConfigError as exc:
+            for line in exc.problems:
+                log.error("configuration not reloaded; keeping the running one", problem=line)
+            return
+        if settings.state_dir != self._settings.state_dir:
+            log.error("state_dir cannot change on reload; restart the service to move it")
+            settings = settings.model_copy(update={"state_dir": self._settings.state_dir})
+        self._settings = settings
+        log.info("configuration reloaded")
+
+    # -- one session -----------------------------------------------------------------------
+
+    async def _session(self, journal: Journal) -> int | None:
+        settings = self._settings
+        self._session_end.clear()
+        targets = self._target_factory(settings)
+        self._refresh_dataset_settings(journal, settings)
+        engine: UploadEngine
+        sources = SourceManager(
+            settings.sources, journal, self._clock, on_ready=lambda c: hasher.submit(c)
+        )
+        hasher = Hasher(
+            journal,
+            sources,
+            self._clock,
+            settings.upload.hash_workers,
+            scope_of=lambda t: settings.targets[t].duplicate_scope if t in settings.targets else "target",
+            on_recorded=lambda: engine.wake(),
+        )
+        engine = UploadEngine(
+            journal,
+            targets,
+            settings.upload,
+            self._clock,
+            locate=_file_path,
+            source_online=sources.is_online,
+            on_changed=lambda row: sources.offer_again(row.id, row.volume, row.relpath),
+        )
+        processing = ProcessingController(
+            journal,
+            targets,
+            self._clock,
+            busy=lambda: sources.busy_datasets() | hasher.busy_datasets(),
+        )
+        tasks = [
+            asyncio.create_task(sources.run(self._session_end), name="sources"),
+            asyncio.create_task(engine.run(), name="upload"),
+            asyncio.create_task(processing.run(), name="processing"),
+            asyncio.create_task(self._requests(journal, engine, processing), name="requests"),
+            asyncio.create_task(self._live(journal, engine), name="live"),
+        ]
+        ready = asyncio.create_task(self._announce_ready(sources), name="ready")
+        end = asyncio.create_task(self._session_end.wait(), name="end")
+        code: int | None = None
+        try:
+            done, _ = await asyncio.wait([*tasks, end], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not end and not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    log.error("component failed; stopping", component=task.get_name(),
+                              error=str(exc), exc_info=exc)
+                    code = 1
+        finally:
+            for task in [*tasks, end, ready]:
+                task.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*tasks, end, ready, return_exceptions=True), STOP_TIMEOUT_S
+                )
+            hasher.close()
+            for target in targets.values():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(target.aclose(), STOP_TIMEOUT_S)
+            journal.recover()  # anything still marked uploading goes back to waiting
+        return code
+
+    async def _announce_ready(self, sources: SourceManager) -> None:
+        await sources.first_scan_done.wait()
+        notify("READY=1", "STATUS=first scan done")
+        log.info("ready", config=str(self._config_path))
+
+    @staticmethod
+    def _refresh_dataset_settings(journal: Journal, settings: Settings) -> None:
+        by_source = {str(s.path): s for s in settings.sources}
+        for dataset in journal.datasets():
+            source = by_source.get(dataset.source)
+            if source is None or dataset.state not in ("collecting", "ready", "paused"):
+                continue
+            if (source.auto_process, source.quiet_s) != (dataset.auto_process, dataset.quiet_s):
+                journal.set_dataset_settings(
+                    dataset.id, auto_process=source.auto_process, quiet_s=source.quiet_s
+                )
+
+    # -- operator requests -----------------------------------------------------------------
+
+    async def _requests(
+        self, journal: Journal, engine: UploadEngine, processing: ProcessingController
+    ) -> None:
+        state_dir = self._settings.state_dir
+        while True:
+            for request in control.pending(state_dir):
+                try:
+                    message = self._apply(request, journal, engine, processing)
+                except DronesyncError as exc:
+                    message = f"not done: {exc}"
+                log.info("request applied", action=request.action, dataset=request.dataset,
+                         result=message)
+                control.answer(request, message)
+            await asyncio.sleep(REQUEST_POLL_S)
+
+    def _apply(
+        self,
+        request: control.Request,
+        journal: Journal,
+        engine: UploadEngine,
+        processing: ProcessingController,
+    ) -> str:
+        dataset: DatasetRow | None = None
+        if request.dataset is not None:
+            dataset = journal.dataset_by_name(request.dataset)
+            if dataset is None:
+                raise UsageError(f"no dataset named {request.dataset!r}")
+        if request.action == "retry":
+            return self._retry(journal, engine, dataset)
+        assert dataset is not None  # noqa: S101 (the CLI requires a dataset for these)
+        if request.action == "cancel":
+            if dataset.state in ("processing", "processed"):
+                raise UsageError(f"{dataset.name}: {dataset.state}; nothing left to cancel")
+            journal.set_dataset_state(
+                dataset.id, "cancelled", "cancelled by the operator; `dronesync retry` resumes"
+            )
+            engine.cancel_dataset(dataset.id, "cancelled by the operator")
+            return f"{dataset.name}: cancelled; uploaded files stay uploaded"
+        engine.cancel_dataset(dataset.id, "processing started by hand")
+
+        def follow_up(ds: DatasetRow) -> DatasetRow:
+            return journal.open_dataset(
+                volume=ds.volume, folder=ds.folder, name=ds.name, target=ds.target,
+                source=ds.source, auto_process=ds.auto_process, quiet_s=ds.quiet_s,
+                now=self._clock.time(),
+            )
+
+        return processing.process_now(dataset, follow_up)
+
+    @staticmethod
+    def _retry(journal: Journal, engine: UploadEngine, dataset: DatasetRow | None) -> str:
+        if dataset is None:
+            count = journal.retry_failed(None)
+            engine.wake()
+            return f"{count} failed file(s) back to waiting"
+        note = ""
+        if dataset.state == "cancelled":
+            journal.set_dataset_state(dataset.id, "collecting", "resumed by the operator")
+            note = "; dataset resumed"
+        elif dataset.state == "failed":
+            note = "; its processing failed: `dronesync process` runs it again"
+        count = journal.retry_failed(dataset.id)
+        engine.wake()
+        return f"{dataset.name}: {count} failed file(s) back to waiting{note}"
+
+    # -- live figures, STATUS= and the watchdog -------------------------------------------
+
+    async def _live(self, journal: Journal, engine: UploadEngine) -> None:
+        interval = 1.0
+        ping = watchdog_interval()
+        last_ping = 0.0
+        while True:
+            engine.meter.sample(interval)
+            in_flight = engine.in_flight()
+            live = {
+                "updated_at": self._clock.time(),
+                "pid": os.getpid(),
+                "datasets": {
+                    str(ds): {
+                        "rate_bps": engine.meter.rates.get(ds, 0.0),
+                        "in_flight_bytes": in_flight.get(ds, 0),
+                    }
+                    for ds in set(engine.meter.rates) | set(in_flight)
+                },
+            }
+            with contextlib.suppress(OSError):
+                write_live(self._settings.state_dir, live)
+            notify(f"STATUS={self._status_line(journal, engine)}")
+            if ping is not None and self._clock.monotonic() - last_ping >= ping:
+                notify("WATCHDOG=1")
+                last_ping = self._clock.monotonic()
+            await asyncio.sleep(interval)
+
+    @staticmethod
+    def _status_line(journal: Journal, engine: UploadEngine) -> str:
+        counts = journal.counts()
+        waiting = sum(c.files["waiting"] + c.files["uploading"] for c in counts.values())
+        failed = sum(c.files["failed"] for c in counts.values())
+        rate = sum(engine.meter.rates.values())
+        return (
+            f"{len(counts)} datasets, {waiting} files to upload, {failed} failed,"
+            f" {rate / 1e6:.1f} MB/s"
+        )

@@ -1,0 +1,1 @@
+"""Sources: folders and card mounts, walked, watched and gated until files are stable."""

@@ -1,0 +1,108 @@
+"""The hasher: stable files are hashed in worker threads and recorded in the journal.
+
+Recording decides the file's fate: a duplicate of content already sent (pointer to the
+original), or waiting for upload. A file that moved while being read goes back to the gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import structlog
+
+from daemon.clock import Clock
+from daemon.errors import FileChangedError, SourceError
+from daemon.hashing import Hashed, hash_file
+from daemon.journal import Journal
+from daemon.journal.store import CLOSED_STATES, DONE_STATUSES
+from daemon.sources.gate import Candidate
+from daemon.sources.manager import SourceManager
+
+log = structlog.get_logger("dronesync.hasher")
+
+
+class Hasher:
+    """Hashes released files on a small thread pool; results are applied on the loop."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        sources: SourceManager,
+        clock: Clock,
+        workers: int,
+        scope_of: Callable[[str], str],
+        on_recorded: Callable[[], None],
+    ) -> None:
+        self._journal = journal
+        self._sources = sources
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="hash")
+        self._scope_of = scope_of
+        self._on_recorded = on_recorded
+        self._inflight: dict[int, asyncio.Future[Hashed]] = {}
+
+    def busy_datasets(self) -> set[int]:
+        """Datasets with a file being hashed right now."""
+        return {self._journal.file(i).dataset_id for i in self._inflight}
+
+    def submit(self, candidate: Candidate) -> None:
+        """Hash a file the gate released (ignored if it is already being hashed)."""
+        if candidate.file_id in self._inflight:
+            return
+        loop = asyncio.get_running_loop()
+        path = Path(os.fsdecode(candidate.path))
+        future = loop.run_in_executor(
+            self._pool, hash_file, path, candidate.size, candidate.mtime_ns
+        )
+        self._inflight[candidate.file_id] = future
+        future.add_done_callback(lambda f: self._done(candidate, f))
+
+    def _done(self, candidate: Candidate, future: asyncio.Future[Hashed]) -> None:
+        self._inflight.pop(candidate.file_id, None)
+        if future.cancelled():
+            return
+        row = self._journal.file(candidate.file_id)
+        try:
+            hashed = future.result()
+        except FileChangedError:
+            self._sources.offer_again(row.id, row.volume, row.relpath)
+            return
+        except SourceError as exc:
+            if self._sources.is_online(row.volume):
+                self._journal.mark_failed(row.id, str(exc))
+                log.warning("file failed", file=os.fsdecode(candidate.path), error=str(exc))
+            return
+        dataset_id = row.dataset_id
+        unchanged = row.sha256 == hashed.sha256 and row.status in DONE_STATUSES
+        if not unchanged and self._journal.dataset(dataset_id).state in CLOSED_STATES:
+            dataset_id = self._sources.open_dataset_for(candidate)
+        target = self._journal.dataset(dataset_id).target
+        recorded = self._journal.record_hash(
+            row.id,
+            dataset_id=dataset_id,
+            size=hashed.size,
+            mtime_ns=hashed.mtime_ns,
+            sha256=hashed.sha256,
+            duplicate_scope=self._scope_of(target),
+            now=self._clock.time(),
+        )
+        self._sources.note_hashed(candidate, hashed.sha256, recorded.status)
+        if recorded.status == "duplicate" and not unchanged:
+            original = self._journal.file(recorded.duplicate_of or 0)
+            log.info(
+                "file duplicate",
+                file=os.fsdecode(candidate.path),
+                sha256=hashed.sha256,
+                original=os.fsdecode(original.volume.encode() + b"/" + original.relpath),
+            )
+        self._on_recorded()
+
+    def close(self) -> None:
+        """Stop taking work; running hashes finish in their threads."""
+        for future in self._inflight.values():
+            future.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)

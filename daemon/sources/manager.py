@@ -1,0 +1,406 @@
+"""The source manager: roots coming and going, scans, watcher hints, and the stability gate.
+
+Each ``[[sources]]`` entry names a folder or a glob of folders (card mounts); every folder it
+matches is a *root*, identified in the journal by its path (its *volume*). A root that appears
+is watched and scanned at once; one that disappears pauses its datasets with work left, and
+nothing in them is inferred deleted. Scans run in a worker thread and are reconciled with the
+journal on the event loop; watcher events only make a look sooner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from daemon.clock import Clock
+from daemon.config import SourceConfig
+from daemon.journal import Journal
+from daemon.journal.store import Known
+from daemon.sources.filters import FileFilter, is_litter
+from daemon.sources.gate import Candidate, StabilityGate
+from daemon.sources.mapping import DatasetMapper
+from daemon.sources.scanner import Entry, walk
+from daemon.sources.watcher import Hints, Watcher
+
+log = structlog.get_logger("dronesync.sources")
+
+TICK_S = 0.2
+ACTIVE_STATES = ("collecting", "ready")
+
+
+@dataclass(slots=True)
+class Root:
+    """One folder matched by a source: a volume of files."""
+
+    key: int
+    source_index: int
+    config: SourceConfig
+    path: Path
+    mapper: DatasetMapper
+    filter: FileFilter
+    index: dict[bytes, Known] = field(default_factory=dict)
+    online: bool = False
+    next_rescan: float = 0.0
+    scanning: bool = False
+
+    @property
+    def volume(self) -> str:
+        """The journal's name for this root."""
+        return str(self.path)
+
+    def wanted(self, relpath: bytes) -> bool:
+        """Whether a file at ``relpath`` belongs to a dataset and passes the filters."""
+        placement = self.mapper.place(relpath)
+        return placement is not None and self.filter.wants(placement.dspath)
+
+
+def _is_glob(path: Path) -> bool:
+    return any(ch in str(path) for ch in "*?[")
+
+
+class SourceManager:
+    """Finds files, keeps the journal's file list current, releases stable files."""
+
+    def __init__(
+        self,
+        sources: list[SourceConfig],
+        journal: Journal,
+        clock: Clock,
+        on_ready: Callable[[Candidate], None],
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._sources = sources
+        self._journal = journal
+        self._clock = clock
+        self._on_ready = on_ready
+        self._rng = rng or random.Random()  # noqa: S311 (rescan jitter, not security)
+        self.gate = StabilityGate()
+        self._roots: dict[tuple[int, Path], Root] = {}
+        self._next_key = 0
+        self._hints: Hints | None = None
+        self._watcher: Watcher | None = None
+        self.first_scan_done = asyncio.Event()
+
+    # -- public queries --------------------------------------------------------------------
+
+    def is_online(self, volume: str) -> bool:
+        """Whether the folder or card holding ``volume`` is present now."""
+        return any(r.online for r in self._roots.values() if r.volume == volume)
+
+    def root_of(self, volume: str) -> Root | None:
+        """The root whose volume this is."""
+        for root in self._roots.values():
+            if root.volume == volume:
+                return root
+        return None
+
+    def busy_datasets(self) -> set[int]:
+        """Datasets with files still settling: not quiet yet."""
+        return self.gate.busy_datasets()
+
+    def offer_again(self, file_id: int, volume: str, relpath: bytes) -> None:
+        """A file changed after it was hashed: watch it until it is stable again."""
+        root = self.root_of(volume)
+        if root is None or not root.online:
+            return
+        self._look_at(root, relpath, rehash=True)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watch roots, scan, gate, until ``stop`` is set."""
+        loop = asyncio.get_running_loop()
+        self._hints = Hints(loop)
+        self._watcher = Watcher(self._hints)
+        try:
+            self._refresh_roots()
+            await self._scan_due(initial=True)
+            self.first_scan_done.set()
+            while not stop.is_set():
+                self._refresh_roots()
+                self._drain_hints()
+                await self._scan_due()
+                self._gate_tick()
+                try:
+                    await asyncio.wait_for(self._hints.wakeup.wait(), TICK_S)
+                except TimeoutError:
+                    pass
+                self._hints.wakeup.clear()
+        finally:
+            self._watcher.close()
+
+    def _refresh_roots(self) -> None:
+        seen: set[tuple[int, Path]] = set()
+        for index, config in enumerate(self._sources):
+            if _is_glob(config.path):
+                paths = [Path(p) for p in sorted(glob.glob(str(config.path)))]
+            else:
+                paths = [config.path]
+            for path in paths:
+                online = path.is_dir()
+                key = (index, path)
+                if not online and key not in self._roots:
+                    continue
+                seen.add(key)
+                root = self._roots.get(key)
+                if root is None:
+                    root = self._new_root(index, config, path)
+                    self._roots[key] = root
+                if online and not root.online:
+                    self._root_appeared(root)
+                elif not online and root.online:
+                    self._root_vanished(root)
+        for key, root in self._roots.items():
+            if key not in seen and root.online:
+                self._root_vanished(root)
+
+    def _new_root(self, index: int, config: SourceConfig, path: Path) -> Root:
+        self._next_key += 1
+        return Root(
+            key=self._next_key,
+            source_index=index,
+            config=config,
+            path=path,
+            mapper=DatasetMapper(config, path),
+            filter=FileFilter(config.include, config.exclude),
+        )
+
+    def _root_appeared(self, root: Root) -> None:
+        root.online = True
+        root.index = self._journal.known_files(root.volume)
+        root.next_rescan = 0.0  # scan at once
+        for dataset in self._journal.datasets():
+            if dataset.volume == root.volume and dataset.state == "paused":
+                self._journal.set_dataset_state(dataset.id, "collecting", "source is back")
+                log.info("dataset resumed", dataset=dataset.name, source=root.volume)
+        assert self._watcher is not None  # noqa: S101 (set in run)
+        try:
+            self._watcher.watch(root.key, root.path, root.config.poll_s)
+        except OSError as exc:
+            # inotify limits (ENOSPC) or a vanished mount: periodic rescans still find files.
+            log.warning(
+                "cannot watch source; relying on rescans (raise fs.inotify.max_user_watches)",
+                source=root.volume,
+                error=str(exc),
+            )
+        log.info("source online", source=root.volume)
+
+    def _root_vanished(self, root: Root) -> None:
+        root.online = False
+        if self._watcher is not None:
+            self._watcher.unwatch(root.key)
+        self.gate.discard_where(lambda c: not c.path.startswith(os.fsencode(root.path) + b"/"))
+        counts = self._journal.counts()
+        for dataset in self._journal.datasets():
+            if dataset.volume != root.volume or dataset.state not in ACTIVE_STATES:
+                continue
+            files = counts[dataset.id].files if dataset.id in counts else {}
+            if files.get("waiting", 0) or files.get("uploading", 0):
+                self._journal.set_dataset_state(
+                    dataset.id, "paused", "source went away with work left; waiting for it"
+                )
+                log.warning("dataset paused", dataset=dataset.name, source=root.volume)
+        log.warning("source offline", source=root.volume)
+
+    # -- scans -----------------------------------------------------------------------------
+
+    async def _scan_due(self, *, initial: bool = False) -> None:
+        now = self._clock.monotonic()
+        assert self._hints is not None  # noqa: S101 (set in run)
+        for root in list(self._roots.values()):
+            wanted = root.key in self._hints.rescan or now >= root.next_rescan
+            if not root.online or root.scanning or not wanted:
+                continue
+            self._hints.rescan.discard(root.key)
+            root.scanning = True
+            try:
+                await self._scan(root)
+            finally:
+                root.scanning = False
+            jitter = self._rng.uniform(0.8, 1.2)
+            root.next_rescan = self._clock.monotonic() + root.config.rescan_s * jitter
+        if initial:
+            log.info("first scan done", files_pending=len(self.gate))
+
+    async def _scan(self, root: Root) -> None:
+        def on_error(path: bytes, exc: OSError) -> None:
+            log.warning("cannot read", path=os.fsdecode(path), error=exc.strerror)
+
+        base = os.fsencode(root.path)
+        entries = await asyncio.to_thread(lambda: list(walk(base, root.wanted, on_error)))
+        if not root.path.is_dir():
+            return  # vanished during the walk: what is missing is not deleted
+        present: set[bytes] = set()
+        with self._journal.transaction():
+            for entry in entries:
+                present.add(entry.relpath)
+                self._reconcile(root, entry)
+            for relpath, known in list(root.index.items()):
+                if relpath not in present and known.status == "waiting":
+                    self._gone(root, relpath, known)
+
+    def _reconcile(self, root: Root, entry: Entry, *, rehash: bool = False) -> None:
+        known = root.index.get(entry.relpath)
+        now = self._clock.time()
+        if known is None:
+            placement = root.mapper.place(entry.relpath)
+            if placement is None:
+                return
+            dataset = self._journal.open_dataset(
+                volume=root.volume,
+                folder=placement.folder,
+                name=placement.dataset,
+                target=root.config.target,
+                source=str(root.config.path),
+                auto_process=root.config.auto_process,
+                quiet_s=root.config.quiet_s,
+                now=now,
+            )
+            file_id = self._journal.add_file(
+                dataset_id=dataset.id,
+                volume=root.volume,
+                relpath=entry.relpath,
+                dspath=placement.dspath,
+                size=entry.size,
+                mtime_ns=entry.mtime_ns,
+                now=now,
+            )
+            known = Known(file_id, dataset.id, entry.size, entry.mtime_ns, None, "waiting")
+            root.index[entry.relpath] = known
+        elif (
+            not rehash
+            and known.sha256 is not None
+            and (known.size, known.mtime_ns) == (entry.size, entry.mtime_ns)
+        ):
+            return  # the hash cache: unchanged since it was hashed
+        if known.status == "uploading" and not rehash:
+            return  # the upload re-checks size and mtime itself
+        self.gate.offer(
+            Candidate(
+                file_id=known.id,
+                dataset_id=known.dataset_id,
+                path=os.fsencode(root.path) + b"/" + entry.relpath,
+                size=entry.size,
+                mtime_ns=entry.mtime_ns,
+                stable_since=now,
+                stable_s=root.config.stable_s,
+            )
+        )
+
+    def _gone(self, root: Root, relpath: bytes, known: Known) -> None:
+        self.gate.discard(known.id)
+        if known.sha256 is None:
+            self._journal.forget_unhashed(known.id)
+            del root.index[relpath]
+        else:
+            self._journal.mark_failed(known.id, "file disappeared from the source before upload")
+            root.index[relpath] = Known(
+                known.id, known.dataset_id, known.size, known.mtime_ns, known.sha256, "failed"
+            )
+
+    # -- hints -----------------------------------------------------------------------------
+
+    def _drain_hints(self) -> None:
+        assert self._hints is not None  # noqa: S101 (set in run)
+        roots = {r.key: r for r in self._roots.values()}
+        seen: set[tuple[int, bytes]] = set()
+        while not self._hints.queue.empty():
+            key, path = self._hints.queue.get_nowait()
+            if (key, path) in seen:
+                continue
+            seen.add((key, path))
+            root = roots.get(key)
+            if root is None or not root.online:
+                continue
+            base = os.fsencode(root.path) + b"/"
+            if not path.startswith(base):
+                self._hints.request_rescan(key)
+                continue
+            self._look_at(root, path[len(base) :])
+
+    def _look_at(self, root: Root, relpath: bytes, *, rehash: bool = False) -> None:
+        if any(is_litter(part) for part in relpath.split(b"/")):
+            return
+        full = os.fsencode(root.path) + b"/" + relpath
+        try:
+            info = os.stat(full, follow_symlinks=False)
+        except OSError:
+            known = root.index.get(relpath)
+            if known is not None and known.status == "waiting" and known.sha256 is None:
+                self._gone(root, relpath, known)
+            return
+        if os.path.isdir(full) and not os.path.islink(full):
+            assert self._hints is not None  # noqa: S101 (set in run)
+            self._hints.request_rescan(root.key)
+            return
+        if not os.path.isfile(full) or os.path.islink(full) or not root.wanted(relpath):
+            return
+        with self._journal.transaction():
+            self._reconcile(root, Entry(relpath, info.st_size, info.st_mtime_ns), rehash=rehash)
+
+    # -- the gate --------------------------------------------------------------------------
+
+    def _gate_tick(self) -> None:
+        verdict = self.gate.tick(self._clock.time())
+        now = self._clock.time()
+        for candidate in verdict.changed:
+            self._journal.touch_dataset(candidate.dataset_id, now)
+        for candidate in verdict.vanished:
+            root = self._root_for_path(candidate.path)
+            if root is None or not root.online:
+                continue
+            relpath = candidate.path[len(os.fsencode(root.path)) + 1 :]
+            known = root.index.get(relpath)
+            if known is not None and known.sha256 is None:
+                self._gone(root, relpath, known)
+        for candidate in verdict.ready:
+            self._on_ready(candidate)
+
+    def _root_for_path(self, path: bytes) -> Root | None:
+        for root in self._roots.values():
+            if path.startswith(os.fsencode(root.path) + b"/"):
+                return root
+        return None
+
+    def note_hashed(self, candidate: Candidate, sha256: str, status: str) -> None:
+        """Keep the in-memory hash cache in step with what the journal recorded."""
+        root = self._root_for_path(candidate.path)
+        if root is None:
+            return
+        relpath = candidate.path[len(os.fsencode(root.path)) + 1 :]
+        root.index[relpath] = Known(
+            candidate.file_id,
+            candidate.dataset_id,
+            candidate.size,
+            candidate.mtime_ns,
+            sha256,
+            status,
+        )
+
+    def open_dataset_for(self, candidate: Candidate) -> int:
+        """The dataset that takes this file now (a later generation once processing began)."""
+        root = self._root_for_path(candidate.path)
+        if root is None:
+            return candidate.dataset_id
+        relpath = candidate.path[len(os.fsencode(root.path)) + 1 :]
+        placement = root.mapper.place(relpath)
+        if placement is None:
+            return candidate.dataset_id
+        return self._journal.open_dataset(
+            volume=root.volume,
+            folder=placement.folder,
+            name=placement.dataset,
+            target=root.config.target,
+            source=str(root.config.path),
+            auto_process=root.config.auto_process,
+            quiet_s=root.config.quiet_s,
+            now=self._clock.time(),
+        ).id

@@ -1,0 +1,171 @@
+"""What ``dronesync status`` shows: the journal, plus the daemon's live transfer figures.
+
+The journal holds every status; the running daemon also writes ``<state_dir>/live.json`` once a
+second with each dataset's current rate and the bytes of files in flight, which gives the rate
+and ETA. ``status`` only reads: it never writes the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon.journal import Journal
+from daemon.journal.store import FILE_STATUSES
+
+LIVE = "live.json"
+LIVE_FRESH_S = 5.0
+
+
+def display_path(raw: bytes) -> str:
+    """A path for people and JSON: undecodable bytes shown as escapes, never an error."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def write_live(state_dir: Path, live: dict[str, Any]) -> None:
+    """Atomically replace the live figures file (the daemon, once a second)."""
+    tmp = state_dir / f".{LIVE}.tmp"
+    tmp.write_text(json.dumps(live), encoding="utf-8")
+    tmp.replace(state_dir / LIVE)
+
+
+def read_live(state_dir: Path, now: float) -> dict[str, Any]:
+    """The daemon's live figures, if it wrote them in the last few seconds."""
+    try:
+        live: dict[str, Any] = json.loads((state_dir / LIVE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if now - float(live.get("updated_at", 0)) > LIVE_FRESH_S:
+        return {}
+    return live
+
+
+def snapshot(
+    journal: Journal, live: dict[str, Any], *, dataset: str | None = None, files: bool = False
+) -> dict[str, Any]:
+    """The ``status --json`` document (shape documented in README "status --json")."""
+    counts = journal.counts()
+    live_sets: dict[str, Any] = live.get("datasets", {})
+    out = []
+    for row in journal.datasets():
+        if dataset is not None and row.name != dataset:
+            continue
+        c = counts.get(row.id)
+        per_status = dict(c.files) if c else dict.fromkeys(FILE_STATUSES, 0)
+        total = c.bytes_total if c else 0
+        uploaded = c.bytes_uploaded if c else 0
+        figures = live_sets.get(str(row.id), {})
+        rate = float(figures.get("rate_bps", 0.0))
+        in_flight = int(figures.get("in_flight_bytes", 0))
+        remaining = max(total - uploaded - in_flight, 0)
+        eta = round(remaining / rate, 1) if rate > 1 and remaining else None
+        entry: dict[str, Any] = {
+            "name": row.name,
+            "target": row.target,
+            "source": row.source,
+            "state": row.state,
+            "detail": row.detail,
+            "files": per_status,
+            "files_hashing": c.pending_hash if c else 0,
+            "bytes_total": total,
+            "bytes_uploaded": uploaded,
+            "bytes_in_flight": in_flight,
+            "rate_bps": round(rate, 1),
+            "eta_s": eta,
+            "created_at": row.created_at,
+            "last_activity_at": row.last_activity_at,
+            "quiet_s": row.quiet_s,
+            "auto_process": row.auto_process,
+            "processing_started_at": row.processing_started_at,
+            "processing_finished_at": row.processing_finished_at,
+        }
+        if files:
+            entry["file_list"] = [_file_entry(journal, f) for f in journal.files(row.id)]
+        out.append(entry)
+    return {"daemon": {"running": bool(live)}, "datasets": out}
+
+
+def _file_entry(journal: Journal, f: Any) -> dict[str, Any]:
+    original = None
+    if f.duplicate_of is not None:
+        o = journal.file(f.duplicate_of)
+        original = display_path(os.fsencode(o.volume) + b"/" + o.relpath)
+    return {
+        "path": display_path(f.dspath),
+        "source_path": display_path(os.fsencode(f.volume) + b"/" + f.relpath),
+        "status": f.status,
+        "size": f.size,
+        "sha256": f.sha256,
+        "attempts": f.attempts,
+        "last_error": f.last_error,
+        "duplicate_of": original,
+        "remote_key": display_path(f.remote_key) if f.remote_key is not None else None,
+    }
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def _bar(done: int, total: int, width: int) -> str:
+    filled = int(width * done / total) if total else width
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def render(doc: dict[str, Any], *, bars: bool, now: float | None = None) -> str:
+    """The human-readable ``status`` table (progress bars on a terminal)."""
+    now = time.time() if now is None else now
+    lines = []
+    if not doc["daemon"]["running"]:
+        lines.append("daemon: not running (figures are from the journal)")
+    if not doc["datasets"]:
+        lines.append("no datasets yet: drop a folder of images into a watched source")
+    width = max(12, shutil.get_terminal_size((100, 20)).columns - 80)
+    for ds in doc["datasets"]:
+        f = ds["files"]
+        total = sum(f.values())
+        settled = f["uploaded"] + f["duplicate"]
+        head = f"{ds['name']}  [{ds['state']}]  -> {ds['target']}"
+        counts = (
+            f"  files {total}: {f['uploaded']} uploaded, {f['duplicate']} duplicate,"
+            f" {f['waiting']} waiting, {f['uploading']} uploading, {f['failed']} failed"
+        )
+        size = f"  {_size(ds['bytes_uploaded'])} of {_size(ds['bytes_total'])}"
+        if ds["rate_bps"]:
+            size += f"  {_size(ds['rate_bps'])}/s  ETA {_duration(ds['eta_s'])}"
+        if bars:
+            size = f"  {_bar(settled, total, width)}{size}"
+        lines.extend([head, counts, size])
+        if ds["state"] == "collecting" and total and settled == total and ds["auto_process"]:
+            left = ds["quiet_s"] - (now - ds["last_activity_at"])
+            if left > 0:
+                lines.append(f"  processing starts after {_duration(left)} of quiet")
+        if ds["detail"]:
+            lines.append(f"  {ds['detail']}")
+        for item in ds.get("file_list", []):
+            note = ""
+            if item["status"] == "duplicate":
+                note = f"  (same as {item['duplicate_of']})"
+            elif item["last_error"]:
+                note = f"  ({item['last_error']})"
+            lines.append(f"    {item['status']:<9} {item['path']}{note}")
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""The target protocol: the small surface every upload target implements.
+
+A target knows how to put one file somewhere and how to start and follow processing; it does
+not retry, throttle or schedule. Retry tiers, the bandwidth limit, stall detection and
+concurrency wrap every target the same way (``daemon.upload``). A target tells transient from
+permanent failures by the class of error it raises (``daemon.errors``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from daemon.errors import TransientTargetError
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetRef:
+    """The dataset an operation concerns, as the target needs to know it."""
+
+    id: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadItem:
+    """One file to upload: where it is read from and what it must be once stored."""
+
+    path: Path
+    key: bytes  # path inside the dataset folder, '/'-separated, may be non-UTF-8
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingStatus:
+    """Where a dataset's processing stands, as the target reports it."""
+
+    state: Literal["running", "done", "failed"]
+    detail: str | None = None
+    progress: float | None = None  # 0-100 where the target knows it
+
+
+class Throttle(Protocol):
+    """A shared bandwidth limit; blocks the calling (worker) thread as needed."""
+
+    def consume(self, nbytes: int) -> None:
+        """Account for ``nbytes`` sent, sleeping if the limit is exceeded."""
+
+
+@dataclass(slots=True)
+class Transfer:
+    """Progress of one upload, shared between the worker thread and the engine.
+
+    Targets call :meth:`progress` after every chunk; it applies the bandwidth limit and raises
+    when the engine aborted the transfer (stall, cancel, stop), so a copy running in a thread
+    stops at its next chunk.
+    """
+
+    throttle: Throttle | None = None
+    on_bytes: Callable[[int], None] | None = None
+    clock: Callable[[], float] = time.monotonic
+    sent: int = 0
+    last_progress: float = -1.0
+    _aborted: threading.Event = field(default_factory=threading.Event)
+    abort_reason: str = ""
+
+    def __post_init__(self) -> None:
+        self.last_progress = self.clock()
+
+    def progress(self, nbytes: int) -> None:
+        """Record ``nbytes`` more sent; raise if the transfer was aborted."""
+        if self._aborted.is_set():
+            raise TransientTargetError(self.abort_reason or "transfer aborted")
+        self.sent += nbytes
+        self.last_progress = self.clock()
+        if self.on_bytes is not None:
+            self.on_bytes(nbytes)
+        if self.throttle is not None:
+            self.throttle.consume(nbytes)
+
+    def abort(self, reason: str) -> None:
+        """Make the next :meth:`progress` call raise."""
+        self.abort_reason = reason
+        self._aborted.set()
+
+    @property
+    def aborted(self) -> bool:
+        """Whether :meth:`abort` was called."""
+        return self._aborted.is_set()
+
+
+class Target(Protocol):
+    """What every target implements. Errors: TransientTargetError / PermanentTargetError."""
+
+    name: str
+    poll_interval_s: float
+
+    async def ensure_dataset(self, dataset: DatasetRef) -> None:
+        """Create what the dataset needs on the target (idempotent)."""
+
+    async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
+        """Store one file and return its remote key; verified before returning.
+
+        Uploading the same content under the same key again returns the same key without
+        storing a second copy.
+        """
+
+    async def start_processing(self, dataset: DatasetRef, keys: list[bytes]) -> str:
+        """Register ``keys`` and start processing; returns a handle for polling."""
+
+    async def processing_status(self, dataset: DatasetRef, handle: str) -> ProcessingStatus:
+        """Where the processing started under ``handle`` stands."""
+
+    async def aclose(self) -> None:
+        """Release connections and processes."""

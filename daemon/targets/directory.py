@@ -1,0 +1,255 @@
+"""The directory target: a local folder or a mounted NAS share (the embedded default).
+
+Each dataset is a sub-folder named after it; each file keeps its path inside the dataset
+folder. A file is copied to a temporary name in its destination folder while it is hashed in
+the same read, fsynced, checked against the recorded hash, and then linked into place with
+``link()``, which never replaces an existing file. If a different file already holds the name,
+the copy takes the next free name ``NAME~2.EXT``; if the same content is already there, the
+upload is a no-op (so a retry after a crash never makes a second copy).
+
+Processing runs ``process_command`` once per dataset; its output goes to
+``<state_dir>/processing/<dataset>.log`` and its exit code decides processed or failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.config import DirectoryTargetConfig
+from daemon.errors import (
+    FileChangedError,
+    PermanentTargetError,
+    SourceError,
+    TransientTargetError,
+)
+from daemon.hashing import CHUNK, open_regular
+from daemon.targets.base import DatasetRef, ProcessingStatus, Transfer, UploadItem
+
+# Errors the operator must fix (permissions, read-only share, bad names): retrying won't help.
+_PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.EINVAL}
+MAX_NAME_TRIES = 1000
+
+
+@dataclass(slots=True)
+class _Run:
+    process: asyncio.subprocess.Process
+    log: Path
+    started: float
+
+
+def _target_error(path: Path, exc: OSError) -> Exception:
+    message = f"{path}: {exc.strerror or exc}"
+    if exc.errno in _PERMANENT_ERRNOS:
+        return PermanentTargetError(message)
+    return TransientTargetError(message)
+
+
+def _alternative(key: bytes, n: int) -> bytes:
+    if n == 1:
+        return key
+    head, sep, name = key.rpartition(b"/")
+    stem, dot, ext = name.rpartition(b".")
+    if not dot or not stem:
+        stem, ext = name, b""
+    suffix = b"~%d" % n
+    return head + sep + stem + suffix + (b"." + ext if ext else b"")
+
+
+def _same_content(path: Path, sha256: str, size: int) -> bool:
+    try:
+        if path.stat().st_size != size:
+            return False
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+    except OSError as exc:
+        raise _target_error(path, exc) from exc
+    return digest.hexdigest() == sha256
+
+
+class DirectoryTarget:
+    """Copies datasets into sub-folders of a local or mounted folder."""
+
+    poll_interval_s = 1.0
+
+    def __init__(self, name: str, config: DirectoryTargetConfig, log_dir: Path) -> None:
+        self.name = name
+        self.config = config
+        self.root = config.path
+        self.log_dir = log_dir
+        self._runs: dict[int, _Run] = {}
+
+    def dataset_dir(self, dataset: DatasetRef) -> Path:
+        """The folder that receives this dataset."""
+        return self.root / dataset.name
+
+    async def ensure_dataset(self, dataset: DatasetRef) -> None:
+        """Create the dataset folder."""
+        folder = self.dataset_dir(dataset)
+        try:
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _target_error(folder, exc) from exc
+
+    async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
+        """Copy one file in a worker thread (file I/O does not block the event loop)."""
+        return await asyncio.to_thread(self._upload, dataset, item, transfer)
+
+    def _upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
+        folder = os.fsencode(self.dataset_dir(dataset))
+        for n in range(1, MAX_NAME_TRIES + 1):
+            key = _alternative(item.key, n)
+            dest = Path(os.fsdecode(folder + b"/" + key))
+            if dest.exists():
+                if _same_content(dest, item.sha256, item.size):
+                    return key
+                continue
+            if self._copy_into_place(item, dest, transfer):
+                return key
+        raise PermanentTargetError(f"{dataset.name}: no free name for {item.key!r}")
+
+    def _copy_into_place(self, item: UploadItem, dest: Path, transfer: Transfer) -> bool:
+        """Copy, verify and link ``item`` to ``dest``; False if the name was taken meanwhile."""
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _target_error(dest.parent, exc) from exc
+        tmp = dest.parent / f".{secrets.token_hex(6)}.dronesync-part"
+        try:
+            self._copy(item, tmp, transfer)
+            try:
+                os.link(tmp, dest)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                raise _target_error(dest, exc) from exc
+            _fsync_dir(dest.parent)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _copy(self, item: UploadItem, tmp: Path, transfer: Transfer) -> None:
+        src, info = open_regular(item.path)
+        try:
+            if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
+                raise FileChangedError(f"{item.path}: changed since it was hashed")
+            try:
+                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise _target_error(tmp, exc) from exc
+            try:
+                digest = self._pump(src, out, item, tmp, transfer)
+                try:
+                    os.fsync(out)
+                except OSError as exc:
+                    raise _target_error(tmp, exc) from exc
+            finally:
+                os.close(out)
+            after = os.fstat(src)
+        finally:
+            os.close(src)
+        if after.st_size != item.size or after.st_mtime_ns != item.mtime_ns:
+            raise FileChangedError(f"{item.path}: changed while it was being uploaded")
+        if digest != item.sha256:
+            raise FileChangedError(f"{item.path}: content differs from its recorded hash")
+
+    @staticmethod
+    def _pump(src: int, out: int, item: UploadItem, tmp: Path, transfer: Transfer) -> str:
+        # One reused buffer: a fresh 1 MiB allocation per chunk costs page faults (limits.md).
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        digest = hashlib.sha256()
+        while True:
+            try:
+                count = os.readv(src, [buffer])
+            except OSError as exc:
+                raise SourceError(f"{item.path}: read error: {exc.strerror}") from exc
+            if not count:
+                return digest.hexdigest()
+            digest.update(view[:count])
+            written = 0
+            while written < count:
+                try:
+                    written += os.write(out, view[written:count])
+                except OSError as exc:
+                    raise _target_error(tmp, exc) from exc
+            transfer.progress(count)
+
+    async def start_processing(self, dataset: DatasetRef, keys: list[bytes]) -> str:
+        """Start ``process_command`` (if configured) for the dataset's folder."""
+        del keys  # the dataset folder holds exactly the uploaded files
+        command = self.config.process_command
+        if not command:
+            return ""
+        values = {"dataset": dataset.name, "dataset_dir": str(self.dataset_dir(dataset))}
+        argv = [arg.format(**values) for arg in command]
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{dataset.name}.log"
+        with log.open("ab") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {argv!r}\n".encode())
+            out.flush()
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=asyncio.subprocess.STDOUT,
+                    cwd=self.dataset_dir(dataset),
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise PermanentTargetError(
+                    f"cannot run process_command {argv[0]!r}: {exc.strerror}"
+                ) from exc
+        self._runs[dataset.id] = _Run(process, log, time.monotonic())
+        return str(process.pid)
+
+    async def processing_status(self, dataset: DatasetRef, handle: str) -> ProcessingStatus:
+        """Whether the dataset's ``process_command`` is still running, and how it ended."""
+        if not handle:
+            return ProcessingStatus("done", "no process_command configured")
+        run = self._runs.get(dataset.id)
+        if run is None:
+            return ProcessingStatus(
+                "failed", "processing was interrupted by a restart; `dronesync process` runs it again"
+            )
+        code = run.process.returncode
+        if code is None:
+            if time.monotonic() - run.started > self.config.process_timeout_s:
+                run.process.send_signal(signal.SIGTERM)
+                await run.process.wait()
+                del self._runs[dataset.id]
+                return ProcessingStatus(
+                    "failed", f"process_command ran past process_timeout_s; see {run.log}"
+                )
+            return ProcessingStatus("running")
+        del self._runs[dataset.id]
+        if code == 0:
+            return ProcessingStatus("done", f"process_command exited 0; output in {run.log}")
+        return ProcessingStatus("failed", f"process_command exited {code}; see {run.log}")
+
+    async def aclose(self) -> None:
+        """Stop running process commands (the service is stopping)."""
+        for run in self._runs.values():
+            if run.process.returncode is None:
+                run.process.send_signal(signal.SIGTERM)
+        for run in self._runs.values():
+            await run.process.wait()
+        self._runs.clear()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

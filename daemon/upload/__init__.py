@@ -1,0 +1,1 @@
+"""The upload engine and the wrappers every target shares: retry, bandwidth, stalls."""

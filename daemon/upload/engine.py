@@ -1,0 +1,279 @@
+"""The upload engine: a dispatcher and ``concurrency`` workers around any target.
+
+The dispatcher takes due files from the journal; each worker uploads one file at a time with
+quick in-process retries (tier 1), then parks it in the journal with ``next_attempt_at``
+(tier 2) or marks it failed when attempts are spent or the error is permanent. A transfer with
+no progress for ``stall_s`` is aborted and counts as a transient failure. Stopping (or
+cancelling a dataset) puts in-flight files back to waiting without counting the attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from daemon.clock import Clock
+from daemon.config import UploadSettings
+from daemon.errors import (
+    FileChangedError,
+    PermanentTargetError,
+    SourceError,
+    TargetError,
+    TransientTargetError,
+)
+from daemon.journal import FileRow, Journal
+from daemon.targets.base import DatasetRef, Target, Transfer, UploadItem
+from daemon.upload.ratelimit import TokenBucket
+from daemon.upload.retry import Backoff
+
+log = structlog.get_logger("dronesync.upload")
+
+IDLE_WAIT_S = 5.0
+
+
+@dataclass(slots=True)
+class _Flight:
+    row: FileRow
+    transfer: Transfer
+    task: asyncio.Task[bytes] | None = None
+
+
+class RateMeter:
+    """Bytes sent per dataset, smoothed into a rate for ``status``."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, int] = {}
+        self._last: dict[int, int] = {}
+        self.rates: dict[int, float] = {}
+
+    def add(self, dataset_id: int, nbytes: int) -> None:
+        """Count bytes sent (called from worker threads; a dict update is atomic enough)."""
+        self.sent[dataset_id] = self.sent.get(dataset_id, 0) + nbytes
+
+    def sample(self, interval: float) -> None:
+        """Fold the bytes sent since the last sample into each dataset's rate."""
+        for dataset_id, total in list(self.sent.items()):
+            delta = total - self._last.get(dataset_id, 0)
+            self._last[dataset_id] = total
+            rate = delta / interval if interval > 0 else 0.0
+            previous = self.rates.get(dataset_id, rate)
+            self.rates[dataset_id] = 0.7 * previous + 0.3 * rate
+
+
+class UploadEngine:
+    """Moves waiting files to their targets."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        targets: dict[str, Target],
+        settings: UploadSettings,
+        clock: Clock,
+        *,
+        locate: Callable[[FileRow], Path],
+        source_online: Callable[[str], bool],
+        on_changed: Callable[[FileRow], None],
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._journal = journal
+        self._targets = targets
+        self._settings = settings
+        self._clock = clock
+        self._locate = locate
+        self._source_online = source_online
+        self._on_changed = on_changed
+        self._backoff = backoff or Backoff.from_settings(settings)
+        self._throttle = TokenBucket(settings.bandwidth_limit) if settings.bandwidth_limit else None
+        self._queue: asyncio.Queue[FileRow] = asyncio.Queue(settings.concurrency)
+        self._claimed: set[int] = set()
+        self._flights: dict[int, _Flight] = {}
+        self._ensured: set[int] = set()
+        self._wake = asyncio.Event()
+        self.meter = RateMeter()
+
+    def wake(self) -> None:
+        """New work may be due (a file was hashed, a retry was asked for)."""
+        self._wake.set()
+
+    def in_flight(self) -> dict[int, int]:
+        """Bytes sent so far of each in-flight file, by dataset id."""
+        result: dict[int, int] = {}
+        for flight in self._flights.values():
+            ds = flight.row.dataset_id
+            result[ds] = result.get(ds, 0) + flight.transfer.sent
+        return result
+
+    def cancel_dataset(self, dataset_id: int, reason: str) -> None:
+        """Abort the dataset's in-flight transfers (they go back to waiting)."""
+        for flight in list(self._flights.values()):
+            if flight.row.dataset_id == dataset_id:
+                flight.transfer.abort(reason)
+                if flight.task is not None:
+                    flight.task.cancel(reason)
+
+    async def run(self) -> None:
+        """Dispatch and upload until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._dispatch())
+            for _ in range(self._settings.concurrency):
+                group.create_task(self._worker())
+
+    async def _dispatch(self) -> None:
+        while True:
+            self._wake.clear()
+            room = self._settings.concurrency * 2 - len(self._claimed)
+            rows = []
+            if room > 0:
+                rows = self._journal.next_uploads(self._clock.time(), room, self._claimed)
+            for row in rows:
+                self._claimed.add(row.id)
+                await self._queue.put(row)
+            if rows:
+                continue
+            due = self._journal.next_due()
+            wait = IDLE_WAIT_S if due is None else max(0.05, min(IDLE_WAIT_S, due - self._clock.time()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except TimeoutError:
+                pass
+
+    async def _worker(self) -> None:
+        while True:
+            row = await self._queue.get()
+            try:
+                await self._upload(row)
+            finally:
+                self._claimed.discard(row.id)
+                self._flights.pop(row.id, None)
+                self._wake.set()
+
+    async def _upload(self, row: FileRow) -> None:
+        dataset = self._journal.dataset(row.dataset_id)
+        current = self._journal.file(row.id)
+        if dataset.state not in ("collecting", "ready") or current.status != "waiting":
+            return
+        row = current
+        target = self._targets[dataset.target]
+        ref = DatasetRef(dataset.id, dataset.name)
+        item = UploadItem(
+            path=self._locate(row),
+            key=row.dspath,
+            size=row.size,
+            mtime_ns=row.mtime_ns,
+            sha256=row.sha256 or "",
+        )
+        failures = 0
+        attempts = row.attempts
+        while True:
+            attempts += 1
+            self._journal.mark_uploading(row.id)
+            try:
+                key = await self._attempt(target, ref, row, item)
+            except asyncio.CancelledError:
+                self._journal.release(row.id)
+                raise
+            except FileChangedError as exc:
+                self._journal.rehash(row.id, str(exc))
+                self._on_changed(row)
+                log.info("file changed; waiting for it to settle", file=str(item.path))
+                return
+            except SourceError as exc:
+                self._source_failed(row, dataset.name, item, exc)
+                return
+            except PermanentTargetError as exc:
+                self._fail(row, dataset.name, item, str(exc), attempts)
+                return
+            except _Cancelled:
+                self._journal.release(row.id)
+                return
+            except TargetError as exc:
+                failures += 1
+                if attempts >= self._settings.attempts:
+                    self._fail(row, dataset.name, item, str(exc), attempts)
+                    return
+                delay = self._backoff.delay(max(attempts, 1), exc.retry_after)
+                if failures > self._settings.quick_retries:
+                    self._journal.mark_retry(row.id, str(exc), self._clock.time() + delay)
+                    log.info(
+                        "upload parked",
+                        dataset=dataset.name,
+                        file=str(item.path),
+                        attempt=attempts,
+                        retry_in_s=round(delay, 1),
+                        error=str(exc),
+                    )
+                    return
+                self._journal.mark_retry(row.id, str(exc), 0)
+                await asyncio.sleep(delay)
+                continue
+            self._journal.mark_uploaded(row.id, key, self._clock.time())
+            log.info(
+                "file uploaded",
+                dataset=dataset.name,
+                file=str(item.path),
+                sha256=item.sha256,
+                bytes=item.size,
+                attempt=attempts,
+                key=os.fsdecode(key),
+            )
+            return
+
+    async def _attempt(
+        self, target: Target, ref: DatasetRef, row: FileRow, item: UploadItem
+    ) -> bytes:
+        transfer = Transfer(
+            throttle=self._throttle,
+            on_bytes=lambda n: self.meter.add(ref.id, n),
+            clock=self._clock.monotonic,
+        )
+        self._flights[row.id] = flight = _Flight(row, transfer)
+        if ref.id not in self._ensured:
+            await target.ensure_dataset(ref)
+            self._ensured.add(ref.id)
+        task = asyncio.create_task(target.upload(ref, item, transfer))
+        flight.task = task
+        stall = self._settings.stall_s
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=min(1.0, stall / 4))
+                if done:
+                    break
+                if self._clock.monotonic() - transfer.last_progress > stall:
+                    transfer.abort(f"stalled: no progress for {stall:g} s")
+                    task.cancel()
+                    await asyncio.wait({task})
+                    raise _Stalled(transfer.abort_reason)
+        except asyncio.CancelledError:
+            transfer.abort("daemon stopping")
+            task.cancel()
+            raise
+        if transfer.aborted:
+            raise _Cancelled(transfer.abort_reason)
+        return task.result()
+
+    def _source_failed(self, row: FileRow, dataset: str, item: UploadItem, exc: SourceError) -> None:
+        if not self._source_online(row.volume):
+            # The card was pulled or the share went away: not the file's fault.
+            self._journal.release(row.id)
+            log.info("upload paused: source offline", dataset=dataset, file=str(item.path))
+            return
+        self._fail(row, dataset, item, str(exc), row.attempts + 1)
+
+    def _fail(self, row: FileRow, dataset: str, item: UploadItem, error: str, attempts: int) -> None:
+        self._journal.mark_failed(row.id, error)
+        log.warning(
+            "file failed", dataset=dataset, file=str(item.path), attempt=attempts, error=error
+        )
+
+
+class _Stalled(TransientTargetError):
+    """A transfer made no progress for ``stall_s``: transient."""
+
+
+class _Cancelled(TargetError):
+    """The engine aborted the transfer (dataset cancelled): not the file's fault."""
