@@ -335,11 +335,11 @@ def load_config(path: Path) -> Settings:
     problems.extend(_reference_problems(path, raw))
     if problems or settings is None:
         raise ConfigError(problems)
-    return _relative_to(settings, path.parent)
+    return _relative_to(settings, path.parent.resolve())
 
 
 def _anchor(path: Path, base: Path) -> Path:
-    return path if path.is_absolute() else base / path
+    return path if path.is_absolute() else Path(os.path.normpath(base / path))
 
 
 def _relative_to(settings: Settings, base: Path) -> Settings:

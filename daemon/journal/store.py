@@ -463,7 +463,7 @@ class Journal:
     def next_uploads(self, now: float, limit: int, exclude: Iterable[int]) -> list[FileRow]:
         """Hashed, waiting files whose next attempt is due, of datasets still collecting."""
         skip = list(exclude)
-        marks = ",".join("?" * len(skip)) or "NULL"
+        marks = ",".join("?" * len(skip))
         rows = self._rows(
             "SELECT f.* FROM files f JOIN datasets d ON d.id = f.dataset_id"  # noqa: S608
             " WHERE f.status = 'waiting' AND f.sha256 IS NOT NULL AND f.next_attempt_at <= ?"
