@@ -17,7 +17,6 @@ import asyncio
 import errno
 import hashlib
 import os
-import secrets
 import signal
 import time
 from dataclasses import dataclass
@@ -111,6 +110,7 @@ class DirectoryTarget:
             dest = Path(os.fsdecode(folder + b"/" + key))
             if dest.exists():
                 if _same_content(dest, item.sha256, item.size):
+                    _part_name(dest, item).unlink(missing_ok=True)  # left by a killed run
                     return key
                 continue
             if self._copy_into_place(item, dest, transfer):
@@ -123,7 +123,7 @@ class DirectoryTarget:
             dest.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _target_error(dest.parent, exc) from exc
-        tmp = dest.parent / f".{secrets.token_hex(6)}.dronesync-part"
+        tmp = _part_name(dest, item)
         try:
             self._copy(item, tmp, transfer)
             try:
@@ -143,7 +143,7 @@ class DirectoryTarget:
             if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
                 raise FileChangedError(f"{item.path}: changed since it was hashed")
             try:
-                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             except OSError as exc:
                 raise _target_error(tmp, exc) from exc
             try:
@@ -245,6 +245,13 @@ class DirectoryTarget:
         for run in self._runs.values():
             await run.process.wait()
         self._runs.clear()
+
+
+def _part_name(dest: Path, item: UploadItem) -> Path:
+    """The temporary name of a copy in progress: the same for every attempt of one file, so
+    an attempt cut short by a crash is overwritten by the next one instead of left behind."""
+    stem = os.fsencode(dest.name)[:100]
+    return dest.parent / os.fsdecode(b"." + stem + b"." + item.sha256[:16].encode() + b".dronesync-part")
 
 
 def _fsync_dir(folder: Path) -> None:

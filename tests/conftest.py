@@ -1,0 +1,155 @@
+"""Shared fixtures: a real daemon process on real folders, and waiting on conditions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.journal import Journal
+from daemon.status import read_live, snapshot
+
+DEADLINE_S = 60.0
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = DEADLINE_S, what: str = "condition"
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+@dataclass
+class Box:
+    """An ingest box in a temporary folder: inbox, archive, state and a config file."""
+
+    root: Path
+    inbox: Path = field(init=False)
+    archive: Path = field(init=False)
+    state: Path = field(init=False)
+    config: Path = field(init=False)
+    process_log: Path = field(init=False)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.inbox = self.root / "inbox"
+        self.archive = self.root / "archive"
+        self.state = self.root / "state"
+        self.config = self.root / "dronesync.toml"
+        self.process_log = self.root / "processed.log"
+        self.inbox.mkdir()
+
+    def write_config(self, *, upload: str = "", source: str = "", target: str = "") -> None:
+        """A config with short timings; extra TOML lines go into each table."""
+        command = [
+            sys.executable,
+            "-c",
+            "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')",
+            str(self.process_log),
+            "{dataset}",
+        ]
+        self.config.write_text(
+            f'state_dir = "{self.state}"\nlog_level = "debug"\n'
+            f"[upload]\nbackoff_initial_s = 0.1\nbackoff_max_s = 0.5\n{upload}\n"
+            f'[targets.archive]\ntype = "directory"\npath = "{self.archive}"\n'
+            f"process_command = {toml_list(command)}\n{target}\n"
+            f'[[sources]]\npath = "{self.inbox}"\ntarget = "archive"\n'
+            f"stable_s = 0.3\nquiet_s = 1.5\nrescan_s = 5\n{source}\n",
+            encoding="utf-8",
+        )
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``dronesync ARGS --config ...`` as a user would."""
+        result = subprocess.run(
+            [sys.executable, "-m", "daemon", *args, "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            pytest.fail(f"dronesync {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """Start ``dronesync run`` in the background."""
+        (self.state / "live.json").unlink(missing_ok=True)
+        with (self.root / "daemon.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "daemon", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.procs.append(proc)
+        wait_until(
+            lambda: (self.state / "live.json").exists() or proc.poll() is not None,
+            what="the daemon to start",
+        )
+        assert proc.poll() is None, self.log()
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` and wait for the process to end."""
+        proc.send_signal(sig)
+        return proc.wait(timeout=30)
+
+    def log(self) -> str:
+        path = self.root / "daemon.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def status(self, dataset: str | None = None, *, files: bool = False) -> dict[str, Any]:
+        """What ``status --json`` shows, read in-process (cheap enough to poll)."""
+        path = self.state / "journal.sqlite3"
+        if not path.exists():
+            return {"daemon": {"running": False}, "datasets": []}
+        journal = Journal.open(path, readonly=True)
+        try:
+            return snapshot(
+                journal, read_live(self.state, time.time()), dataset=dataset, files=files
+            )
+        finally:
+            journal.close()
+
+    def datasets(self) -> dict[str, dict[str, Any]]:
+        return {d["name"]: d for d in self.status()["datasets"]}
+
+    def processed_runs(self) -> list[str]:
+        if not self.process_log.exists():
+            return []
+        return self.process_log.read_text().split()
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Iterator[Box]:
+    """A temporary ingest box; any daemon left running is killed at the end."""
+    b = Box(tmp_path)
+    b.write_config()
+    yield b
+    b.cleanup()

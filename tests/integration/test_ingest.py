@@ -1,0 +1,236 @@
+"""End to end: a real daemon process, real folders, real SQLite, real watchdog."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from tests.conftest import Box, wait_until
+
+FILE_STATUSES = {"waiting", "uploading", "uploaded", "duplicate", "failed"}
+
+
+def _images(folder: Path, count: int, rng: random.Random, start: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + count):
+        path = folder / f"DJI_{i:04d}.JPG"
+        path.write_bytes(rng.randbytes(rng.randint(20_000, 120_000)))
+        paths.append(path)
+    return paths
+
+
+def _archive_files(archive: Path) -> dict[str, list[Path]]:
+    """Archived images by content hash (processing output and temp files excluded)."""
+    found: dict[str, list[Path]] = {}
+    for path in archive.rglob("*"):
+        if path.is_file():
+            found.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), []).append(path)
+    return found
+
+
+def _slow_writer(path: Path, data: bytes, seconds: float) -> threading.Thread:
+    """Write ``data`` in pieces over ``seconds``, like a copy from a slow card reader."""
+
+    def write() -> None:
+        pieces = 12
+        step = len(data) // pieces + 1
+        with path.open("wb") as fh:
+            for i in range(0, len(data), step):
+                fh.write(data[i : i + step])
+                fh.flush()
+                time.sleep(seconds / pieces)  # pacing a writer, not synchronising the test
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    return thread
+
+
+def _check_status_shape(doc: dict) -> None:
+    assert set(doc) >= {"datasets"}
+    for ds in doc["datasets"]:
+        assert set(ds) >= {"name", "target", "source", "state", "files", "bytes_total",
+                           "bytes_uploaded"}
+        assert set(ds["files"]) == FILE_STATUSES
+        assert ds["state"] in {"collecting", "ready", "processing", "processed", "failed",
+                               "cancelled", "paused"}
+        assert 0 <= ds["bytes_uploaded"] <= ds["bytes_total"]
+
+
+def test_two_missions_with_copies_a_slow_file_and_a_non_image(box: Box) -> None:
+    rng = random.Random(7)
+    a = _images(box.inbox / "mission-a", 24, rng)
+    b = _images(box.inbox / "mission-b", 20, rng, start=100)
+    copies = [
+        (a[0], box.inbox / "mission-a" / "COPY_0001.JPG"),
+        (a[1], box.inbox / "mission-a" / "copy_0002.jpg"),
+        (a[2], box.inbox / "mission-b" / "DJI_9002.JPG"),
+        (b[0], box.inbox / "mission-b" / "DJI_9000.JPG"),
+        (b[1], box.inbox / "mission-a" / "DJI_9001.tif"),
+    ]
+    for src, dst in copies:
+        dst.write_bytes(src.read_bytes())
+    (box.inbox / "mission-b" / "flight.SRT").write_text("telemetry, not an image")
+    slow_data = rng.randbytes(300_000)
+    proc = box.start()
+    slow = _slow_writer(box.inbox / "mission-b" / "DJI_SLOW.JPG", slow_data, 3.0)
+
+    seen_states: set[str] = set()
+
+    def both_processed() -> bool:
+        doc = box.status()
+        _check_status_shape(doc)
+        seen_states.update(d["state"] for d in doc["datasets"])
+        states = {d["name"]: d["state"] for d in doc["datasets"]}
+        return states == {"mission-a": "processed", "mission-b": "processed"}
+
+    wait_until(both_processed, what="both datasets processed")
+    slow.join()
+    sets = box.datasets()
+    total_files = {name: sum(ds["files"].values()) for name, ds in sets.items()}
+    assert total_files == {"mission-a": 27, "mission-b": 23}  # 50 images; .SRT ignored
+    assert sum(ds["files"]["duplicate"] for ds in sets.values()) == 5
+    assert sum(ds["files"]["uploaded"] for ds in sets.values()) == 45
+    assert all(ds["files"]["failed"] == 0 for ds in sets.values())
+    assert "collecting" in seen_states
+
+    archived = _archive_files(box.archive)
+    sources = [p for p in box.inbox.rglob("*") if p.suffix.upper() in {".JPG", ".TIF"}]
+    unique = {hashlib.sha256(p.read_bytes()).hexdigest() for p in sources}
+    assert len(unique) == 45
+    assert set(archived) == unique  # everything arrived, byte-identical ...
+    assert all(len(paths) == 1 for paths in archived.values())  # ... and exactly once
+    slow_copy = box.archive / "mission-b" / "DJI_SLOW.JPG"
+    assert slow_copy.read_bytes() == slow_data  # never copied truncated
+    assert not list(box.archive.rglob("*.SRT"))
+    assert not list(box.archive.rglob(".*dronesync-part"))
+    assert sorted(box.processed_runs()) == ["mission-a", "mission-b"]  # once per dataset
+
+    listing = box.cli("status", "--files", "mission-a").stdout
+    assert "duplicate" in listing and "same as" in listing
+    assert box.stop(proc) == 0
+
+
+def test_sigkill_mid_ingest_uploads_nothing_twice_and_loses_nothing(box: Box) -> None:
+    box.write_config(upload="bandwidth_limit = 400000")
+    rng = random.Random(11)
+    _images(box.inbox / "m1", 15, rng)
+    _images(box.inbox / "m2", 15, rng, start=50)
+    sources = {hashlib.sha256(p.read_bytes()).hexdigest() for p in box.inbox.rglob("*.JPG")}
+    kills = 0
+    for _ in range(3):
+        proc = box.start()
+        before = sum(d["files"]["uploaded"] for d in box.status()["datasets"])
+        wait_until(
+            lambda before=before: sum(d["files"]["uploaded"] for d in box.status()["datasets"])
+            >= before + 3,
+            what="a few more uploads",
+        )
+        box.stop(proc, signal.SIGKILL)
+        kills += 1
+    assert kills == 3
+    uploaded = sum(d["files"]["uploaded"] for d in box.status()["datasets"])
+    assert uploaded < len(sources)  # the kills really happened mid-ingest
+
+    proc = box.start()
+    wait_until(
+        lambda: {d["state"] for d in box.status()["datasets"]} == {"processed"},
+        timeout=90,
+        what="everything processed after the restarts",
+    )
+    archived = _archive_files(box.archive)
+    assert set(archived) == sources
+    assert all(len(paths) == 1 for paths in archived.values()), "a file was stored twice"
+    assert not list(box.archive.rglob(".*dronesync-part"))
+    assert sorted(box.processed_runs()) == ["m1", "m2"]
+    assert box.stop(proc) == 0
+    db = sqlite3.connect(box.state / "journal.sqlite3")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT count(*) FROM files WHERE status = 'uploading'").fetchone()[0] == 0
+
+
+def test_manual_process_retry_and_cancel_act_within_two_seconds(box: Box) -> None:
+    box.write_config(source="auto_process = false")
+    rng = random.Random(3)
+    _images(box.inbox / "survey", 6, rng)
+    proc = box.start()
+    wait_until(lambda: box.datasets().get("survey", {}).get("state") == "ready",
+               what="dataset ready for manual processing")
+    assert box.processed_runs() == []
+    started = time.monotonic()
+    out = box.cli("process", "survey").stdout
+    assert "processing started" in out
+    assert time.monotonic() - started < 2.5
+    wait_until(lambda: box.datasets()["survey"]["state"] == "processed", what="processed")
+    assert box.processed_runs() == ["survey"]
+
+    # Files that arrive after processing started go into the next dataset, survey-2.
+    _images(box.inbox / "survey", 2, rng, start=500)
+    wait_until(lambda: box.datasets().get("survey-2", {}).get("state") == "ready",
+               what="follow-up dataset")
+    assert sum(box.datasets()["survey-2"]["files"].values()) == 2
+
+    out = box.cli("cancel", "survey-2").stdout
+    assert "cancelled" in out
+    assert box.datasets()["survey-2"]["state"] == "cancelled"
+    out = box.cli("retry", "survey-2").stdout
+    assert "resumed" in out
+    assert box.stop(proc) == 0
+
+
+def test_requests_made_while_stopped_are_applied_at_next_start(box: Box) -> None:
+    box.write_config(source="auto_process = false")
+    _images(box.inbox / "late", 3, random.Random(5))
+    proc = box.start()
+    wait_until(lambda: box.datasets().get("late", {}).get("state") == "ready", what="ready")
+    assert box.stop(proc) == 0
+    out = box.cli("process", "late").stdout
+    assert "queued" in out
+    proc = box.start()
+    wait_until(lambda: box.datasets()["late"]["state"] == "processed", what="processed")
+    assert box.processed_runs() == ["late"]
+    assert box.stop(proc) == 0
+
+
+def test_failed_files_hold_processing_back_until_retried(box: Box) -> None:
+    box.write_config(upload="attempts = 2\nquick_retries = 0")
+    box.archive.write_text("not a folder: the share is not mounted")  # every copy fails
+    _images(box.inbox / "blocked", 4, random.Random(9))
+    proc = box.start()
+    wait_until(lambda: box.datasets().get("blocked", {}).get("files", {}).get("failed") == 4,
+               what="files to fail")
+    ds = box.datasets()["blocked"]
+    assert ds["state"] == "collecting"
+    wait_until(lambda: "retry" in (box.datasets()["blocked"]["detail"] or ""),
+               what="a hint to retry")
+    listing = box.status(files=True)["datasets"][0]["file_list"]
+    assert all(f["last_error"] for f in listing)
+    assert box.processed_runs() == []
+
+    box.archive.unlink()
+    box.archive.mkdir()
+    out = box.cli("retry", "--all").stdout
+    assert "4 failed file(s) back to waiting" in out
+    wait_until(lambda: box.datasets()["blocked"]["state"] == "processed", what="processed")
+    assert box.processed_runs() == ["blocked"]
+    assert box.stop(proc) == 0
+
+
+def test_sigterm_stops_promptly_and_leaves_the_journal_consistent(box: Box) -> None:
+    box.write_config(upload="bandwidth_limit = 200000")
+    _images(box.inbox / "big", 10, random.Random(1))
+    proc = box.start()
+    wait_until(lambda: any(d["files"]["uploaded"] for d in box.status()["datasets"]),
+               what="uploads under way")
+    started = time.monotonic()
+    assert box.stop(proc) == 0
+    assert time.monotonic() - started < 10
+    db = sqlite3.connect(box.state / "journal.sqlite3")
+    assert db.execute("SELECT count(*) FROM files WHERE status = 'uploading'").fetchone()[0] == 0
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert "stopped" in box.log()
