@@ -113,9 +113,7 @@ def _journal(settings: Settings) -> Journal:
 
     path = settings.state_dir / JOURNAL
     if not path.exists():
-        raise UsageError(
-            f"{path}: no journal yet; start the daemon (`dronesync run`) to create it"
-        )
+        raise UsageError(f"{path}: no journal yet; start the daemon (`dronesync run`) to create it")
     return Journal.open(path, readonly=True)
 
 

@@ -133,7 +133,9 @@ class DirectoryTargetConfig(_Model):
         if value is None:
             return value
         if not value or not value[0].strip():
-            raise ValueError("must name a program, e.g. [\"/usr/local/bin/process\", \"{dataset_dir}\"]")
+            raise ValueError(
+                'must name a program, e.g. ["/usr/local/bin/process", "{dataset_dir}"]'
+            )
         for arg in value:
             _check_placeholders(arg, {"dataset", "dataset_dir"})
         return value
@@ -229,7 +231,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Least important log events shown."
     )
-    upload: UploadSettings = Field(default_factory=UploadSettings)  # type: ignore[arg-type]
+    upload: UploadSettings = Field(default_factory=UploadSettings)
     targets: dict[str, TargetConfig] = Field(
         default_factory=dict, description="Named targets; `type` picks the implementation."
     )
@@ -276,7 +278,7 @@ def _describe(error: Any) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":
-        return f"unknown target type {error['input']!r}; use \"directory\""
+        return f'unknown target type {error["input"]!r}; use "directory"'
     if kind == "union_tag_not_found":
         return 'missing `type`; use "directory"'
     message = str(error["msg"]).removeprefix("Value error, ")

@@ -8,6 +8,7 @@ is this output, and a test keeps the two equal.
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def _fields(model: type[BaseModel], skip: set[str] = frozenset()) -> list[str]: 
             lines.append(f"# {info.description}")
         default = _default(info)
         if name == "type":
-            lines.append(f"{name} = {toml_value(model.model_fields['type'].annotation.__args__[0])}")  # type: ignore[union-attr]
+            lines.append(f"{name} = {toml_value(typing.get_args(info.annotation)[0])}")
         elif default is PydanticUndefined:
             lines.append(f"{name} = {toml_value(extra['example'])}")
         elif default is None:

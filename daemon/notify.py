@@ -17,7 +17,7 @@ def notify(*lines: str) -> bool:
         return False
     message = "\n".join(lines)
     try:
-        from systemd import daemon as sd  # noqa: PLC0415 (optional dependency)
+        from systemd import daemon as sd  # type: ignore[attr-defined]  # noqa: PLC0415
 
         return bool(sd.notify(message))
     except ImportError:

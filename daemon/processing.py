@@ -114,8 +114,12 @@ class ProcessingController:
             return
         # Recorded before the target is asked, so a crash in between is never silent.
         self._journal.set_dataset_state(
-            dataset.id, "processing", "starting", processing_started_at=now,
-            processing_finished_at=None, processing_handle=None,
+            dataset.id,
+            "processing",
+            "starting",
+            processing_started_at=now,
+            processing_finished_at=None,
+            processing_handle=None,
         )
         self._tasks[dataset.id] = asyncio.create_task(self._start(dataset))
 
@@ -140,8 +144,10 @@ class ProcessingController:
         if target is None or dataset.processing_handle is None:
             if dataset.processing_handle is None and dataset.id not in self._tasks:
                 self._finish(
-                    dataset, "failed", "processing was interrupted before it started;"
-                    " `dronesync process` starts it again"
+                    dataset,
+                    "failed",
+                    "processing was interrupted before it started;"
+                    " `dronesync process` starts it again",
                 )
             return
         if now < self._polls.get(dataset.id, 0):
@@ -174,7 +180,9 @@ class ProcessingController:
 
     # -- operator requests -----------------------------------------------------------------
 
-    def process_now(self, dataset: DatasetRow, follow_up: Callable[[DatasetRow], DatasetRow]) -> str:
+    def process_now(
+        self, dataset: DatasetRow, follow_up: Callable[[DatasetRow], DatasetRow]
+    ) -> str:
         """``dronesync process``: start with what is uploaded; the rest moves to a new dataset."""
         if dataset.state == "processing":
             raise UsageError(f"{dataset.name}: already processing")
@@ -188,5 +196,8 @@ class ProcessingController:
         if unfinished:
             successor = follow_up(self._journal.dataset(dataset.id))
             moved = self._journal.move_unfinished(dataset.id, successor.id)
-            return f"{dataset.name}: processing started; {moved} file(s) not uploaded yet continue in {successor.name}"
+            return (
+                f"{dataset.name}: processing started; {moved} file(s) not uploaded yet"
+                f" continue in {successor.name}"
+            )
         return f"{dataset.name}: processing started"

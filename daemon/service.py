@@ -130,7 +130,9 @@ class Daemon:
                 raise ConfigError(problems)
         except ConfigError as exc:
             for line in exc.problems:
-                log.error("configuration not reloaded; keeping the running one", problem=line)
+                log.error(  # noqa: TRY400 (an expected problem: one line, no traceback)
+                    "configuration not reloaded; keeping the running one", problem=line
+                )
             return
         if settings.state_dir != self._settings.state_dir:
             log.error("state_dir cannot change on reload; restart the service to move it")
@@ -147,15 +149,20 @@ class Daemon:
         self._refresh_dataset_settings(journal, settings)
         engine: UploadEngine
         sources = SourceManager(
-            settings.sources, journal, self._clock, on_ready=lambda c: hasher.submit(c)
+            settings.sources,
+            journal,
+            self._clock,
+            on_ready=lambda c: hasher.submit(c),  # noqa: PLW0108 (hasher is built next)
         )
         hasher = Hasher(
             journal,
             sources,
             self._clock,
             settings.upload.hash_workers,
-            scope_of=lambda t: settings.targets[t].duplicate_scope if t in settings.targets else "target",
-            on_recorded=lambda: engine.wake(),
+            scope_of=lambda t: (
+                settings.targets[t].duplicate_scope if t in settings.targets else "target"
+            ),
+            on_recorded=lambda: engine.wake(),  # noqa: PLW0108 (engine is built next)
         )
         engine = UploadEngine(
             journal,
@@ -187,8 +194,12 @@ class Daemon:
             for task in done:
                 if task is not end and not task.cancelled() and task.exception() is not None:
                     exc = task.exception()
-                    log.error("component failed; stopping", component=task.get_name(),
-                              error=str(exc), exc_info=exc)
+                    log.error(
+                        "component failed; stopping",
+                        component=task.get_name(),
+                        error=str(exc),
+                        exc_info=exc,
+                    )
                     code = 1
         finally:
             for task in [*tasks, end, ready]:
@@ -233,8 +244,12 @@ class Daemon:
                     message = self._apply(request, journal, engine, processing)
                 except DronesyncError as exc:
                     message = f"not done: {exc}"
-                log.info("request applied", action=request.action, dataset=request.dataset,
-                         result=message)
+                log.info(
+                    "request applied",
+                    action=request.action,
+                    dataset=request.dataset,
+                    result=message,
+                )
                 control.answer(request, message)
             await asyncio.sleep(REQUEST_POLL_S)
 
@@ -265,8 +280,13 @@ class Daemon:
 
         def follow_up(ds: DatasetRow) -> DatasetRow:
             return journal.open_dataset(
-                volume=ds.volume, folder=ds.folder, name=ds.name, target=ds.target,
-                source=ds.source, auto_process=ds.auto_process, quiet_s=ds.quiet_s,
+                volume=ds.volume,
+                folder=ds.folder,
+                name=ds.name,
+                target=ds.target,
+                source=ds.source,
+                auto_process=ds.auto_process,
+                quiet_s=ds.quiet_s,
                 now=self._clock.time(),
             )
 

@@ -431,9 +431,7 @@ class Journal:
                 self.touch_dataset(dataset_id, now)
             return self.file(file_id)
 
-    def _original_of(
-        self, file_id: int, sha256: str, dataset_id: int, scope: str
-    ) -> int | None:
+    def _original_of(self, file_id: int, sha256: str, dataset_id: int, scope: str) -> int | None:
         dataset = self.dataset(dataset_id)
         where = "d.target = ?" if scope == "target" else "f.dataset_id = ?"
         param: Any = dataset.target if scope == "target" else dataset_id
@@ -500,8 +498,7 @@ class Journal:
     def mark_retry(self, file_id: int, error: str, next_attempt_at: float) -> None:
         """A transient failure: park the file until ``next_attempt_at``."""
         self._write(
-            "UPDATE files SET status = 'waiting', last_error = ?, next_attempt_at = ?"
-            " WHERE id = ?",
+            "UPDATE files SET status = 'waiting', last_error = ?, next_attempt_at = ? WHERE id = ?",
             (error, next_attempt_at, file_id),
         )
 
@@ -548,8 +545,7 @@ class Journal:
     def uploaded_keys(self, dataset_id: int) -> list[bytes]:
         """Remote keys of the dataset's uploaded files (what processing gets)."""
         rows = self._conn.execute(
-            "SELECT remote_key FROM files WHERE dataset_id = ? AND status = 'uploaded'"
-            " ORDER BY id",
+            "SELECT remote_key FROM files WHERE dataset_id = ? AND status = 'uploaded' ORDER BY id",
             (dataset_id,),
         ).fetchall()
         return [bytes(r[0]) for r in rows]

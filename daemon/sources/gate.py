@@ -1,5 +1,4 @@
-"""The stability gate: a file is released for hashing once it is closed and its size and mtime
-have not moved for ``stable_s``.
+"""The stability gate: files wait here until closed and unchanged for ``stable_s``.
 
 Candidates come from scans and watcher events; the gate re-stats them on every tick. A change
 restarts the clock and counts as activity for the dataset (its quiet period starts again).
@@ -41,9 +40,7 @@ class Verdict:
 class StabilityGate:
     """Holds files until they are stable. Not thread-safe: the event loop owns it."""
 
-    def __init__(
-        self, open_check: Callable[[set[FileId]], set[FileId]] = open_for_writing
-    ) -> None:
+    def __init__(self, open_check: Callable[[set[FileId]], set[FileId]] = open_for_writing) -> None:
         self._pending: dict[int, Candidate] = {}
         self._open_check = open_check
 

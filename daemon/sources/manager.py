@@ -10,6 +10,7 @@ journal on the event loop; watcher events only make a look sooner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import random
@@ -129,10 +130,8 @@ class SourceManager:
                 self._drain_hints()
                 await self._scan_due()
                 self._gate_tick()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._hints.wakeup.wait(), TICK_S)
-                except TimeoutError:
-                    pass
                 self._hints.wakeup.clear()
         finally:
             self._watcher.close()

@@ -46,8 +46,8 @@ class DatasetMapper:
         folder, sep, rest = relpath.partition(b"/")
         if not sep:
             return None  # a file at the top of a "subfolders" source belongs to no dataset
-        folder_name = os.fsdecode(folder).encode("utf-8", "surrogateescape").decode(
-            "utf-8", "replace"
+        folder_name = (
+            os.fsdecode(folder).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         )
         name = self.config.dataset.format(folder=folder_name, source=source_name)
         return Placement(folder, safe_name(name), rest)

@@ -45,7 +45,7 @@ def open_for_writing(candidates: AbstractSet[FileId], proc: str = "/proc") -> se
 
 def _writable(fdinfo: str) -> bool:
     try:
-        with open(fdinfo, encoding="ascii") as fh:  # noqa: PTH123 (a /proc pseudo-file)
+        with open(fdinfo, encoding="ascii") as fh:
             for line in fh:
                 if line.startswith("flags:"):
                     flags = int(line.split()[1], 8)

@@ -220,7 +220,8 @@ class DirectoryTarget:
         run = self._runs.get(dataset.id)
         if run is None:
             return ProcessingStatus(
-                "failed", "processing was interrupted by a restart; `dronesync process` runs it again"
+                "failed",
+                "processing was interrupted by a restart; `dronesync process` runs it again",
             )
         code = run.process.returncode
         if code is None:
@@ -248,10 +249,14 @@ class DirectoryTarget:
 
 
 def _part_name(dest: Path, item: UploadItem) -> Path:
-    """The temporary name of a copy in progress: the same for every attempt of one file, so
-    an attempt cut short by a crash is overwritten by the next one instead of left behind."""
+    """The temporary name of a copy in progress, the same for every attempt of one file.
+
+    An attempt cut short by a crash is overwritten by the next one instead of left behind.
+    """
     stem = os.fsencode(dest.name)[:100]
-    return dest.parent / os.fsdecode(b"." + stem + b"." + item.sha256[:16].encode() + b".dronesync-part")
+    return dest.parent / os.fsdecode(
+        b"." + stem + b"." + item.sha256[:16].encode() + b".dronesync-part"
+    )
 
 
 def _fsync_dir(folder: Path) -> None:

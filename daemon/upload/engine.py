@@ -10,6 +10,7 @@ cancelling a dataset) puts in-flight files back to waiting without counting the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,11 +137,13 @@ class UploadEngine:
             if rows:
                 continue
             due = self._journal.next_due()
-            wait = IDLE_WAIT_S if due is None else max(0.05, min(IDLE_WAIT_S, due - self._clock.time()))
-            try:
+            wait = (
+                IDLE_WAIT_S
+                if due is None
+                else max(0.05, min(IDLE_WAIT_S, due - self._clock.time()))
+            )
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
-            except TimeoutError:
-                pass
 
     async def _worker(self) -> None:
         while True:
@@ -188,7 +191,7 @@ class UploadEngine:
             except PermanentTargetError as exc:
                 self._fail(row, dataset.name, item, str(exc), attempts)
                 return
-            except _Cancelled:
+            except _CancelledError:
                 self._journal.release(row.id)
                 return
             except TargetError as exc:
@@ -247,16 +250,18 @@ class UploadEngine:
                     transfer.abort(f"stalled: no progress for {stall:g} s")
                     task.cancel()
                     await asyncio.wait({task})
-                    raise _Stalled(transfer.abort_reason)
+                    raise _StalledError(transfer.abort_reason)
         except asyncio.CancelledError:
             transfer.abort("daemon stopping")
             task.cancel()
             raise
         if transfer.aborted:
-            raise _Cancelled(transfer.abort_reason)
+            raise _CancelledError(transfer.abort_reason)
         return task.result()
 
-    def _source_failed(self, row: FileRow, dataset: str, item: UploadItem, exc: SourceError) -> None:
+    def _source_failed(
+        self, row: FileRow, dataset: str, item: UploadItem, exc: SourceError
+    ) -> None:
         if not self._source_online(row.volume):
             # The card was pulled or the share went away: not the file's fault.
             self._journal.release(row.id)
@@ -264,16 +269,18 @@ class UploadEngine:
             return
         self._fail(row, dataset, item, str(exc), row.attempts + 1)
 
-    def _fail(self, row: FileRow, dataset: str, item: UploadItem, error: str, attempts: int) -> None:
+    def _fail(
+        self, row: FileRow, dataset: str, item: UploadItem, error: str, attempts: int
+    ) -> None:
         self._journal.mark_failed(row.id, error)
         log.warning(
             "file failed", dataset=dataset, file=str(item.path), attempt=attempts, error=error
         )
 
 
-class _Stalled(TransientTargetError):
+class _StalledError(TransientTargetError):
     """A transfer made no progress for ``stall_s``: transient."""
 
 
-class _Cancelled(TargetError):
+class _CancelledError(TargetError):
     """The engine aborted the transfer (dataset cancelled): not the file's fault."""

@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import Box, wait_until
 
@@ -51,14 +52,32 @@ def _slow_writer(path: Path, data: bytes, seconds: float) -> threading.Thread:
     return thread
 
 
-def _check_status_shape(doc: dict) -> None:
+def _uploaded(box: Box) -> int:
+    return sum(d["files"]["uploaded"] for d in box.status()["datasets"])
+
+
+def _check_status_shape(doc: dict[str, Any]) -> None:
     assert set(doc) >= {"datasets"}
     for ds in doc["datasets"]:
-        assert set(ds) >= {"name", "target", "source", "state", "files", "bytes_total",
-                           "bytes_uploaded"}
+        assert set(ds) >= {
+            "name",
+            "target",
+            "source",
+            "state",
+            "files",
+            "bytes_total",
+            "bytes_uploaded",
+        }
         assert set(ds["files"]) == FILE_STATUSES
-        assert ds["state"] in {"collecting", "ready", "processing", "processed", "failed",
-                               "cancelled", "paused"}
+        assert ds["state"] in {
+            "collecting",
+            "ready",
+            "processing",
+            "processed",
+            "failed",
+            "cancelled",
+            "paused",
+        }
         assert 0 <= ds["bytes_uploaded"] <= ds["bytes_total"]
 
 
@@ -112,7 +131,8 @@ def test_two_missions_with_copies_a_slow_file_and_a_non_image(box: Box) -> None:
     assert sorted(box.processed_runs()) == ["mission-a", "mission-b"]  # once per dataset
 
     listing = box.cli("status", "--files", "mission-a").stdout
-    assert "duplicate" in listing and "same as" in listing
+    assert "duplicate" in listing
+    assert "same as" in listing
     assert box.stop(proc) == 0
 
 
@@ -125,12 +145,9 @@ def test_sigkill_mid_ingest_uploads_nothing_twice_and_loses_nothing(box: Box) ->
     kills = 0
     for _ in range(3):
         proc = box.start()
-        before = sum(d["files"]["uploaded"] for d in box.status()["datasets"])
-        wait_until(
-            lambda before=before: sum(d["files"]["uploaded"] for d in box.status()["datasets"])
-            >= before + 3,
-            what="a few more uploads",
-        )
+        before = _uploaded(box)
+        goal = before + 3
+        wait_until(lambda: _uploaded(box) >= goal, what="a few more uploads")  # noqa: B023
         box.stop(proc, signal.SIGKILL)
         kills += 1
     assert kills == 3
@@ -159,8 +176,10 @@ def test_manual_process_retry_and_cancel_act_within_two_seconds(box: Box) -> Non
     rng = random.Random(3)
     _images(box.inbox / "survey", 6, rng)
     proc = box.start()
-    wait_until(lambda: box.datasets().get("survey", {}).get("state") == "ready",
-               what="dataset ready for manual processing")
+    wait_until(
+        lambda: box.datasets().get("survey", {}).get("state") == "ready",
+        what="dataset ready for manual processing",
+    )
     assert box.processed_runs() == []
     started = time.monotonic()
     out = box.cli("process", "survey").stdout
@@ -171,8 +190,9 @@ def test_manual_process_retry_and_cancel_act_within_two_seconds(box: Box) -> Non
 
     # Files that arrive after processing started go into the next dataset, survey-2.
     _images(box.inbox / "survey", 2, rng, start=500)
-    wait_until(lambda: box.datasets().get("survey-2", {}).get("state") == "ready",
-               what="follow-up dataset")
+    wait_until(
+        lambda: box.datasets().get("survey-2", {}).get("state") == "ready", what="follow-up dataset"
+    )
     assert sum(box.datasets()["survey-2"]["files"].values()) == 2
 
     out = box.cli("cancel", "survey-2").stdout
@@ -202,12 +222,15 @@ def test_failed_files_hold_processing_back_until_retried(box: Box) -> None:
     box.archive.write_text("not a folder: the share is not mounted")  # every copy fails
     _images(box.inbox / "blocked", 4, random.Random(9))
     proc = box.start()
-    wait_until(lambda: box.datasets().get("blocked", {}).get("files", {}).get("failed") == 4,
-               what="files to fail")
+    wait_until(
+        lambda: box.datasets().get("blocked", {}).get("files", {}).get("failed") == 4,
+        what="files to fail",
+    )
     ds = box.datasets()["blocked"]
     assert ds["state"] == "collecting"
-    wait_until(lambda: "retry" in (box.datasets()["blocked"]["detail"] or ""),
-               what="a hint to retry")
+    wait_until(
+        lambda: "retry" in (box.datasets()["blocked"]["detail"] or ""), what="a hint to retry"
+    )
     listing = box.status(files=True)["datasets"][0]["file_list"]
     assert all(f["last_error"] for f in listing)
     assert box.processed_runs() == []
@@ -225,8 +248,10 @@ def test_sigterm_stops_promptly_and_leaves_the_journal_consistent(box: Box) -> N
     box.write_config(upload="bandwidth_limit = 200000")
     _images(box.inbox / "big", 10, random.Random(1))
     proc = box.start()
-    wait_until(lambda: any(d["files"]["uploaded"] for d in box.status()["datasets"]),
-               what="uploads under way")
+    wait_until(
+        lambda: any(d["files"]["uploaded"] for d in box.status()["datasets"]),
+        what="uploads under way",
+    )
     started = time.monotonic()
     assert box.stop(proc) == 0
     assert time.monotonic() - started < 10
