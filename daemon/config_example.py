@@ -8,6 +8,7 @@ is this output, and a test keeps the two equal.
 from __future__ import annotations
 
 import json
+import textwrap
 import typing
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def _fields(model: type[BaseModel], skip: set[str] = frozenset()) -> list[str]: 
             continue
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         if info.description:
-            lines.append(f"# {info.description}")
+            lines.extend(f"# {line}" for line in textwrap.wrap(info.description, 96))
         default = _default(info)
         if name == "type":
             lines.append(f"{name} = {toml_value(typing.get_args(info.annotation)[0])}")

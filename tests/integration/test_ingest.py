@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import signal
 import sqlite3
@@ -259,3 +260,53 @@ def test_sigterm_stops_promptly_and_leaves_the_journal_consistent(box: Box) -> N
     assert db.execute("SELECT count(*) FROM files WHERE status = 'uploading'").fetchone()[0] == 0
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert "stopped" in box.log()
+
+
+def test_sighup_reloads_the_configuration(box: Box) -> None:
+    box.write_config(source="auto_process = false")
+    _images(box.inbox / "hup", 3, random.Random(2))
+    proc = box.start()
+    wait_until(lambda: box.datasets().get("hup", {}).get("state") == "ready", what="ready")
+    box.write_config(source="auto_process = true")
+    proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: box.datasets()["hup"]["state"] == "processed", what="processed")
+    assert "configuration reloaded" in box.log()
+
+    box.config.write_text("this is [not toml")
+    proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "configuration not reloaded" in box.log(), what="the reload refused")
+    _images(box.inbox / "after", 2, random.Random(4))
+    wait_until(
+        lambda: box.datasets().get("after", {}).get("state") == "processed",
+        what="the daemon still ingesting on the old configuration",
+    )
+    assert box.stop(proc) == 0
+
+
+def test_polling_source_and_hostile_names(box: Box) -> None:
+    box.write_config(source="poll_s = 0.5")
+    folder = box.inbox / "odd names"
+    folder.mkdir()
+    names = [b"with space.JPG", b"new\nline.JPG", b"latin1-\xe9t\xe9.JPG", b"x" * 251 + b".JPG"]
+    payloads = {}
+    for i, name in enumerate(names):
+        data = random.Random(i).randbytes(5_000)
+        (Path(os.fsdecode(os.fsencode(folder) + b"/" + name))).write_bytes(data)
+        payloads[name] = data
+    (folder / "empty.JPG").write_bytes(b"")
+    (folder / "loop.JPG").symlink_to(folder / "loop.JPG")
+    (folder / "outside.JPG").symlink_to("/etc/hostname")
+    os.mkfifo(folder / "fifo.JPG")
+    proc = box.start()
+    wait_until(
+        lambda: box.datasets().get("odd names", {}).get("state") == "processed",
+        what="the odd dataset processed",
+    )
+    for name, data in payloads.items():
+        stored = Path(os.fsdecode(os.fsencode(box.archive / "odd names") + b"/" + name))
+        assert stored.read_bytes() == data
+    assert not (box.archive / "odd names" / "outside.JPG").exists()
+    assert not (box.archive / "odd names" / "fifo.JPG").exists()
+    files = box.status("odd names", files=True)["datasets"][0]["file_list"]
+    assert "latin1-\\xe9t\\xe9.JPG" in {f["path"] for f in files}
+    assert box.stop(proc) == 0
