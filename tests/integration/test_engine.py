@@ -1,0 +1,156 @@
+"""The upload engine against real targets: retries, permanent errors, stalls, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from daemon.clock import SystemClock
+from daemon.config import UploadSettings
+from daemon.errors import PermanentTargetError, TransientTargetError
+from daemon.journal import FileRow, Journal
+from daemon.targets.base import DatasetRef, Transfer, UploadItem
+from daemon.targets.memory import MemoryTarget
+from daemon.upload.engine import UploadEngine
+
+
+class StallingTarget(MemoryTarget):
+    """A target whose first upload sends one chunk and then hangs (a server that stalls)."""
+
+    def __init__(self) -> None:
+        super().__init__("stalling")
+        self.stalls = 0
+
+    async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
+        if self.stalls == 0:
+            self.stalls += 1
+            transfer.progress(1)
+            await asyncio.Event().wait()  # never set: no progress, ever
+        return await super().upload(dataset, item, transfer)
+
+
+def _journal_with_files(tmp_path: Path, target: str, count: int) -> tuple[Journal, list[int]]:
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = journal.open_dataset(
+        volume=str(src),
+        folder=b"",
+        name="ds",
+        target=target,
+        source=str(src),
+        auto_process=True,
+        quiet_s=0,
+        now=time.time(),
+    )
+    ids = []
+    for i in range(count):
+        data = os.urandom(10_000)
+        path = src / f"f{i}.jpg"
+        path.write_bytes(data)
+        info = path.stat()
+        file_id = journal.add_file(
+            dataset_id=ds.id,
+            volume=str(src),
+            relpath=path.name.encode(),
+            dspath=path.name.encode(),
+            size=info.st_size,
+            mtime_ns=info.st_mtime_ns,
+            now=time.time(),
+        )
+        journal.record_hash(
+            file_id,
+            dataset_id=ds.id,
+            size=info.st_size,
+            mtime_ns=info.st_mtime_ns,
+            sha256=hashlib.sha256(data).hexdigest(),
+            duplicate_scope="target",
+            now=time.time(),
+        )
+        ids.append(file_id)
+    return journal, ids
+
+
+def _locate(row: FileRow) -> Path:
+    return Path(row.volume) / os.fsdecode(row.relpath)
+
+
+async def _run_until(
+    engine: UploadEngine,
+    journal: Journal,
+    ids: list[int],
+    statuses: set[str],
+    timeout: float = 20.0,
+) -> None:
+    task = asyncio.create_task(engine.run())
+    deadline = time.monotonic() + timeout
+    try:
+        while {journal.file(i).status for i in ids} - statuses:
+            assert time.monotonic() < deadline, [journal.file(i).status for i in ids]
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _engine(journal: Journal, target: MemoryTarget, **settings: float) -> UploadEngine:
+    config = UploadSettings.model_validate(
+        {"backoff_initial_s": 0.01, "backoff_max_s": 0.05, **settings}
+    )
+    return UploadEngine(
+        journal,
+        {target.name: target},
+        config,
+        SystemClock(),
+        locate=_locate,
+        source_online=lambda volume: True,
+        on_changed=lambda row: None,
+    )
+
+
+def test_transient_errors_are_retried_until_uploaded(tmp_path: Path) -> None:
+    target = MemoryTarget()
+    journal, ids = _journal_with_files(tmp_path, target.name, 3)
+    target.fail_next.extend(
+        [
+            TransientTargetError("503"),
+            TransientTargetError("429", retry_after=0.05),
+            TransientTargetError("reset"),
+        ]
+    )
+    asyncio.run(_run_until(_engine(journal, target), journal, ids, {"uploaded"}))
+    assert len(target.puts) == 3  # every file stored once
+    assert sum(journal.file(i).attempts for i in ids) == 6
+
+
+def test_permanent_error_fails_the_file_at_once_with_its_reason(tmp_path: Path) -> None:
+    target = MemoryTarget()
+    journal, ids = _journal_with_files(tmp_path, target.name, 1)
+    target.fail_next.append(PermanentTargetError("413 payload too large"))
+    asyncio.run(_run_until(_engine(journal, target), journal, ids, {"failed"}))
+    row = journal.file(ids[0])
+    assert row.attempts == 1
+    assert row.last_error == "413 payload too large"
+
+
+def test_attempts_exhausted_marks_failed_and_retry_brings_it_back(tmp_path: Path) -> None:
+    target = MemoryTarget()
+    journal, ids = _journal_with_files(tmp_path, target.name, 1)
+    target.fail_next.extend([TransientTargetError("down")] * 3)
+    engine = _engine(journal, target, attempts=3, quick_retries=1)
+    asyncio.run(_run_until(engine, journal, ids, {"failed"}))
+    assert journal.file(ids[0]).attempts == 3
+    assert journal.retry_failed(None) == 1
+    asyncio.run(_run_until(_engine(journal, target), journal, ids, {"uploaded"}))
+    assert target.puts == [("ds", b"f0.jpg")]
+
+
+def test_a_stalled_transfer_is_aborted_and_retried(tmp_path: Path) -> None:
+    target = StallingTarget()
+    journal, ids = _journal_with_files(tmp_path, target.name, 1)
+    asyncio.run(_run_until(_engine(journal, target, stall_s=0.3), journal, ids, {"uploaded"}))
+    assert target.stalls == 1
+    assert journal.file(ids[0]).attempts == 2
