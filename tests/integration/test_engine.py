@@ -86,7 +86,7 @@ async def _run_until(
     timeout: float = 20.0,
 ) -> None:
     task = asyncio.create_task(engine.run())
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit_s
     try:
         while {journal.file(i).status for i in ids} - statuses:
             assert time.monotonic() < deadline, [journal.file(i).status for i in ids]
