@@ -83,7 +83,7 @@ async def _run_until(
     journal: Journal,
     ids: list[int],
     statuses: set[str],
-    timeout: float = 20.0,
+    limit_s: float = 20.0,
 ) -> None:
     task = asyncio.create_task(engine.run())
     deadline = time.monotonic() + limit_s
