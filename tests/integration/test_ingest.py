@@ -310,3 +310,25 @@ def test_polling_source_and_hostile_names(box: Box) -> None:
     files = box.status("odd names", files=True)["datasets"][0]["file_list"]
     assert "latin1-\\xe9t\\xe9.JPG" in {f["path"] for f in files}
     assert box.stop(proc) == 0
+
+
+def test_a_source_that_goes_away_pauses_and_resumes_without_resending(box: Box) -> None:
+    box.write_config(upload="bandwidth_limit = 300000\nconcurrency = 1")
+    rng = random.Random(8)
+    _images(box.inbox / "card", 12, rng)
+    sources = {hashlib.sha256(p.read_bytes()).hexdigest() for p in box.inbox.rglob("*.JPG")}
+    proc = box.start()
+    wait_until(lambda: _uploaded(box) >= 2, what="uploads under way")
+    pulled = box.root / "pulled"
+    box.inbox.rename(pulled)  # the card is pulled
+    wait_until(lambda: box.datasets()["card"]["state"] == "paused", what="dataset paused")
+    ds = box.datasets()["card"]
+    assert ds["files"]["failed"] == 0
+    assert ds["files"]["waiting"] > 0
+    pulled.rename(box.inbox)  # ... and pushed back
+    wait_until(lambda: box.datasets()["card"]["state"] == "processed", what="processed")
+    archived = _archive_files(box.archive)
+    assert set(archived) == sources
+    assert all(len(paths) == 1 for paths in archived.values())
+    assert box.processed_runs() == ["card"]
+    assert box.stop(proc) == 0
