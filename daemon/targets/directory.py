@@ -14,9 +14,11 @@ Processing runs ``process_command`` once per dataset; its output goes to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -35,6 +37,9 @@ from daemon.targets.base import DatasetRef, ProcessingStatus, Transfer, UploadIt
 # Errors the operator must fix (permissions, read-only share, bad names): retrying won't help.
 _PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.EINVAL}
 MAX_NAME_TRIES = 1000
+# Runs process_command and records its exit code in a file ($0), so that a daemon restarted
+# while the command ran (it lives in its own session) still learns how it ended.
+_RECORD_EXIT = 'code=0; "$@" || code=$?; echo "$code" > "$0.tmp"; mv -f "$0.tmp" "$0"; exit "$code"'
 
 
 @dataclass(slots=True)
@@ -192,13 +197,23 @@ class DirectoryTarget:
             return ""
         values = {"dataset": dataset.name, "dataset_dir": str(self.dataset_dir(dataset))}
         argv = [arg.format(**values) for arg in command]
+        if shutil.which(argv[0]) is None:
+            raise PermanentTargetError(
+                f"cannot run process_command {argv[0]!r}: not found or not executable"
+            )
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{dataset.name}.log"
+        exit_file = self._exit_file(dataset)
+        exit_file.unlink(missing_ok=True)
         with log.open("ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {argv!r}\n".encode())
             out.flush()
             try:
                 process = await asyncio.create_subprocess_exec(
+                    "/bin/sh",
+                    "-c",
+                    _RECORD_EXIT,
+                    str(exit_file),
                     *argv,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
@@ -219,14 +234,11 @@ class DirectoryTarget:
             return ProcessingStatus("done", "no process_command configured")
         run = self._runs.get(dataset.id)
         if run is None:
-            return ProcessingStatus(
-                "failed",
-                "processing was interrupted by a restart; `dronesync process` runs it again",
-            )
+            return self._status_after_restart(dataset, handle)
         code = run.process.returncode
         if code is None:
             if time.monotonic() - run.started > self.config.process_timeout_s:
-                run.process.send_signal(signal.SIGTERM)
+                _terminate(run.process)
                 await run.process.wait()
                 del self._runs[dataset.id]
                 return ProcessingStatus(
@@ -238,11 +250,34 @@ class DirectoryTarget:
             return ProcessingStatus("done", f"process_command exited 0; output in {run.log}")
         return ProcessingStatus("failed", f"process_command exited {code}; see {run.log}")
 
+    def _exit_file(self, dataset: DatasetRef) -> Path:
+        return self.log_dir / f"{dataset.name}.exit"
+
+    def _status_after_restart(self, dataset: DatasetRef, handle: str) -> ProcessingStatus:
+        """The command outlived a daemon that was killed: its exit file tells how it ended."""
+        log = self.log_dir / f"{dataset.name}.log"
+        try:
+            code = int(self._exit_file(dataset).read_text(encoding="ascii").strip())
+        except FileNotFoundError:
+            try:
+                os.kill(int(handle), 0)
+            except (OSError, ValueError):
+                return ProcessingStatus(
+                    "failed",
+                    "processing was interrupted by a restart; `dronesync process` runs it again",
+                )
+            return ProcessingStatus("running", f"process_command (pid {handle}) still running")
+        except (OSError, ValueError):
+            return ProcessingStatus("failed", f"cannot read how process_command ended; see {log}")
+        if code == 0:
+            return ProcessingStatus("done", f"process_command exited 0; output in {log}")
+        return ProcessingStatus("failed", f"process_command exited {code}; see {log}")
+
     async def aclose(self) -> None:
         """Stop running process commands (the service is stopping)."""
         for run in self._runs.values():
             if run.process.returncode is None:
-                run.process.send_signal(signal.SIGTERM)
+                _terminate(run.process)
         for run in self._runs.values():
             await run.process.wait()
         self._runs.clear()
@@ -265,3 +300,9 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _terminate(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM the command's whole process group (it runs in its own session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)

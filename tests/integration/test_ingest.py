@@ -158,7 +158,7 @@ def test_sigkill_mid_ingest_uploads_nothing_twice_and_loses_nothing(box: Box) ->
     proc = box.start()
     wait_until(
         lambda: {d["state"] for d in box.status()["datasets"]} == {"processed"},
-        timeout=90,
+        timeout=60,
         what="everything processed after the restarts",
     )
     archived = _archive_files(box.archive)
