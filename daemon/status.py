@@ -60,6 +60,8 @@ def snapshot(
         uploaded = c.bytes_uploaded if c else 0
         figures = live_sets.get(str(row.id), {})
         rate = float(figures.get("rate_bps", 0.0))
+        if not (per_status["waiting"] or per_status["uploading"]):
+            rate = 0.0  # the smoothed rate decays slowly; nothing left means no rate
         in_flight = int(figures.get("in_flight_bytes", 0))
         remaining = max(total - uploaded - in_flight, 0)
         eta = round(remaining / rate, 1) if rate > 1 and remaining else None
