@@ -278,7 +278,8 @@ def _describe(error: Any) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":
-        return f'unknown target type {error["input"]!r}; use "directory"'
+        tag = error.get("ctx", {}).get("tag", error["input"])
+        return f'unknown target type {tag!r}; use "directory"'
     if kind == "union_tag_not_found":
         return 'missing `type`; use "directory"'
     message = str(error["msg"]).removeprefix("Value error, ")
