@@ -15,7 +15,7 @@ from pathlib import Path
 import structlog
 
 from daemon.clock import Clock
-from daemon.errors import FileChangedError, SourceError
+from daemon.errors import DronesyncError, FileChangedError, SourceError
 from daemon.hashing import Hashed, hash_file
 from daemon.journal import Journal
 from daemon.journal.store import CLOSED_STATES, DONE_STATUSES
@@ -65,6 +65,15 @@ class Hasher:
         self._inflight.pop(candidate.file_id, None)
         if future.cancelled():
             return
+        try:
+            self._record(candidate, future)
+        except DronesyncError as exc:
+            # A done-callback has nobody to raise to: say it, and let the next scan retry.
+            log.error(  # noqa: TRY400 (one line for an expected error)
+                "cannot record hash", file=os.fsdecode(candidate.path), error=str(exc)
+            )
+
+    def _record(self, candidate: Candidate, future: asyncio.Future[Hashed]) -> None:
         row = self._journal.file(candidate.file_id)
         try:
             hashed = future.result()
