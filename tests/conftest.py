@@ -91,15 +91,15 @@ class Box:
             pytest.fail(f"dronesync {' '.join(args)} exited {result.returncode}: {result.stderr}")
         return result
 
-    def start(self) -> subprocess.Popen[bytes]:
-        """Start ``dronesync run`` in the background."""
+    def start(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``dronesync run`` in the background (``env``: extra variables)."""
         (self.state / "live.json").unlink(missing_ok=True)
         with (self.root / "daemon.log").open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "daemon", "run", "--config", str(self.config)],
                 stdout=log,
                 stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         self.procs.append(proc)
         wait_until(
