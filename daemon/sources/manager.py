@@ -93,8 +93,14 @@ class SourceManager:
     # -- public queries --------------------------------------------------------------------
 
     def is_online(self, volume: str) -> bool:
-        """Whether the folder or card holding ``volume`` is present now."""
-        return any(r.online for r in self._roots.values() if r.volume == volume)
+        """Whether the folder or card holding ``volume`` is present now.
+
+        Asked when a read fails: the loop may not have noticed yet that the folder went away,
+        so the folder itself is looked at too. A file that vanished from a present folder is
+        the file's problem; a vanished folder is not.
+        """
+        known = any(r.online for r in self._roots.values() if r.volume == volume)
+        return known and Path(volume).is_dir()
 
     def root_of(self, volume: str) -> Root | None:
         """The root whose volume this is."""
