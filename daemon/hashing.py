@@ -8,6 +8,7 @@ hashlib releases the GIL, so worker threads hash in parallel with the event loop
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -53,7 +54,9 @@ def open_regular(path: Path) -> tuple[int, os.stat_result]:
         raise SourceError(f"{path}: not a regular file")
     os.set_blocking(fd, True)
     if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        # Read-ahead is a hint: a seccomp filter or an odd filesystem may refuse it.
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     return fd, info
 
 
