@@ -147,8 +147,15 @@ def _request(settings: Settings, args: argparse.Namespace) -> int:
                 raise UsageError(f"no dataset named {dataset!r}; see `dronesync status`")
         finally:
             journal.close()
-    request = control.submit(settings.state_dir, args.command, dataset)
-    if not control.daemon_running(settings.state_dir):
+    try:
+        request = control.submit(settings.state_dir, args.command, dataset)
+        running = control.daemon_running(settings.state_dir)
+    except OSError as exc:
+        raise UsageError(
+            f"{settings.state_dir}: cannot pass the request to the daemon ({exc.strerror});"
+            " run as root or as the user the service runs as"
+        ) from exc
+    if not running:
         print("queued: the daemon is not running; it applies this when it starts")
         return EXIT_OK
     answer = control.wait_answer(request, ANSWER_TIMEOUT_S)

@@ -121,11 +121,15 @@ class DaemonLock:
 
 
 def daemon_running(state_dir: Path) -> bool:
-    """Whether a daemon holds the lock on this state folder."""
-    lock = DaemonLock(state_dir)
-    if not lock.path.exists():
+    """Whether a daemon holds the lock on this state folder (read access is enough)."""
+    try:
+        fd = os.open(state_dir / LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
         return False
-    if lock.acquire():
-        lock.release()
-        return False
-    return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
