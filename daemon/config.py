@@ -63,6 +63,13 @@ def _check_placeholders(template: str, allowed: set[str]) -> str:
     return template
 
 
+def _not_blank(value: Any) -> Any:
+    # An empty string would become Path("."): the config file's own folder, silently.
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("empty path; name a folder")
+    return value
+
+
 def compile_glob(pattern: str) -> re.Pattern[str]:
     """A case-insensitive matcher for one include/exclude glob."""
     return re.compile(fnmatch.translate(pattern), re.IGNORECASE)
@@ -126,6 +133,8 @@ class DirectoryTargetConfig(_Model):
         description='"target": content already sent to this target is a duplicate; "dataset":'
         " only within the same dataset.",
     )
+
+    _path_ok = field_validator("path", mode="before")(_not_blank)
 
     @field_validator("process_command")
     @classmethod
@@ -198,6 +207,8 @@ class SourceConfig(_Model):
         900.0, ge=5, le=DAY_S, description="Full rescan interval; events only make it sooner."
     )
 
+    _path_ok = field_validator("path", mode="before")(_not_blank)
+
     @field_validator("dataset")
     @classmethod
     def _dataset_ok(cls, value: str) -> str:
@@ -236,6 +247,8 @@ class Settings(BaseSettings):
         default_factory=dict, description="Named targets; `type` picks the implementation."
     )
     sources: list[SourceConfig] = Field(default_factory=list)
+
+    _state_dir_ok = field_validator("state_dir", mode="before")(_not_blank)
 
     @classmethod
     def settings_customise_sources(
@@ -322,6 +335,8 @@ def load_config(path: Path) -> Settings:
         raise ConfigError([f"{path}: cannot be read by this user; check its permissions"]) from exc
     except IsADirectoryError as exc:
         raise ConfigError([f"{path}: is a folder; name the TOML file itself"]) from exc
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot be read ({exc.strerror or exc})"]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text; save it as UTF-8"]) from exc
     except tomllib.TOMLDecodeError as exc:

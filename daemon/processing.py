@@ -124,8 +124,14 @@ class ProcessingController:
         self._tasks[dataset.id] = asyncio.create_task(self._start(dataset))
 
     async def _start(self, dataset: DatasetRow) -> None:
-        target = self._targets[dataset.target]
+        target = self._targets.get(dataset.target)
         ref = DatasetRef(dataset.id, dataset.name)
+        if target is None:
+            self._tasks.pop(dataset.id, None)
+            self._finish(
+                dataset, "failed", f"target {dataset.target!r} is not in the configuration"
+            )
+            return
         try:
             handle = await target.start_processing(ref, self._journal.uploaded_keys(dataset.id))
         except TargetError as exc:

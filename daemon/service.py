@@ -147,6 +147,7 @@ class Daemon:
         self._session_end.clear()
         targets = self._target_factory(settings)
         self._refresh_dataset_settings(journal, settings)
+        journal.make_due()
         engine: UploadEngine
         sources = SourceManager(
             settings.sources,

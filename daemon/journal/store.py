@@ -522,6 +522,12 @@ class Journal:
             "UPDATE files SET status = 'waiting' WHERE status = 'uploading'"
         ).rowcount
 
+    def make_due(self) -> int:
+        """Parked files become due now (a start or reload often means "I fixed it")."""
+        return self._write(
+            "UPDATE files SET next_attempt_at = 0 WHERE status = 'waiting' AND next_attempt_at > 0"
+        ).rowcount
+
     def retry_failed(self, dataset_id: int | None) -> int:
         """Failed files (of one dataset, or all) go back to waiting with fresh attempts."""
         sql = (

@@ -161,7 +161,15 @@ class UploadEngine:
         if dataset.state not in ("collecting", "ready") or current.status != "waiting":
             return
         row = current
-        target = self._targets[dataset.target]
+        target = self._targets.get(dataset.target)
+        if target is None:
+            # The configuration no longer names this dataset's target: wait for it to return.
+            self._journal.mark_retry(
+                row.id,
+                f"target {dataset.target!r} is not in the configuration",
+                self._clock.time() + 60,
+            )
+            return
         ref = DatasetRef(dataset.id, dataset.name)
         item = UploadItem(
             path=self._locate(row),

@@ -333,3 +333,26 @@ def test_a_source_that_goes_away_pauses_and_resumes_without_resending(box: Box) 
     assert all(len(paths) == 1 for paths in archived.values())
     assert box.processed_runs() == ["card"]
     assert box.stop(proc) == 0
+
+
+def test_a_target_removed_from_the_configuration_parks_its_files(box: Box) -> None:
+    box.write_config(upload="bandwidth_limit = 50000\nconcurrency = 1")
+    _images(box.inbox / "m", 6, random.Random(12))
+    proc = box.start()
+    wait_until(lambda: _uploaded(box) >= 1, what="uploads under way")
+    renamed = box.config.read_text().replace("archive", "elsewhere")
+    original = box.config.read_text()
+    box.config.write_text(renamed)
+    proc.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: any(
+            "not in the configuration" in (f["last_error"] or "")
+            for f in box.status("m", files=True)["datasets"][0]["file_list"]
+        ),
+        what="files parked with the reason",
+    )
+    assert proc.poll() is None  # still running
+    box.config.write_text(original)
+    proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: box.datasets()["m"]["state"] == "processed", what="processed")
+    assert box.stop(proc) == 0
