@@ -1,0 +1,90 @@
+"""Content hashing: the same digest as hashlib, and never a hash of a file that moved."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from daemon.errors import FileChangedError, SourceError
+from daemon.hashing import CHUNK, hash_file, hash_stream
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5])
+def test_hash_stream_equals_hashlib(size: int) -> None:
+    data = random.Random(size).randbytes(size)
+    assert hash_stream(io.BytesIO(data)) == hashlib.sha256(data).hexdigest()
+
+
+def test_hash_stream_with_a_small_chunk() -> None:
+    data = b"0123456789" * 100
+    assert hash_stream(io.BytesIO(data), chunk=7) == hashlib.sha256(data).hexdigest()
+
+
+def _file(tmp_path: Path, data: bytes) -> tuple[Path, os.stat_result]:
+    path = tmp_path / "DJI_0001.JPG"
+    path.write_bytes(data)
+    return path, path.stat()
+
+
+def test_hash_file_gives_digest_size_and_mtime(tmp_path: Path) -> None:
+    data = random.Random(1).randbytes(2 * CHUNK + 3)
+    path, info = _file(tmp_path, data)
+    hashed = hash_file(path, info.st_size, info.st_mtime_ns)
+    assert hashed.sha256 == hashlib.sha256(data).hexdigest()
+    assert (hashed.size, hashed.mtime_ns) == (info.st_size, info.st_mtime_ns)
+
+
+def test_an_empty_file_has_the_empty_digest(tmp_path: Path) -> None:
+    path, info = _file(tmp_path, b"")
+    assert hash_file(path, 0, info.st_mtime_ns).sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_a_file_that_grew_since_it_was_seen_is_refused(tmp_path: Path) -> None:
+    path, info = _file(tmp_path, b"first part")
+    with path.open("ab") as fh:
+        fh.write(b" and more")
+    with pytest.raises(FileChangedError, match="changed since it was seen stable"):
+        hash_file(path, info.st_size, info.st_mtime_ns)
+
+
+def test_a_file_touched_since_it_was_seen_is_refused(tmp_path: Path) -> None:
+    path, info = _file(tmp_path, b"same size")
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(FileChangedError):
+        hash_file(path, info.st_size, info.st_mtime_ns)
+
+
+@pytest.mark.timeout(10)
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # nobody writes: a blocking open would hang here forever
+    with pytest.raises(SourceError, match="not a regular file"):
+        hash_file(fifo, 0, 0)
+
+
+def test_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "outside.jpg"
+    secret.write_bytes(b"not ours")
+    link = tmp_path / "link.jpg"
+    link.symlink_to(secret)
+    info = secret.stat()
+    with pytest.raises(SourceError, match="cannot open") as caught:
+        hash_file(link, info.st_size, info.st_mtime_ns)
+    assert not isinstance(caught.value, FileChangedError)
+
+
+def test_a_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "DCIM.jpg"
+    folder.mkdir()
+    with pytest.raises(SourceError, match="not a regular file"):
+        hash_file(folder, 0, 0)
+
+
+def test_a_missing_file_is_a_source_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="cannot open"):
+        hash_file(tmp_path / "gone.jpg", 1, 1)

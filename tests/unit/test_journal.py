@@ -1,0 +1,263 @@
+"""The SQLite journal, on real database files: schema, duplicates, recovery, generations."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from daemon.errors import JournalError
+from daemon.journal import Journal
+from daemon.journal.store import SCHEMA_VERSION
+
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "journal.sqlite3"
+
+
+@pytest.fixture
+def journal(path: Path):
+    opened = Journal.open(path)
+    yield opened
+    opened.close()
+
+
+def dataset(journal: Journal, name: str, *, target: str = "archive", folder: bytes = b"") -> int:
+    return journal.open_dataset(
+        volume="/srv/inbox",
+        folder=folder or name.encode(),
+        name=name,
+        target=target,
+        source="/srv/inbox",
+        auto_process=True,
+        quiet_s=600,
+        now=NOW,
+    ).id
+
+
+def add(journal: Journal, ds: int, rel: bytes, sha: str, scope: str = "target") -> int:
+    """Add a file as the scanner would and record its hash; returns its id."""
+    fid = journal.add_file(
+        dataset_id=ds,
+        volume="/srv/inbox",
+        relpath=rel,
+        dspath=rel.rpartition(b"/")[2],
+        size=10,
+        mtime_ns=1,
+        now=NOW,
+    )
+    journal.record_hash(
+        fid, dataset_id=ds, size=10, mtime_ns=1, sha256=sha, duplicate_scope=scope, now=NOW
+    )
+    return fid
+
+
+def test_a_new_journal_is_migrated_in_wal_mode_and_intact(journal: Journal, path: Path) -> None:
+    assert journal.schema_version() == SCHEMA_VERSION
+    assert journal.integrity_ok()
+    other = sqlite3.connect(path)
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in other.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        other.close()
+    assert {"datasets", "files"} <= tables
+
+
+def test_reopening_keeps_the_data_and_migrates_nothing_twice(journal: Journal, path: Path) -> None:
+    ds = dataset(journal, "m1")
+    add(journal, ds, b"m1/a.jpg", "h1")
+    journal.close()
+    for _ in range(2):
+        again = Journal.open(path)
+        assert again.schema_version() == SCHEMA_VERSION
+        assert again.integrity_ok()
+        assert [f.relpath for f in again.files(ds)] == [b"m1/a.jpg"]
+        again.close()
+
+
+def test_a_journal_from_a_newer_dronesync_is_refused(journal: Journal, path: Path) -> None:
+    journal.close()
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(JournalError, match="upgrade dronesync"):
+        Journal.open(path)
+    with pytest.raises(JournalError, match="not the expected"):
+        Journal.open(path, readonly=True)
+
+
+def test_read_only_open_of_a_missing_journal_is_a_journal_error(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="cannot open the journal"):
+        Journal.open(tmp_path / "nothing.sqlite3", readonly=True)
+    assert not (tmp_path / "nothing.sqlite3").exists()
+
+
+def test_same_content_in_two_datasets_of_one_target_is_a_duplicate(journal: Journal) -> None:
+    first = dataset(journal, "m1")
+    second = dataset(journal, "m2")
+    original = add(journal, first, b"m1/a.jpg", "h1")
+    copy = add(journal, second, b"m2/b.jpg", "h1")
+    assert journal.file(original).status == "waiting"
+    row = journal.file(copy)
+    assert row.status == "duplicate"
+    assert row.duplicate_of == original
+
+
+def test_same_content_for_another_target_is_not_a_duplicate(journal: Journal) -> None:
+    ours = dataset(journal, "m1", target="archive")
+    theirs = dataset(journal, "m2", target="nas")
+    add(journal, ours, b"m1/a.jpg", "h1")
+    assert journal.file(add(journal, theirs, b"m2/a.jpg", "h1")).status == "waiting"
+
+
+def test_dataset_scope_only_finds_duplicates_inside_the_dataset(journal: Journal) -> None:
+    first = dataset(journal, "m1")
+    second = dataset(journal, "m2")
+    add(journal, first, b"m1/a.jpg", "h1", scope="dataset")
+    assert journal.file(add(journal, second, b"m2/a.jpg", "h1", scope="dataset")).status == (
+        "waiting"
+    )
+    again = add(journal, first, b"m1/sub/a-copy.jpg", "h1", scope="dataset")
+    assert journal.file(again).status == "duplicate"
+
+
+def test_content_in_a_cancelled_dataset_is_sent_again(journal: Journal) -> None:
+    cancelled = dataset(journal, "m1")
+    add(journal, cancelled, b"m1/a.jpg", "h1")
+    journal.set_dataset_state(cancelled, "cancelled")
+    fresh = dataset(journal, "m2")
+    assert journal.file(add(journal, fresh, b"m2/a.jpg", "h1")).status == "waiting"
+
+
+def test_an_uploaded_file_seen_again_with_a_new_mtime_is_not_sent_again(
+    journal: Journal,
+) -> None:
+    ds = dataset(journal, "m1")
+    fid = add(journal, ds, b"m1/a.jpg", "h1")
+    journal.mark_uploading(fid)
+    journal.mark_uploaded(fid, b"a.jpg", NOW)
+    # a FAT card read in another time zone: same bytes, shifted mtime
+    shifted = 3_600 * 10**9
+    row = journal.record_hash(
+        fid,
+        dataset_id=ds,
+        size=10,
+        mtime_ns=shifted,
+        sha256="h1",
+        duplicate_scope="target",
+        now=NOW,
+    )
+    assert row.status == "uploaded"
+    assert row.mtime_ns == shifted
+    assert row.remote_key == b"a.jpg"
+    # new content under the same name is a new upload
+    changed = journal.record_hash(
+        fid, dataset_id=ds, size=11, mtime_ns=5, sha256="h2", duplicate_scope="target", now=NOW
+    )
+    assert (changed.status, changed.remote_key) == ("waiting", None)
+
+
+def test_recover_puts_interrupted_uploads_back_to_waiting(journal: Journal) -> None:
+    ds = dataset(journal, "m1")
+    interrupted = add(journal, ds, b"m1/a.jpg", "h1")
+    done = add(journal, ds, b"m1/b.jpg", "h2")
+    journal.mark_uploading(interrupted)
+    journal.mark_uploading(done)
+    journal.mark_uploaded(done, b"b.jpg", NOW)
+    assert journal.recover() == 1
+    assert journal.file(interrupted).status == "waiting"
+    assert journal.file(done).status == "uploaded"
+    assert [f.id for f in journal.next_uploads(NOW, 10, exclude=[])] == [interrupted]
+    assert journal.recover() == 0
+
+
+def test_retry_failed_gives_failed_files_fresh_attempts(journal: Journal) -> None:
+    first = dataset(journal, "m1")
+    second = dataset(journal, "m2")
+    a = add(journal, first, b"m1/a.jpg", "h1")
+    b = add(journal, second, b"m2/b.jpg", "h2")
+    for fid in (a, b):
+        journal.mark_uploading(fid)
+        journal.mark_failed(fid, "HTTP 403")
+    assert journal.retry_failed(first) == 1
+    row = journal.file(a)
+    assert (row.status, row.attempts, row.last_error) == ("waiting", 0, None)
+    assert journal.file(b).status == "failed"
+    assert journal.retry_failed(None) == 1
+    assert journal.file(b).status == "waiting"
+
+
+def test_files_after_processing_started_go_to_name_2(journal: Journal) -> None:
+    first = dataset(journal, "mission")
+    assert dataset(journal, "mission") == first  # still collecting: same dataset
+    journal.set_dataset_state(first, "processing", processing_started_at=NOW)
+    second = dataset(journal, "mission")
+    assert second != first
+    assert journal.dataset(second).name == "mission-2"
+    assert journal.dataset(second).generation == 2
+    assert dataset(journal, "mission") == second  # no mission-3 while -2 is open
+    journal.set_dataset_state(second, "processed", processing_started_at=NOW)
+    assert journal.dataset(dataset(journal, "mission")).name == "mission-3"
+
+
+def test_a_name_taken_by_another_folder_gets_a_suffix(journal: Journal) -> None:
+    dataset(journal, "mission", folder=b"cardA/mission")
+    other = dataset(journal, "mission", folder=b"cardB/mission")
+    assert journal.dataset(other).name == "mission.2"
+
+
+def test_a_reader_opens_while_the_writer_holds_a_transaction(journal: Journal, path: Path) -> None:
+    ds = dataset(journal, "m1")
+    add(journal, ds, b"m1/a.jpg", "h1")
+    reader = Journal.open(path, readonly=True)
+    try:
+        with journal.transaction():
+            add(journal, ds, b"m1/b.jpg", "h2")
+            # the writer's uncommitted row is invisible, and the reader is not blocked
+            late = Journal.open(path, readonly=True)
+            assert [f.relpath for f in late.files(ds)] == [b"m1/a.jpg"]
+            late.close()
+            assert len(reader.files(ds)) == 1
+        assert [f.relpath for f in reader.files(ds)] == [b"m1/a.jpg", b"m1/b.jpg"]
+        with pytest.raises(JournalError, match="readonly"):
+            reader.mark_failed(reader.files(ds)[0].id, "a reader never writes")
+    finally:
+        reader.close()
+
+
+def test_names_that_are_not_utf8_round_trip_as_bytes(journal: Journal, path: Path) -> None:
+    folder = b"vol\xe9"
+    ds = dataset(journal, "vol", folder=folder)
+    rel = b"vol\xe9/caf\xe9 \xff\n.jpg"
+    fid = add(journal, ds, rel, "h1")
+    journal.mark_uploading(fid)
+    journal.mark_uploaded(fid, b"caf\xe9 \xff\n.jpg", NOW)
+    reader = Journal.open(path, readonly=True)
+    try:
+        row = reader.files(ds)[0]
+        assert row.relpath == rel
+        assert row.dspath == b"caf\xe9 \xff\n.jpg"
+        assert reader.known_files("/srv/inbox")[rel].id == fid
+        assert reader.uploaded_keys(ds) == [b"caf\xe9 \xff\n.jpg"]
+        assert reader.dataset(ds).folder == folder
+    finally:
+        reader.close()
+
+
+def test_a_failed_write_inside_a_transaction_rolls_everything_back(journal: Journal) -> None:
+    ds = dataset(journal, "m1")
+
+    def add_twice() -> None:
+        with journal.transaction():
+            add(journal, ds, b"m1/a.jpg", "h1")
+            add(journal, ds, b"m1/a.jpg", "h1")  # same path twice: UNIQUE constraint
+
+    with pytest.raises(JournalError, match="UNIQUE"):
+        add_twice()
+    assert journal.files(ds) == []
+    assert journal.integrity_ok()
