@@ -278,20 +278,7 @@ class Daemon:
             engine.cancel_dataset(dataset.id, "cancelled by the operator")
             return f"{dataset.name}: cancelled; uploaded files stay uploaded"
         engine.cancel_dataset(dataset.id, "processing started by hand")
-
-        def follow_up(ds: DatasetRow) -> DatasetRow:
-            return journal.open_dataset(
-                volume=ds.volume,
-                folder=ds.folder,
-                name=ds.name,
-                target=ds.target,
-                source=ds.source,
-                auto_process=ds.auto_process,
-                quiet_s=ds.quiet_s,
-                now=self._clock.time(),
-            )
-
-        return processing.process_now(dataset, follow_up)
+        return processing.process_now(dataset, lambda ds: journal.follow_up(ds, self._clock.time()))
 
     @staticmethod
     def _retry(journal: Journal, engine: UploadEngine, dataset: DatasetRow | None) -> str:

@@ -288,6 +288,19 @@ class Journal:
         )
         return self.dataset(int(cursor.lastrowid or 0))
 
+    def follow_up(self, dataset: DatasetRow, now: float) -> DatasetRow:
+        """The dataset that takes the folder's files once ``dataset`` is processing."""
+        return self.open_dataset(
+            volume=dataset.volume,
+            folder=dataset.folder,
+            name=dataset.name,
+            target=dataset.target,
+            source=dataset.source,
+            auto_process=dataset.auto_process,
+            quiet_s=dataset.quiet_s,
+            now=now,
+        )
+
     def set_dataset_state(
         self, dataset_id: int, state: str, detail: str | None = None, **fields: Any
     ) -> None:

@@ -22,11 +22,11 @@ import structlog
 
 from daemon.clock import Clock
 from daemon.config import SourceConfig
-from daemon.journal import Journal
+from daemon.journal import DatasetRow, Journal
 from daemon.journal.store import Known
 from daemon.sources.filters import FileFilter, is_litter
 from daemon.sources.gate import Candidate, StabilityGate
-from daemon.sources.mapping import DatasetMapper
+from daemon.sources.mapping import DatasetMapper, Placement
 from daemon.sources.scanner import Entry, walk
 from daemon.sources.watcher import Hints, Watcher
 
@@ -259,16 +259,7 @@ class SourceManager:
             placement = root.mapper.place(entry.relpath)
             if placement is None:
                 return
-            dataset = self._journal.open_dataset(
-                volume=root.volume,
-                folder=placement.folder,
-                name=placement.dataset,
-                target=root.config.target,
-                source=str(root.config.path),
-                auto_process=root.config.auto_process,
-                quiet_s=root.config.quiet_s,
-                now=now,
-            )
+            dataset = self._open_dataset(root, placement, now)
             file_id = self._journal.add_file(
                 dataset_id=dataset.id,
                 volume=root.volume,
@@ -399,6 +390,10 @@ class SourceManager:
         placement = root.mapper.place(relpath)
         if placement is None:
             return candidate.dataset_id
+        return self._open_dataset(root, placement, self._clock.time()).id
+
+    def _open_dataset(self, root: Root, placement: Placement, now: float) -> DatasetRow:
+        """The dataset that takes this folder's files now, with the source's settings."""
         return self._journal.open_dataset(
             volume=root.volume,
             folder=placement.folder,
@@ -407,5 +402,5 @@ class SourceManager:
             source=str(root.config.path),
             auto_process=root.config.auto_process,
             quiet_s=root.config.quiet_s,
-            now=self._clock.time(),
-        ).id
+            now=now,
+        )
