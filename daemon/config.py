@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from daemon.errors import ConfigError
+from daemon.secrets import secret_path, secret_problem
 
 DEFAULT_CONFIG_PATH = Path("/etc/dronesync/dronesync.toml")
 IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.dng"]
@@ -150,7 +151,71 @@ class DirectoryTargetConfig(_Model):
         return value
 
 
-TargetConfig = Annotated[DirectoryTargetConfig, Field(discriminator="type")]
+def _url_ok(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def _credential_ok(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]+", value):
+        raise ValueError("a credential name as in LoadCredential=NAME:PATH (letters, digits, ._-@)")
+    return value
+
+
+class NodeODMTargetConfig(_Model):
+    """A NodeODM processing node (OpenDroneMap), directly or the one behind a WebODM."""
+
+    type: Literal["nodeodm"] = Field(description="Target implementation.")
+    url: str = Field(
+        description="The node's base URL.", json_schema_extra={"example": "http://odm.lan:3000"}
+    )
+    token_file: Path | None = Field(
+        None,
+        description="File holding the node's token (mode 0600); unset: the node has none.",
+        json_schema_extra={"example": "/etc/dronesync/nodeodm.token"},
+    )
+    token_credential: str | None = Field(
+        None,
+        description="Name of a systemd credential (LoadCredential=) holding the token; wins"
+        " over token_file.",
+        json_schema_extra={"example": "nodeodm-token"},
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Processing options passed to the node as they are (see its /options).",
+        json_schema_extra={"example": {"dsm": True, "feature-quality": "high"}},
+    )
+    task_name: str = Field(
+        "{dataset}", min_length=1, description="Task name on the node: {dataset}, {target}."
+    )
+    duplicate_scope: Literal["target", "dataset"] = Field(
+        "dataset",
+        description='"dataset": a task gets every image of its folder even if sent before in'
+        ' another task; "target": content sent to the node once is never sent again.',
+    )
+    poll_s: float = Field(15.0, ge=0.1, le=3600, description="How often processing is polled.")
+    timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="Connect and reply timeout of each request."
+    )
+    download_dir: Path | None = Field(
+        None,
+        description="Save the task's all.zip here as DATASET.zip when processing ends.",
+        json_schema_extra={"example": "/srv/odm-results"},
+    )
+
+    _url_ok = field_validator("url")(_url_ok)
+    _credential_ok = field_validator("token_credential")(_credential_ok)
+    _paths_ok = field_validator("token_file", "download_dir", mode="before")(_not_blank)
+
+    @field_validator("task_name")
+    @classmethod
+    def _name_ok(cls, value: str) -> str:
+        return _check_placeholders(value, {"dataset", "target"})
+
+
+TargetConfig = Annotated[DirectoryTargetConfig | NodeODMTargetConfig, Field(discriminator="type")]
+TARGET_TYPES = ("directory", "nodeodm")
 
 
 class SourceConfig(_Model):
@@ -292,9 +357,9 @@ def _describe(error: Any) -> str:
         return "required key is missing"
     if kind == "union_tag_invalid":
         tag = error.get("ctx", {}).get("tag", error["input"])
-        return f'unknown target type {tag!r}; use "directory"'
+        return f"unknown target type {tag!r}; use one of {', '.join(map(repr, TARGET_TYPES))}"
     if kind == "union_tag_not_found":
-        return 'missing `type`; use "directory"'
+        return f"missing `type`; use one of {', '.join(map(repr, TARGET_TYPES))}"
     message = str(error["msg"]).removeprefix("Value error, ")
     if "input" in error and kind not in {"value_error"} and not isinstance(error["input"], dict):
         message += f" (got {error['input']!r})"
@@ -362,14 +427,22 @@ def _anchor(path: Path, base: Path) -> Path:
 
 def _relative_to(settings: Settings, base: Path) -> Settings:
     """Relative paths in a file are taken relative to the file's own folder."""
-    targets = {}
+    targets: dict[str, TargetConfig] = {}
     for name, target in settings.targets.items():
-        command = target.process_command
-        if command and "/" in command[0] and not command[0].startswith("/"):
-            command = [str(base / command[0]), *command[1:]]
-        targets[name] = target.model_copy(
-            update={"path": _anchor(target.path, base), "process_command": command}
-        )
+        if isinstance(target, DirectoryTargetConfig):
+            command = target.process_command
+            if command and "/" in command[0] and not command[0].startswith("/"):
+                command = [str(base / command[0]), *command[1:]]
+            targets[name] = target.model_copy(
+                update={"path": _anchor(target.path, base), "process_command": command}
+            )
+            continue
+        update: dict[str, Any] = {}
+        for key in ("token_file", "download_dir"):
+            value = getattr(target, key)
+            if value is not None:
+                update[key] = _anchor(value, base)
+        targets[name] = target.model_copy(update=update)
     sources = [s.model_copy(update={"path": _anchor(s.path, base)}) for s in settings.sources]
     return settings.model_copy(
         update={
@@ -393,7 +466,24 @@ def runtime_problems(path: Path, settings: Settings) -> list[str]:
             f"{path}: state_dir: {state} cannot be written ({exc.strerror}); create it for this"
             " user or point state_dir elsewhere"
         ]
-    return []
+    return _secret_problems(path, settings)
+
+
+def _secret_problems(path: Path, settings: Settings) -> list[str]:
+    problems: list[str] = []
+    for name, target in settings.targets.items():
+        if not isinstance(target, NodeODMTargetConfig):
+            continue
+        key = "token_credential" if target.token_credential else "token_file"
+        try:
+            secret = secret_path(target.token_file, target.token_credential)
+        except ConfigError as exc:
+            problems.extend(f"{path}: targets.{name}.{key}: {p}" for p in exc.problems)
+            continue
+        problem = None if secret is None else secret_problem(secret)
+        if problem is not None:
+            problems.append(f"{path}: targets.{name}.{key}: {problem}")
+    return problems
 
 
 def runtime_warnings(settings: Settings) -> list[str]:
@@ -405,7 +495,7 @@ def runtime_warnings(settings: Settings) -> list[str]:
                 f"sources[{index}].path: {source.path} does not exist yet; it is watched for"
             )
     for name, target in settings.targets.items():
-        if not target.path.is_dir():
+        if isinstance(target, DirectoryTargetConfig) and not target.path.is_dir():
             notes.append(
                 f"targets.{name}.path: {target.path} does not exist yet; it is created on first"
                 " upload"

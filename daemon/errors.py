@@ -10,6 +10,7 @@
     │   └── FileChangedError           the file moved under us (size, mtime or content)
     └── TargetError                 1: a target refused or failed an operation
         ├── TransientTargetError       worth retrying (network, timeouts, 408/429/5xx)
+        │   └── DatasetResetError          the target dropped the dataset: send it all again
         └── PermanentTargetError       retrying will not help (other 4xx, bad config)
 
 Third-party errors (OSError, sqlite3, httpx) are translated at the edge with
@@ -71,6 +72,15 @@ class TargetError(DronesyncError):
 
 class TransientTargetError(TargetError):
     """A failure that may go away: connection errors, timeouts, 408, 429, 5xx, a stall."""
+
+
+class DatasetResetError(TransientTargetError):
+    """The target had to start the dataset afresh (a new NodeODM task, say).
+
+    Raised when an upload ended ambiguously on a target that cannot tell what it holds: the
+    only safe recovery is an empty remote container. Every file of the dataset already
+    uploaded goes back to waiting and is sent again; nothing is lost or stored twice.
+    """
 
 
 class PermanentTargetError(TargetError):

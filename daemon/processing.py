@@ -16,7 +16,7 @@ from collections.abc import Callable
 import structlog
 
 from daemon.clock import Clock
-from daemon.errors import TargetError, UsageError
+from daemon.errors import DatasetResetError, TargetError, UsageError
 from daemon.journal import DatasetRow, Journal
 from daemon.targets.base import DatasetRef, Target
 
@@ -134,6 +134,15 @@ class ProcessingController:
             return
         try:
             handle = await target.start_processing(ref, self._journal.uploaded_keys(dataset.id))
+        except DatasetResetError as exc:
+            # The target starts the dataset afresh: its files are waiting again, and
+            # processing follows once they are all uploaded.
+            detail = self._journal.dataset(dataset.id).detail or str(exc)
+            self._journal.set_dataset_state(
+                dataset.id, "collecting", detail, processing_started_at=None
+            )
+            log.warning("processing deferred", dataset=dataset.name, reason=str(exc))
+            return
         except TargetError as exc:
             self._finish(dataset, "failed", f"processing could not start: {exc}")
             return

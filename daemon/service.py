@@ -29,7 +29,7 @@ from daemon.processing import ProcessingController
 from daemon.sources.hasher import Hasher
 from daemon.sources.manager import SourceManager
 from daemon.status import write_live
-from daemon.targets import Target, build_target
+from daemon.targets import Target, TargetState, build_target
 from daemon.upload.engine import UploadEngine
 
 log = structlog.get_logger("dronesync")
@@ -38,7 +38,7 @@ JOURNAL = "journal.sqlite3"
 REQUEST_POLL_S = 0.3
 STOP_TIMEOUT_S = 8.0
 
-TargetFactory = Callable[[Settings], dict[str, Target]]
+TargetFactory = Callable[[Settings, TargetState], dict[str, Target]]
 
 
 def journal_path(settings: Settings) -> Path:
@@ -46,10 +46,10 @@ def journal_path(settings: Settings) -> Path:
     return settings.state_dir / JOURNAL
 
 
-def default_targets(settings: Settings) -> dict[str, Target]:
+def default_targets(settings: Settings, state: TargetState) -> dict[str, Target]:
     """The targets named in the configuration."""
     return {
-        name: build_target(name, config, settings.state_dir)
+        name: build_target(name, config, settings.state_dir, state)
         for name, config in settings.targets.items()
     }
 
@@ -145,7 +145,7 @@ class Daemon:
     async def _session(self, journal: Journal) -> int | None:
         settings = self._settings
         self._session_end.clear()
-        targets = self._target_factory(settings)
+        targets = self._target_factory(settings, journal)
         self._refresh_dataset_settings(journal, settings)
         journal.make_due()
         engine: UploadEngine

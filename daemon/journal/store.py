@@ -577,3 +577,49 @@ class Journal:
             (since,),
         ).fetchall()
         return [(int(a), float(b), int(c)) for a, b, c in rows]
+
+    # -- what targets remember ---------------------------------------------------------------
+
+    def get_memo(self, dataset_id: int, key: str) -> str | None:
+        """A value a target stored for the dataset (a project id, a task uuid), or None."""
+        row = self._conn.execute(
+            "SELECT value FROM target_memos WHERE dataset_id = ? AND key = ?", (dataset_id, key)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def put_memo(self, dataset_id: int, key: str, value: str | None) -> None:
+        """Store (or with None, forget) a target's value for the dataset; committed at once."""
+        if value is None:
+            self._write(
+                "DELETE FROM target_memos WHERE dataset_id = ? AND key = ?", (dataset_id, key)
+            )
+            return
+        self._write(
+            "INSERT INTO target_memos (dataset_id, key, value) VALUES (?, ?, ?)"
+            " ON CONFLICT (dataset_id, key) DO UPDATE SET value = excluded.value",
+            (dataset_id, key, value),
+        )
+
+    def memos(self, dataset_id: int, prefix: str) -> dict[str, str]:
+        """Every stored value of the dataset whose key starts with ``prefix``."""
+        rows = self._conn.execute(
+            "SELECT key, value FROM target_memos WHERE dataset_id = ? AND substr(key, 1, ?) = ?",
+            (dataset_id, len(prefix), prefix),
+        ).fetchall()
+        return {str(k): str(v) for k, v in rows}
+
+    def requeue_uploaded(self, dataset_id: int, reason: str) -> int:
+        """The target lost the dataset: its uploaded files go back to waiting, due at once.
+
+        The reason becomes each file's last error and the dataset's detail, so the operator
+        sees why files that were uploaded are being sent again.
+        """
+        with self.transaction():
+            count = self._write(
+                "UPDATE files SET status = 'waiting', remote_key = NULL, uploaded_at = NULL,"
+                " attempts = 0, next_attempt_at = 0, last_error = ?"
+                " WHERE dataset_id = ? AND status IN ('uploaded', 'uploading')",
+                (reason, dataset_id),
+            ).rowcount
+            self.set_dataset_detail(dataset_id, f"{reason}; {count} file(s) are sent again")
+        return count

@@ -4,23 +4,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.config import DirectoryTargetConfig
-from daemon.targets.base import DatasetRef, ProcessingStatus, Target, Transfer, UploadItem
+from daemon.config import DirectoryTargetConfig, NodeODMTargetConfig, TargetConfig
+from daemon.secrets import read_secret, secret_path
+from daemon.targets.base import (
+    DatasetRef,
+    MemoryState,
+    ProcessingStatus,
+    Target,
+    TargetState,
+    Transfer,
+    UploadItem,
+)
 from daemon.targets.directory import DirectoryTarget
+from daemon.targets.nodeodm import NodeODMTarget
 
 __all__ = [
     "DatasetRef",
     "DirectoryTarget",
+    "MemoryState",
+    "NodeODMTarget",
     "ProcessingStatus",
     "Target",
+    "TargetState",
     "Transfer",
     "UploadItem",
     "build_target",
 ]
 
 
-def build_target(name: str, config: DirectoryTargetConfig, state_dir: Path) -> Target:
+def build_target(name: str, config: TargetConfig, state_dir: Path, state: TargetState) -> Target:
     """The target implementation for one ``[targets.NAME]`` table (an explicit list)."""
     if isinstance(config, DirectoryTargetConfig):
         return DirectoryTarget(name, config, log_dir=state_dir / "processing")
+    if isinstance(config, NodeODMTargetConfig):
+        secret = secret_path(config.token_file, config.token_credential)
+        token = None if secret is None else read_secret(secret)
+        return NodeODMTarget(name, config, state, token=token)
     raise NotImplementedError(config)  # pragma: no cover - the config model is exhaustive

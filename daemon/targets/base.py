@@ -46,6 +46,59 @@ class ProcessingStatus:
     progress: float | None = None  # 0-100 where the target knows it
 
 
+class TargetState(Protocol):
+    """What a target may keep and change in the journal about a dataset.
+
+    The journal implements it, so a project id or a task uuid is committed with the same
+    durability as the file statuses it goes with.
+    """
+
+    def get_memo(self, dataset_id: int, key: str) -> str | None:
+        """The stored value, or None."""
+
+    def put_memo(self, dataset_id: int, key: str, value: str | None) -> None:
+        """Store ``value`` (None forgets it)."""
+
+    def memos(self, dataset_id: int, prefix: str) -> dict[str, str]:
+        """Every stored value of the dataset whose key starts with ``prefix``."""
+
+    def requeue_uploaded(self, dataset_id: int, reason: str) -> int:
+        """The target lost the dataset: its uploaded files are sent again. Returns how many."""
+
+
+class MemoryState:
+    """A TargetState in memory, for targets used outside the daemon (tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[int, str], str] = {}
+        self.requeued: dict[int, int] = {}
+
+    def get_memo(self, dataset_id: int, key: str) -> str | None:
+        """The stored value, or None."""
+        return self._values.get((dataset_id, key))
+
+    def put_memo(self, dataset_id: int, key: str, value: str | None) -> None:
+        """Store ``value`` (None forgets it)."""
+        if value is None:
+            self._values.pop((dataset_id, key), None)
+        else:
+            self._values[(dataset_id, key)] = value
+
+    def memos(self, dataset_id: int, prefix: str) -> dict[str, str]:
+        """Every stored value of the dataset whose key starts with ``prefix``."""
+        return {
+            key: value
+            for (ds, key), value in self._values.items()
+            if ds == dataset_id and key.startswith(prefix)
+        }
+
+    def requeue_uploaded(self, dataset_id: int, reason: str) -> int:
+        """Nothing to requeue without a journal; the count is kept for tests."""
+        del reason
+        self.requeued[dataset_id] = self.requeued.get(dataset_id, 0) + 1
+        return 0
+
+
 class Throttle(Protocol):
     """A shared bandwidth limit; blocks the calling (worker) thread as needed."""
 

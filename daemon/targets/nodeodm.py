@@ -1,0 +1,495 @@
+"""The NodeODM target: one OpenDroneMap task per dataset, never a duplicate or truncated image.
+
+NodeODM keeps every file it receives: a name sent twice is stored twice (``NAME_.JPG``), an
+upload cut off mid-body leaves a truncated image, nothing lists what a task holds, and nothing
+can be deleted from it. So the daemon keeps the books, in the journal (``TargetState``):
+
+- the task uuid is chosen here and stored *before* ``/task/new/init`` (``set-uuid``), so a crash
+  resumes into the same task;
+- each file is recorded as ``sending`` before its request and ``sent`` after a clear reply;
+- an upload that ended ambiguously (the connection broke, a 5xx, a stall, a stop, a crash with a
+  file still ``sending``) *taints* the task. A tainted task is never committed: the next call
+  for the dataset chooses a new task, asks the node to remove the old one, and puts every file
+  already uploaded back to waiting, with the reason as its last error and in the dataset's
+  detail. Nothing reaches a committed task twice or truncated.
+
+Image names that repeat across folders (DCIM/100MEDIA, DCIM/101MEDIA) reach the node under
+distinct names: a file in a sub-folder gets a short hash of its path in its name.
+
+``commit`` starts processing. Files found after it go to the folder's next dataset (a new task).
+A task that failed or was cancelled on the node is shown with the node's message; processing it
+again (``dronesync process``) creates a new task and sends the images again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import threading
+import uuid as uuidlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from daemon.config import NodeODMTargetConfig
+from daemon.errors import (
+    DatasetResetError,
+    FileChangedError,
+    PermanentTargetError,
+    SourceError,
+    TargetError,
+    TransientTargetError,
+)
+from daemon.hashing import CHUNK, open_regular
+from daemon.targets.base import DatasetRef, ProcessingStatus, TargetState, Transfer, UploadItem
+from daemon.targets.http import json_body, never_sent, status_error, transport_error
+
+log = structlog.get_logger("dronesync.nodeodm")
+
+_SAFE = re.compile(rb"[^A-Za-z0-9._-]")
+_MAX_PLAIN_NAME = 150
+# Polls that may find the task unknown right after commit (the node is still moving the
+# uploaded files into place) before the task counts as lost.
+_UNKNOWN_POLLS = 20
+
+# Memo keys in the journal, per dataset.
+_TASK = "nodeodm.task"  # the current task uuid (chosen before init)
+_READY = "nodeodm.ready"  # the uuid once /task/new/init accepted it
+_TAINT = "nodeodm.taint"  # "<uuid> <reason>": that task may hold a bad copy
+_COMMITTED = "nodeodm.committed"  # the uuid once committed
+_RESETS = "nodeodm.resets"  # how many times the dataset started a new task
+
+
+def _file_memo(name: str) -> str:
+    return f"nodeodm.file:{name}"
+
+
+def node_name(key: bytes) -> str:
+    """The name a file gets on the node: its own when safe and unique, else with a hash.
+
+    Only ``[A-Za-z0-9._-]`` is sent. A file in a sub-folder, or whose name had to be changed
+    or is very long, gets ten hex digits of the SHA-256 of its whole path before the
+    extension, so ``100MEDIA/DJI_0001.JPG`` and ``101MEDIA/DJI_0001.JPG`` stay apart.
+    """
+    folder, _, base = key.rpartition(b"/")
+    safe = _SAFE.sub(b"_", base)
+    if folder or safe != base or len(safe) > _MAX_PLAIN_NAME or not safe.strip(b"._"):
+        stem, dot, ext = safe.rpartition(b".")
+        if not dot or not stem:
+            stem, ext = safe, b""
+        tag = hashlib.sha256(key).hexdigest()[:10].encode()
+        safe = stem[:100] + b"-" + tag + (b"." + ext[:20] if ext else b"")
+    return safe.decode("ascii")
+
+
+class _RefusedError(TargetError):
+    """The node answered ``{"error": ...}``: the request was refused, nothing was stored."""
+
+
+class NodeODMTarget:
+    """Uploads each dataset into its own NodeODM task and follows its processing."""
+
+    def __init__(
+        self,
+        name: str,
+        config: NodeODMTargetConfig,
+        state: TargetState,
+        *,
+        token: str | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.poll_interval_s = config.poll_s
+        self._state = state
+        # The token goes in the query string (the node ignores headers); httpx adds it to
+        # every request, and messages below name routes, never URLs.
+        self._client = httpx.Client(
+            base_url=config.url,
+            params={"token": token} if token else None,
+            timeout=httpx.Timeout(config.timeout_s),
+            follow_redirects=False,
+        )
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._checked: set[int] = set()
+        self._sends: dict[int, dict[str, tuple[str, Transfer]]] = {}
+        self._unknown: dict[str, int] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- the task ---------------------------------------------------------------------------
+
+    def current_task(self, dataset: DatasetRef) -> str | None:
+        """The uuid of the dataset's current task (None before the first upload)."""
+        return self._state.get_memo(dataset.id, _TASK)
+
+    def tainted(self, dataset: DatasetRef) -> bool:
+        """The current task may hold a bad copy: it will be replaced, never committed."""
+        taint = self._state.get_memo(dataset.id, _TAINT)
+        return taint is not None and taint.split(" ", 1)[0] == self.current_task(dataset)
+
+    def resets(self, dataset: DatasetRef) -> int:
+        """How many times the dataset had to start over in a new task."""
+        return int(self._state.get_memo(dataset.id, _RESETS) or 0)
+
+    async def ensure_dataset(self, dataset: DatasetRef) -> None:
+        """Create the dataset's task on the node (once; a crash resumes into it)."""
+        await self._task(dataset)
+
+    async def _task(self, dataset: DatasetRef) -> str:
+        lock = self._locks.setdefault(dataset.id, asyncio.Lock())
+        async with lock:
+            self._check_leftovers(dataset)
+            taint = self._state.get_memo(dataset.id, _TAINT)
+            current = self.current_task(dataset)
+            if taint is not None and current is not None:
+                tainted_uuid, _, reason = taint.partition(" ")
+                if tainted_uuid == current:
+                    self._start_over(dataset, reason)
+            if self._state.get_memo(dataset.id, _COMMITTED) == self.current_task(dataset):
+                self._start_over(dataset, "the previous task was already committed")
+            task = self.current_task(dataset)
+            if task is None:
+                task = str(uuidlib.uuid4())
+                self._state.put_memo(dataset.id, _TASK, task)
+            if self._state.get_memo(dataset.id, _READY) != task:
+                await self._init(dataset, task)
+            return task
+
+    def _check_leftovers(self, dataset: DatasetRef) -> None:
+        """Once per process: a file still ``sending`` in the journal was cut off by a stop."""
+        if dataset.id in self._checked:
+            return
+        self._checked.add(dataset.id)
+        current = self.current_task(dataset)
+        if current is None or self._state.get_memo(dataset.id, _TAINT):
+            return
+        if self._state.get_memo(dataset.id, _COMMITTED) == current:
+            return
+        # Every file of the dataset has a memo; a leftover "sending" one is ambiguous.
+        if self._sending_leftover(dataset, current):
+            self._taint(dataset, current, "the daemon stopped during an upload")
+
+    def _sending_leftover(self, dataset: DatasetRef, task: str) -> bool:
+        memos = self._state.memos(dataset.id, "nodeodm.file:")
+        return any(value == f"{task} sending" for value in memos.values())
+
+    def _taint(self, dataset: DatasetRef, task: str, reason: str) -> None:
+        if task != self.current_task(dataset) or self.tainted(dataset):
+            return
+        self._state.put_memo(dataset.id, _TAINT, f"{task} {reason}")
+        log.warning(
+            "task tainted; it will be replaced", dataset=dataset.name, task=task, reason=reason
+        )
+
+    def _start_over(self, dataset: DatasetRef, reason: str) -> None:
+        """Switch to a new task; files sent to the old one go back to waiting.
+
+        Runs on the event loop with no await inside, so no upload can start into the old task
+        between the switch and the requeue; uploads still running into it are aborted.
+        """
+        old = self.current_task(dataset)
+        new = str(uuidlib.uuid4())
+        self._state.put_memo(dataset.id, _TASK, new)
+        self._state.put_memo(dataset.id, _TAINT, None)
+        self._state.put_memo(dataset.id, _RESETS, str(self.resets(dataset) + 1))
+        for task, transfer in self._sends.get(dataset.id, {}).values():
+            if task == old:
+                transfer.abort(f"task {old} replaced: {reason}")
+        count = self._state.requeue_uploaded(dataset.id, f"new NodeODM task after: {reason}")
+        log.warning(
+            "new task for the dataset",
+            dataset=dataset.name,
+            old_task=old,
+            task=new,
+            reason=reason,
+            files_sent_again=count,
+        )
+        if old is not None and self._state.get_memo(dataset.id, _READY) == old:
+            self._in_background(self._remove(old))
+
+    def _in_background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _remove(self, task: str) -> None:
+        """Best effort: the node forgets unfinished tasks after two days anyway."""
+        try:
+            await self._call("POST", "/task/remove", data={"uuid": task})
+        except TargetError as exc:
+            log.info("old task not removed", task=task, error=str(exc))
+
+    async def _init(self, dataset: DatasetRef, task: str) -> None:
+        name = self.config.task_name.format(dataset=dataset.name, target=self.name)
+        options = [{"name": k, "value": v} for k, v in self.config.options.items()]
+        try:
+            await self._call(
+                "POST",
+                "/task/new/init",
+                data={"name": name, "options": json.dumps(options)},
+                headers={"set-uuid": task},
+            )
+        except _RefusedError as exc:
+            if "token" in str(exc).lower():
+                raise PermanentTargetError(f"{exc}; check token_file") from exc
+            if "option" in str(exc).lower():
+                raise PermanentTargetError(f"{exc}; check [targets.{self.name}.options]") from exc
+            # Perhaps an earlier init with this uuid did arrive: take a fresh uuid.
+            self._state.put_memo(dataset.id, _TASK, str(uuidlib.uuid4()))
+            raise TransientTargetError(str(exc)) from exc
+        except TransientTargetError:
+            # An init lost on the way may still have created the task: never reuse its uuid.
+            self._state.put_memo(dataset.id, _TASK, str(uuidlib.uuid4()))
+            raise
+        self._state.put_memo(dataset.id, _READY, task)
+        log.info("task created", dataset=dataset.name, task=task)
+
+    # -- uploads ----------------------------------------------------------------------------
+
+    async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
+        """Send one image into the dataset's task; its key is the dataset key."""
+        name = node_name(item.key)
+        memo = _file_memo(name)
+        task = await self._task(dataset)
+        previous = self._state.get_memo(dataset.id, memo)
+        if previous == f"{task} sent":
+            return item.key
+        if previous == f"{task} sending":
+            self._taint(dataset, task, f"{name} may have reached the task already")
+            task = await self._task(dataset)
+        self._state.put_memo(dataset.id, memo, f"{task} sending")
+        started = threading.Event()
+        sends = self._sends.setdefault(dataset.id, {})
+        sends[name] = (task, transfer)
+        try:
+            await asyncio.to_thread(self._send, task, name, item, transfer, started)
+        except BaseException as exc:
+            if isinstance(exc, _RefusedError) or not started.is_set() or never_sent(exc):
+                self._state.put_memo(dataset.id, memo, None)
+            else:
+                self._taint(dataset, task, f"upload of {name} interrupted: {_short(exc)}")
+            if isinstance(exc, _RefusedError) and "not found" in str(exc).lower():
+                # The node lost the task (restarted, or two days passed): start over.
+                self._taint(dataset, task, f"the node no longer knows task {task}")
+            if isinstance(exc, httpx.TransportError):
+                raise transport_error(f"POST /task/new/upload/{task}", exc) from exc
+            if isinstance(exc, _RefusedError):
+                raise TransientTargetError(str(exc)) from exc
+            raise
+        finally:
+            if sends.get(name, (None, None))[1] is transfer:
+                del sends[name]
+        if task != self.current_task(dataset):
+            # Sent into a task that was replaced meanwhile; the requeue has the file again.
+            raise TransientTargetError(f"task {task} was replaced during the upload")
+        self._state.put_memo(dataset.id, memo, f"{task} sent")
+        return item.key
+
+    def _send(
+        self, task: str, name: str, item: UploadItem, transfer: Transfer, started: threading.Event
+    ) -> None:
+        """One multipart request with one file, streamed from disk (worker thread)."""
+        fd, info = open_regular(item.path)
+        try:
+            if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
+                raise FileChangedError(f"{item.path}: changed since it was hashed")
+            boundary = f"dronesync-{uuidlib.uuid4().hex}"
+            head = (
+                f"--{boundary}\r\n"
+                f'Content-Disposition: form-data; name="images"; filename="{name}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            tail = f"\r\n--{boundary}--\r\n".encode()
+            body = _body(fd, item, transfer, started, head, tail)
+            route = f"POST /task/new/upload/{task}"
+            response = self._client.post(
+                f"/task/new/upload/{task}",
+                content=body,
+                headers={
+                    "content-type": f"multipart/form-data; boundary={boundary}",
+                    "content-length": str(len(head) + item.size + len(tail)),
+                },
+            )
+            self._check(route, response)
+        finally:
+            os.close(fd)
+
+    # -- processing -------------------------------------------------------------------------
+
+    async def start_processing(self, dataset: DatasetRef, keys: list[bytes]) -> str:
+        """Commit the task: the node starts processing. Returns the task uuid."""
+        task = self.current_task(dataset)
+        committed = self._state.get_memo(dataset.id, _COMMITTED)
+        if task is not None and committed == task:
+            # Processing again (after a failure on the node): a task cannot be committed twice.
+            self._start_over(dataset, f"task {task} was processed already")
+            raise DatasetResetError("a new task is made; the images are sent to it first")
+        if task is None or self.tainted(dataset):
+            await self._task(dataset)  # starts over, requeues
+            raise DatasetResetError("the task was replaced; the images are sent to it first")
+        missing = [
+            k
+            for k in keys
+            if self._state.get_memo(dataset.id, _file_memo(node_name(k))) != f"{task} sent"
+        ]
+        if missing:
+            self._start_over(dataset, f"{len(missing)} uploaded file(s) are not in task {task}")
+            raise DatasetResetError("the task was incomplete; the images are sent again")
+        route = f"POST /task/new/commit/{task}"
+        try:
+            await self._call("POST", f"/task/new/commit/{task}")
+        except TransientTargetError:
+            # The commit may have arrived: the node knows the task once it is committed.
+            if not await self._known(task):
+                raise
+        except _RefusedError as exc:
+            if not await self._known(task):
+                raise PermanentTargetError(f"{route}: {exc}") from exc
+        self._state.put_memo(dataset.id, _COMMITTED, task)
+        log.info("task committed", dataset=dataset.name, task=task, images=len(keys))
+        return task
+
+    async def _known(self, task: str) -> bool:
+        try:
+            await self._call("GET", f"/task/{task}/info")
+        except TargetError:
+            return False
+        return True
+
+    async def processing_status(self, dataset: DatasetRef, handle: str) -> ProcessingStatus:
+        """The task's status code, progress and error message, as the node reports them."""
+        try:
+            info = await self._call("GET", f"/task/{handle}/info")
+        except _RefusedError as exc:
+            seen = self._unknown[handle] = self._unknown.get(handle, 0) + 1
+            if seen <= _UNKNOWN_POLLS:
+                return ProcessingStatus("running", "the node is setting the task up")
+            return ProcessingStatus("failed", f"the node no longer knows task {handle}: {exc}")
+        self._unknown.pop(handle, None)
+        status = info.get("status") if isinstance(info, dict) else None
+        code = status.get("code") if isinstance(status, dict) else None
+        progress = info.get("progress") if isinstance(info, dict) else None
+        pct = float(progress) if isinstance(progress, int | float) else None
+        message = status.get("errorMessage") if isinstance(status, dict) else None
+        if code == 40:
+            return await self._completed(dataset, handle)
+        if code == 30:
+            return ProcessingStatus("failed", f"the node failed the task: {message or 'no reason'}")
+        if code == 50:
+            return ProcessingStatus("failed", "the task was cancelled on the node")
+        if code == 10:
+            return ProcessingStatus("running", "queued on the node", pct)
+        # 20, or a code this version does not know: still running.
+        detail = "running on the node" + (f", {pct:.0f} %" if pct is not None else "")
+        return ProcessingStatus("running", detail, pct)
+
+    async def _completed(self, dataset: DatasetRef, task: str) -> ProcessingStatus:
+        folder = self.config.download_dir
+        if folder is None:
+            return ProcessingStatus("done", f"task {task} completed on the node", 100.0)
+        dest = folder / f"{dataset.name}.zip"
+        await asyncio.to_thread(self._download, task, dest)
+        return ProcessingStatus("done", f"task {task} completed; outputs in {dest}", 100.0)
+
+    def _download(self, task: str, dest: Path) -> None:
+        route = f"GET /task/{task}/download/all.zip"
+        part = dest.with_name(dest.name + ".part")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with self._client.stream("GET", f"/task/{task}/download/all.zip") as response:
+                if response.status_code != 200:
+                    raise status_error(route, response)
+                if response.headers.get("content-type", "").startswith("application/json"):
+                    response.read()
+                    self._check(route, response)
+                with part.open("wb") as out:
+                    for chunk in response.iter_bytes(CHUNK):
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+            part.replace(dest)
+        except httpx.TransportError as exc:
+            raise transport_error(route, exc) from exc
+        except OSError as exc:
+            raise TransientTargetError(f"{dest}: cannot save outputs ({exc.strerror})") from exc
+
+    async def aclose(self) -> None:
+        """Let old-task removals finish briefly, then close connections."""
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+        self._client.close()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(self._call_sync, method, path, **kwargs)
+
+    def _call_sync(self, method: str, path: str, **kwargs: Any) -> Any:
+        route = f"{method} {path}"
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise transport_error(route, exc) from exc
+        return self._check(route, response)
+
+    @staticmethod
+    def _check(route: str, response: httpx.Response) -> Any:
+        """NodeODM reports errors as HTTP 200 with ``{"error": ...}``: every body is read."""
+        if response.status_code >= 400:
+            raise status_error(route, response)
+        body = json_body(route, response)
+        if isinstance(body, dict) and "error" in body:
+            raise _RefusedError(f"{route}: the node says: {body['error']}")
+        if not isinstance(body, dict):
+            raise TransientTargetError(f"{route}: unexpected reply {str(body)[:80]!r}")
+        return body
+
+
+def _body(
+    fd: int,
+    item: UploadItem,
+    transfer: Transfer,
+    started: threading.Event,
+    head: bytes,
+    tail: bytes,
+) -> Iterator[bytes]:
+    """The request body; checks the bytes against the recorded hash before the last boundary.
+
+    When the file changed, the body ends without its closing boundary: the node sees a cut
+    upload, and the task is replaced because of it.
+    """
+    started.set()
+    yield head
+    digest = hashlib.sha256()
+    sent = 0
+    while True:
+        try:
+            chunk = os.read(fd, CHUNK)
+        except OSError as exc:
+            raise SourceError(f"{item.path}: read error: {exc.strerror}") from exc
+        if not chunk:
+            break
+        sent += len(chunk)
+        if sent > item.size:
+            raise FileChangedError(f"{item.path}: grew while it was being uploaded")
+        digest.update(chunk)
+        transfer.progress(len(chunk))
+        yield chunk
+    after = os.fstat(fd)
+    if sent != item.size or after.st_mtime_ns != item.mtime_ns:
+        raise FileChangedError(f"{item.path}: changed while it was being uploaded")
+    if digest.hexdigest() != item.sha256:
+        raise FileChangedError(f"{item.path}: content differs from its recorded hash")
+    yield tail
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "stopped"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:120]
