@@ -17,7 +17,13 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from daemon.config import DirectoryTargetConfig, Settings, SourceConfig, UploadSettings
+from daemon.config import (
+    DirectoryTargetConfig,
+    NodeODMTargetConfig,
+    Settings,
+    SourceConfig,
+    UploadSettings,
+)
 
 HEADER = """\
 # dronesync configuration.
@@ -43,6 +49,9 @@ def toml_value(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
     raise TypeError(value)
 
 
@@ -75,6 +84,13 @@ def _fields(model: type[BaseModel], skip: set[str] = frozenset()) -> list[str]: 
     return lines
 
 
+def _optional_target(name: str, model: type[BaseModel]) -> list[str]:
+    """Another target type, commented out: uncomment it and point a source at it."""
+    doc = (model.__doc__ or "").strip()
+    lines = [f"[targets.{name}]", f"{doc} Uncomment, and name it in a source.", *_fields(model)]
+    return [line if line.startswith("#") or not line else f"# {line}" for line in lines]
+
+
 def example() -> str:
     """The annotated example configuration."""
     parts = [HEADER]
@@ -85,6 +101,7 @@ def example() -> str:
     parts.append("[targets.archive]")
     parts.append("# " + (DirectoryTargetConfig.__doc__ or "").strip())
     parts.extend(_fields(DirectoryTargetConfig))
+    parts.extend(_optional_target("odm", NodeODMTargetConfig))
     parts.append("[[sources]]")
     parts.append("# " + (SourceConfig.__doc__ or "").strip())
     parts.extend(_fields(SourceConfig))
