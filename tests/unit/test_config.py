@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import load_config
+from daemon.config import DirectoryTargetConfig, load_config
 from daemon.errors import ConfigError
 
 STATE = "@STATE@"  # replaced by a per-case state folder
@@ -349,16 +349,19 @@ def test_relative_paths_are_relative_to_the_config_files_folder(tmp_path: Path) 
     )
     settings = load_config(path)
     assert settings.state_dir == tmp_path / "state"
-    assert settings.targets["a"].path == conf / "archive"
+    a, b = settings.targets["a"], settings.targets["b"]
+    assert isinstance(a, DirectoryTargetConfig)
+    assert isinstance(b, DirectoryTargetConfig)
+    assert a.path == conf / "archive"
     # a program named with a folder is found next to the file; arguments are left alone
-    assert settings.targets["a"].process_command == [
+    assert a.process_command == [
         str(conf / "bin" / "proc"),
         "{dataset_dir}",
         "notes.txt",
     ]
-    assert settings.targets["b"].path == Path("/abs/b")
+    assert b.path == Path("/abs/b")
     # a bare program name is looked up on PATH as a shell would
-    assert settings.targets["b"].process_command == ["process-dataset"]
+    assert b.process_command == ["process-dataset"]
     assert [s.path for s in settings.sources] == [conf / "inbox" / "cards", Path("/abs/inbox")]
 
 

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import IMAGE_PATTERNS, SourceConfig, UploadSettings, load_config
+from daemon.config import (
+    IMAGE_PATTERNS,
+    DirectoryTargetConfig,
+    SourceConfig,
+    UploadSettings,
+    load_config,
+)
 from daemon.config_example import example
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,24 +47,32 @@ def test_the_example_loads_with_the_defaults_it_shows(tmp_path: Path) -> None:
     settings = load_config(_as_local(example(), tmp_path))
     assert settings.state_dir == tmp_path / "state"
     assert settings.upload == UploadSettings()
-    assert settings.targets["archive"].path == Path("/srv/drone-archive")
-    assert settings.targets["archive"].process_command is None  # commented out: optional
+    archive = settings.targets["archive"]
+    assert isinstance(archive, DirectoryTargetConfig)
+    assert archive.path == Path("/srv/drone-archive")
+    assert archive.process_command is None  # commented out: optional
     source = settings.sources[0]
     assert source == SourceConfig(path=Path("/srv/drone-inbox"), target="archive")
     assert source.include == IMAGE_PATTERNS
 
 
 def test_every_commented_out_key_is_valid_once_uncommented(tmp_path: Path) -> None:
-    optional = re.compile(r"^# ([a-z_]+ = .+)$", re.MULTILINE)
+    optional = re.compile(r"^# ([a-z_]+ = .+|\[targets\.[a-z]+\])$", re.MULTILINE)
     text = example()
     assert len(optional.findall(text)) >= 3
     settings = load_config(_as_local(optional.sub(r"\1", text), tmp_path))
     assert settings.upload.bandwidth_limit == 10_000_000
-    assert settings.targets["archive"].process_command == [
+    archive = settings.targets["archive"]
+    assert isinstance(archive, DirectoryTargetConfig)
+    assert archive.process_command == [
         "/usr/local/bin/process-dataset",
         "{dataset_dir}",
     ]
     assert settings.sources[0].poll_s == 10
+    odm = settings.targets["odm"]
+    assert odm.type == "nodeodm"
+    assert odm.url == "http://odm.lan:3000"
+    assert odm.token_file == Path("/etc/dronesync/nodeodm.token")
 
 
 def test_the_environment_override_named_in_the_header_works(
@@ -73,7 +87,9 @@ def test_the_local_config_used_by_scripts_run_is_valid() -> None:
     settings = load_config(ROOT / "config" / "local.toml")
     assert settings.state_dir == ROOT / "var" / "state"
     assert settings.sources[0].path == ROOT / "var" / "inbox"
-    command = settings.targets["archive"].process_command
+    archive = settings.targets["archive"]
+    assert isinstance(archive, DirectoryTargetConfig)
+    command = archive.process_command
     assert command is not None
     assert Path(command[0]).resolve() == ROOT / "scripts" / "demo-process"
     assert Path(command[0]).is_file()
