@@ -13,6 +13,7 @@ import os
 import re
 import string
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -218,6 +219,48 @@ TargetConfig = Annotated[DirectoryTargetConfig | NodeODMTargetConfig, Field(disc
 TARGET_TYPES = ("directory", "nodeodm")
 
 
+NotifyEvent = Literal[
+    "processing_started",
+    "processing_finished",
+    "processing_failed",
+    "needs_attention",
+]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = typing.get_args(NotifyEvent)
+
+
+class NotificationsConfig(_Model):
+    """Tell the operator when processing starts, ends or fails, or a dataset needs them."""
+
+    webhook_url: str | None = Field(
+        None,
+        description="POST a JSON document about each event to this URL.",
+        json_schema_extra={"example": "https://hooks.example.org/dronesync"},
+    )
+    command: list[str] | None = Field(
+        None,
+        description="Run this program for each event, the JSON document on its standard input"
+        " and DRONESYNC_EVENT, DRONESYNC_DATASET, DRONESYNC_DETAIL in its environment.",
+        json_schema_extra={"example": ["/usr/local/bin/notify-pilot"]},
+    )
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS), description="The events that are sent."
+    )
+    attempts: int = Field(5, ge=1, le=50, description="Tries per event before it is dropped.")
+    timeout_s: float = Field(10.0, gt=0, le=600, description="Longest wait for one delivery.")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_ok(cls, value: str | None) -> str | None:
+        return None if value is None else _url_ok(value)
+
+    @field_validator("command")
+    @classmethod
+    def _command_ok(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or not value[0].strip()):
+            raise ValueError('must name a program, e.g. ["/usr/local/bin/notify-pilot"]')
+        return value
+
+
 class SourceConfig(_Model):
     """Where images come from, how folders map to datasets, and when a dataset is done."""
 
@@ -308,6 +351,7 @@ class Settings(BaseSettings):
         "info", description="Least important log events shown."
     )
     upload: UploadSettings = Field(default_factory=UploadSettings)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     targets: dict[str, TargetConfig] = Field(
         default_factory=dict, description="Named targets; `type` picks the implementation."
     )

@@ -20,6 +20,7 @@ from pydantic_core import PydanticUndefined
 from daemon.config import (
     DirectoryTargetConfig,
     NodeODMTargetConfig,
+    NotificationsConfig,
     Settings,
     SourceConfig,
     UploadSettings,
@@ -94,10 +95,13 @@ def _optional_target(name: str, model: type[BaseModel]) -> list[str]:
 def example() -> str:
     """The annotated example configuration."""
     parts = [HEADER]
-    parts.extend(_fields(Settings, {"upload", "targets", "sources"}))
+    parts.extend(_fields(Settings, {"upload", "notifications", "targets", "sources"}))
     parts.append("[upload]")
     parts.append("# Engine-wide knobs shared by every target.")
     parts.extend(_fields(UploadSettings))
+    parts.append("[notifications]")
+    parts.append("# " + (NotificationsConfig.__doc__ or "").strip())
+    parts.extend(_fields(NotificationsConfig))
     parts.append("[targets.archive]")
     parts.append("# " + (DirectoryTargetConfig.__doc__ or "").strip())
     parts.extend(_fields(DirectoryTargetConfig))

@@ -24,6 +24,7 @@ from daemon.clock import Clock, SystemClock
 from daemon.config import Settings, load_config, runtime_problems
 from daemon.errors import ConfigError, DronesyncError, UsageError
 from daemon.journal import DatasetRow, FileRow, Journal
+from daemon.notifications import Event, Notifier
 from daemon.notify import notify, watchdog_interval
 from daemon.processing import ProcessingController
 from daemon.sources.hasher import Hasher
@@ -174,11 +175,15 @@ class Daemon:
             source_online=sources.is_online,
             on_changed=lambda row: sources.offer_again(row.id, row.volume, row.relpath),
         )
+        notifier = Notifier(settings.notifications)
         processing = ProcessingController(
             journal,
             targets,
             self._clock,
             busy=lambda: sources.busy_datasets() | hasher.busy_datasets(),
+            notify=lambda event, ds, detail: notifier.send(
+                Event(event, ds.name, ds.target, journal.dataset(ds.id).state, detail)
+            ),
         )
         tasks = [
             asyncio.create_task(sources.run(self._session_end), name="sources"),
@@ -186,6 +191,7 @@ class Daemon:
             asyncio.create_task(processing.run(), name="processing"),
             asyncio.create_task(self._requests(journal, engine, processing), name="requests"),
             asyncio.create_task(self._live(journal, engine), name="live"),
+            asyncio.create_task(notifier.run(), name="notifications"),
         ]
         ready = asyncio.create_task(self._announce_ready(sources), name="ready")
         end = asyncio.create_task(self._session_end.wait(), name="end")

@@ -1,0 +1,165 @@
+"""Notifications: a webhook and/or a command told when a dataset starts, ends or needs help.
+
+Events are queued and delivered by one background task, in order, each retried with backoff
+up to ``attempts`` times. A failed delivery is logged and never stops the daemon, and the
+webhook URL is never logged (it may carry a token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import structlog
+
+from daemon.config import NotificationsConfig
+from daemon.upload.retry import Backoff
+
+log = structlog.get_logger("dronesync.notifications")
+
+QUEUE_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing worth telling the operator."""
+
+    event: str
+    dataset: str
+    target: str
+    state: str
+    detail: str | None
+    at: float = field(default_factory=time.time)
+
+    def document(self) -> dict[str, Any]:
+        """The JSON document sent to the webhook and to the command."""
+        return {
+            "event": self.event,
+            "dataset": self.dataset,
+            "target": self.target,
+            "state": self.state,
+            "detail": self.detail,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at)),
+        }
+
+
+class Notifier:
+    """Delivers events to the configured webhook and command, retrying, never raising."""
+
+    def __init__(self, config: NotificationsConfig, rng: random.Random | None = None) -> None:
+        self.config = config
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_LIMIT)
+        self._backoff = Backoff(1.0, 60.0, rng or random.Random())  # noqa: S311 (jitter)
+        self.delivered = 0
+        self.dropped = 0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is configured to receive events."""
+        return bool(self.config.webhook_url or self.config.command)
+
+    def send(self, event: Event) -> None:
+        """Queue ``event`` if it is one of the configured events (never blocks)."""
+        if not self.enabled or event.event not in self.config.events:
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.warning("notification dropped: too many queued", notify_event=event.event)
+
+    async def run(self) -> None:
+        """Deliver queued events until cancelled."""
+        async with httpx.AsyncClient(timeout=self.config.timeout_s) as client:
+            while True:
+                event = await self._queue.get()
+                await self._deliver(client, event)
+
+    async def _deliver(self, client: httpx.AsyncClient, event: Event) -> None:
+        document = event.document()
+        # A receiver that got the event is not sent it again when the other one failed.
+        pending = {"webhook"} if self.config.webhook_url else set()
+        if self.config.command:
+            pending.add("command")
+        for attempt in range(1, self.config.attempts + 1):
+            error = await self._attempt(client, event, document, pending)
+            if error is None:
+                self.delivered += 1
+                log.info("notification sent", notify_event=event.event, dataset=event.dataset)
+                return
+            if attempt == self.config.attempts:
+                self.dropped += 1
+                log.warning(
+                    "notification not delivered; giving up",
+                    notify_event=event.event,
+                    dataset=event.dataset,
+                    attempts=attempt,
+                    error=error,
+                )
+                return
+            delay = self._backoff.delay(attempt)
+            log.info(
+                "notification failed; retrying",
+                notify_event=event.event,
+                dataset=event.dataset,
+                retry_in_s=round(delay, 1),
+                error=error,
+            )
+            await asyncio.sleep(delay)
+
+    async def _attempt(
+        self, client: httpx.AsyncClient, event: Event, document: dict[str, Any], pending: set[str]
+    ) -> str | None:
+        """Try each receiver still pending once; the first error, or None when all got it."""
+        if "webhook" in pending and self.config.webhook_url:
+            try:
+                response = await client.post(self.config.webhook_url, json=document)
+            except httpx.TransportError as exc:
+                return f"webhook: {type(exc).__name__}: {exc}"
+            if response.status_code >= 300:
+                return f"webhook: HTTP {response.status_code}"
+            pending.discard("webhook")
+        if "command" in pending:
+            error = await self._run_command(event, document)
+            if error is not None:
+                return error
+            pending.discard("command")
+        return None
+
+    async def _run_command(self, event: Event, document: dict[str, Any]) -> str | None:
+        assert self.config.command is not None  # noqa: S101 (checked by the caller)
+        env = {
+            **os.environ,
+            "DRONESYNC_EVENT": event.event,
+            "DRONESYNC_DATASET": event.dataset,
+            "DRONESYNC_DETAIL": event.detail or "",
+        }
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.config.command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return f"command {self.config.command[0]!r}: {exc.strerror}"
+        try:
+            _, err = await asyncio.wait_for(
+                process.communicate(json.dumps(document).encode()), self.config.timeout_s
+            )
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            return f"command ran past {self.config.timeout_s:g} s"
+        if process.returncode != 0:
+            tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
+            return f"command exited {process.returncode}: {tail[0][:200]}"
+        return None
