@@ -59,8 +59,20 @@ class Box:
         self.process_log = self.root / "processed.log"
         self.inbox.mkdir()
 
-    def write_config(self, *, upload: str = "", source: str = "", target: str = "") -> None:
-        """A config with short timings; extra TOML lines go into each table."""
+    def write_config(
+        self,
+        *,
+        upload: str = "",
+        source: str = "",
+        target: str = "",
+        extra: str = "",
+        source_target: str = "archive",
+    ) -> None:
+        """A config with short timings; extra TOML lines go into each table.
+
+        ``extra`` holds more tables (another target, ``[notifications]``); ``source_target``
+        names the target the inbox feeds.
+        """
         command = [
             sys.executable,
             "-c",
@@ -72,8 +84,8 @@ class Box:
             f'state_dir = "{self.state}"\nlog_level = "debug"\n'
             f"[upload]\nbackoff_initial_s = 0.1\nbackoff_max_s = 0.5\n{upload}\n"
             f'[targets.archive]\ntype = "directory"\npath = "{self.archive}"\n'
-            f"process_command = {toml_list(command)}\n{target}\n"
-            f'[[sources]]\npath = "{self.inbox}"\ntarget = "archive"\n'
+            f"process_command = {toml_list(command)}\n{target}\n{extra}\n"
+            f'[[sources]]\npath = "{self.inbox}"\ntarget = "{source_target}"\n'
             f"stable_s = 0.3\nquiet_s = 1.5\nrescan_s = 5\n{source}\n",
             encoding="utf-8",
         )
