@@ -215,8 +215,65 @@ class NodeODMTargetConfig(_Model):
         return _check_placeholders(value, {"dataset", "target"})
 
 
-TargetConfig = Annotated[DirectoryTargetConfig | NodeODMTargetConfig, Field(discriminator="type")]
-TARGET_TYPES = ("directory", "nodeodm")
+class Pix4DCloudTargetConfig(_Model):
+    """PIX4Dcloud (PIX4Dengine Cloud API): one project per dataset, images straight to S3."""
+
+    type: Literal["pix4dcloud"] = Field(description="Target implementation.")
+    url: str = Field("https://cloud.pix4d.com", description="The API's base URL.")
+    client_id: str = Field(
+        min_length=1,
+        description="API client id (PIX4Dcloud: Account, API access).",
+        json_schema_extra={"example": "your-client-id"},
+    )
+    client_secret_file: Path | None = Field(
+        None,
+        description="File holding the client secret (mode 0600).",
+        json_schema_extra={"example": "/etc/dronesync/pix4dcloud.secret"},
+    )
+    client_secret_credential: str | None = Field(
+        None,
+        description="Name of a systemd credential (LoadCredential=) holding the client secret;"
+        " wins over client_secret_file.",
+        json_schema_extra={"example": "pix4dcloud-secret"},
+    )
+    project_name: str = Field(
+        "{dataset}", min_length=1, description="Project name in PIX4Dcloud: {dataset}, {target}."
+    )
+    processing_template: str | None = Field(
+        None,
+        description="S3 key of a custom processing template already in the project's bucket;"
+        " unset: the default template.",
+        json_schema_extra={"example": "templates/3d-maps.tmpl"},
+    )
+    multipart_threshold_mb: int = Field(
+        64, ge=5, le=5000, description="Files larger than this go to S3 in parts."
+    )
+    part_size_mb: int = Field(16, ge=5, le=512, description="Size of each part of those files.")
+    duplicate_scope: Literal["target", "dataset"] = Field(
+        "dataset",
+        description='"dataset": a project gets every image of its folder even if sent before in'
+        ' another project; "target": content sent once is never sent again.',
+    )
+    poll_s: float = Field(45.0, ge=0.1, le=3600, description="How often processing is polled.")
+    timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="Connect and reply timeout of each request."
+    )
+
+    _url_ok = field_validator("url")(_url_ok)
+    _credential_ok = field_validator("client_secret_credential")(_credential_ok)
+    _paths_ok = field_validator("client_secret_file", mode="before")(_not_blank)
+
+    @field_validator("project_name")
+    @classmethod
+    def _name_ok(cls, value: str) -> str:
+        return _check_placeholders(value, {"dataset", "target"})
+
+
+TargetConfig = Annotated[
+    DirectoryTargetConfig | NodeODMTargetConfig | Pix4DCloudTargetConfig,
+    Field(discriminator="type"),
+]
+TARGET_TYPES = ("directory", "nodeodm", "pix4dcloud")
 
 
 NotifyEvent = Literal[
@@ -482,8 +539,8 @@ def _relative_to(settings: Settings, base: Path) -> Settings:
             )
             continue
         update: dict[str, Any] = {}
-        for key in ("token_file", "download_dir"):
-            value = getattr(target, key)
+        for key in ("token_file", "download_dir", "client_secret_file"):
+            value = getattr(target, key, None)
             if value is not None:
                 update[key] = _anchor(value, base)
         targets[name] = target.model_copy(update=update)
@@ -516,11 +573,22 @@ def runtime_problems(path: Path, settings: Settings) -> list[str]:
 def _secret_problems(path: Path, settings: Settings) -> list[str]:
     problems: list[str] = []
     for name, target in settings.targets.items():
-        if not isinstance(target, NodeODMTargetConfig):
+        if isinstance(target, NodeODMTargetConfig):
+            file, credential, stem = target.token_file, target.token_credential, "token"
+        elif isinstance(target, Pix4DCloudTargetConfig):
+            file, credential = target.client_secret_file, target.client_secret_credential
+            stem = "client_secret"
+            if file is None and credential is None:
+                problems.append(
+                    f"{path}: targets.{name}.client_secret_file: required; name the file that"
+                    " holds the client secret (or client_secret_credential)"
+                )
+                continue
+        else:
             continue
-        key = "token_credential" if target.token_credential else "token_file"
+        key = f"{stem}_credential" if credential else f"{stem}_file"
         try:
-            secret = secret_path(target.token_file, target.token_credential)
+            secret = secret_path(file, credential)
         except ConfigError as exc:
             problems.extend(f"{path}: targets.{name}.{key}: {p}" for p in exc.problems)
             continue

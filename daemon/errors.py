@@ -10,7 +10,8 @@
     │   └── FileChangedError           the file moved under us (size, mtime or content)
     └── TargetError                 1: a target refused or failed an operation
         ├── TransientTargetError       worth retrying (network, timeouts, 408/429/5xx)
-        │   └── DatasetResetError          the target dropped the dataset: send it all again
+        │   ├── DatasetResetError          the target dropped the dataset: send it all again
+        │   └── TargetPausedError          nothing can go until the operator acts (sign-in)
         └── PermanentTargetError       retrying will not help (other 4xx, bad config)
 
 Third-party errors (OSError, sqlite3, httpx) are translated at the edge with
@@ -80,6 +81,13 @@ class DatasetResetError(TransientTargetError):
     Raised when an upload ended ambiguously on a target that cannot tell what it holds: the
     only safe recovery is an empty remote container. Every file of the dataset already
     uploaded goes back to waiting and is sent again; nothing is lost or stored twice.
+    """
+
+
+class TargetPausedError(TransientTargetError):
+    """The target takes nothing until the operator acts: a refused sign-in, say.
+
+    Files wait without using up their attempts, and the dataset shows the message.
     """
 
 

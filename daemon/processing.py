@@ -16,13 +16,16 @@ from collections.abc import Callable
 import structlog
 
 from daemon.clock import Clock
-from daemon.errors import DatasetResetError, TargetError, UsageError
+from daemon.errors import DatasetResetError, TargetError, TransientTargetError, UsageError
 from daemon.journal import DatasetRow, Journal
 from daemon.targets.base import DatasetRef, Target
 
 log = structlog.get_logger("dronesync.processing")
 
 TICK_S = 0.25
+# A processing start that failed for a transient reason is tried again after this, doubling.
+START_RETRY_S = 5.0
+START_RETRY_MAX_S = 300.0
 
 
 class ProcessingController:
@@ -44,6 +47,8 @@ class ProcessingController:
         self._polls: dict[int, float] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._held: dict[int, int] = {}
+        self._not_before: dict[int, float] = {}
+        self._start_failures: dict[int, int] = {}
 
     async def run(self) -> None:
         """Check every dataset a few times a second, until cancelled."""
@@ -89,6 +94,8 @@ class ProcessingController:
             return
         self._held.pop(dataset.id, None)
         if now - dataset.last_activity_at < dataset.quiet_s:
+            return
+        if now < self._not_before.get(dataset.id, 0.0):
             return
         if not dataset.auto_process:
             if dataset.state != "ready":
@@ -143,6 +150,19 @@ class ProcessingController:
             )
             log.warning("processing deferred", dataset=dataset.name, reason=str(exc))
             return
+        except TransientTargetError as exc:
+            # The target is unreachable or busy: the dataset waits and tries again later.
+            tries = self._start_failures[dataset.id] = self._start_failures.get(dataset.id, 0) + 1
+            delay = min(START_RETRY_MAX_S, START_RETRY_S * 2 ** (tries - 1))
+            self._not_before[dataset.id] = self._clock.time() + delay
+            self._journal.set_dataset_state(
+                dataset.id,
+                "collecting",
+                f"processing could not start yet ({exc}); trying again in {delay:g} s",
+                processing_started_at=None,
+            )
+            log.warning("processing not started", dataset=dataset.name, error=str(exc))
+            return
         except TargetError as exc:
             self._finish(dataset, "failed", f"processing could not start: {exc}")
             return
@@ -151,6 +171,7 @@ class ProcessingController:
         self._journal.set_dataset_state(
             dataset.id, "processing", "processing started", processing_handle=handle
         )
+        self._start_failures.pop(dataset.id, None)
         log.info("processing started", dataset=dataset.name, target=dataset.target)
         self._notify("processing_started", dataset, None)
 

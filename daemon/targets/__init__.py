@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.config import DirectoryTargetConfig, NodeODMTargetConfig, TargetConfig
+from daemon.config import (
+    DirectoryTargetConfig,
+    NodeODMTargetConfig,
+    Pix4DCloudTargetConfig,
+    TargetConfig,
+)
 from daemon.secrets import read_secret, secret_path
 from daemon.targets.base import (
     DatasetRef,
@@ -17,12 +22,14 @@ from daemon.targets.base import (
 )
 from daemon.targets.directory import DirectoryTarget
 from daemon.targets.nodeodm import NodeODMTarget
+from daemon.targets.pix4dcloud import Pix4DCloudTarget
 
 __all__ = [
     "DatasetRef",
     "DirectoryTarget",
     "MemoryState",
     "NodeODMTarget",
+    "Pix4DCloudTarget",
     "ProcessingStatus",
     "Target",
     "TargetState",
@@ -40,4 +47,9 @@ def build_target(name: str, config: TargetConfig, state_dir: Path, state: Target
         secret = secret_path(config.token_file, config.token_credential)
         token = None if secret is None else read_secret(secret)
         return NodeODMTarget(name, config, state, token=token)
+    if isinstance(config, Pix4DCloudTargetConfig):
+        secret = secret_path(config.client_secret_file, config.client_secret_credential)
+        if secret is None:  # pragma: no cover - runtime_problems refuses this first
+            raise ValueError(f"targets.{name}: no client secret configured")
+        return Pix4DCloudTarget(name, config, state, client_secret=read_secret(secret))
     raise NotImplementedError(config)  # pragma: no cover - the config model is exhaustive

@@ -25,9 +25,10 @@ from daemon.errors import (
     PermanentTargetError,
     SourceError,
     TargetError,
+    TargetPausedError,
     TransientTargetError,
 )
-from daemon.journal import FileRow, Journal
+from daemon.journal import DatasetRow, FileRow, Journal
 from daemon.targets.base import DatasetRef, Target, Transfer, UploadItem
 from daemon.upload.ratelimit import TokenBucket
 from daemon.upload.retry import Backoff
@@ -35,6 +36,8 @@ from daemon.upload.retry import Backoff
 log = structlog.get_logger("dronesync.upload")
 
 IDLE_WAIT_S = 5.0
+# A paused target (sign-in needed) is tried again this often, or at once after a reload.
+PAUSE_S = 60.0
 
 
 @dataclass(slots=True)
@@ -93,6 +96,7 @@ class UploadEngine:
         self._queue: asyncio.Queue[FileRow] = asyncio.Queue(settings.concurrency)
         self._claimed: set[int] = set()
         self._flights: dict[int, _Flight] = {}
+        self._paused: dict[int, str] = {}
         self._ensured: set[int] = set()
         self._wake = asyncio.Event()
         self.meter = RateMeter()
@@ -178,6 +182,12 @@ class UploadEngine:
             mtime_ns=row.mtime_ns,
             sha256=row.sha256 or "",
         )
+        await self._upload_loop(row, dataset, target, ref, item)
+
+    async def _upload_loop(
+        self, row: FileRow, dataset: DatasetRow, target: Target, ref: DatasetRef, item: UploadItem
+    ) -> None:
+        """Attempts of one file: quick retries here, then parked in the journal."""
         failures = 0
         attempts = row.attempts
         while True:
@@ -188,19 +198,8 @@ class UploadEngine:
             except asyncio.CancelledError:
                 self._journal.release(row.id)
                 raise
-            except FileChangedError as exc:
-                self._journal.rehash(row.id, str(exc))
-                self._on_changed(row)
-                log.info("file changed; waiting for it to settle", file=str(item.path))
-                return
-            except SourceError as exc:
-                self._source_failed(row, dataset.name, item, exc)
-                return
-            except PermanentTargetError as exc:
-                self._fail(row, dataset.name, item, str(exc), attempts)
-                return
-            except _CancelledError:
-                self._journal.release(row.id)
+            except (SourceError, PermanentTargetError, TargetPausedError, _CancelledError) as exc:
+                self._settle(row, dataset, item, exc, attempts)
                 return
             except TargetError as exc:
                 failures += 1
@@ -223,6 +222,8 @@ class UploadEngine:
                 await asyncio.sleep(delay)
                 continue
             self._journal.mark_uploaded(row.id, key, self._clock.time())
+            if self._paused.pop(dataset.id, None) is not None:
+                self._journal.set_dataset_detail(dataset.id, None)  # signed in again
             log.info(
                 "file uploaded",
                 dataset=dataset.name,
@@ -233,6 +234,34 @@ class UploadEngine:
                 key=os.fsdecode(key),
             )
             return
+
+    def _settle(
+        self,
+        row: FileRow,
+        dataset: DatasetRow,
+        item: UploadItem,
+        exc: SourceError | TargetError,
+        attempts: int,
+    ) -> None:
+        """An attempt that ended in a way retrying at once cannot help."""
+        if isinstance(exc, FileChangedError):
+            self._journal.rehash(row.id, str(exc))
+            self._on_changed(row)
+            log.info("file changed; waiting for it to settle", file=str(item.path))
+        elif isinstance(exc, SourceError):
+            self._source_failed(row, dataset.name, item, exc)
+        elif isinstance(exc, PermanentTargetError):
+            self._fail(row, dataset.name, item, str(exc), attempts)
+        elif isinstance(exc, TargetPausedError):
+            # Nothing can go until the operator acts: wait without using up attempts.
+            self._journal.release(row.id)
+            self._journal.mark_retry(row.id, str(exc), self._clock.time() + PAUSE_S)
+            if self._paused.get(dataset.id) != str(exc):
+                self._paused[dataset.id] = str(exc)
+                self._journal.set_dataset_detail(dataset.id, str(exc))
+                log.warning("target paused", dataset=dataset.name, reason=str(exc))
+        else:  # the engine aborted the transfer (cancel): not the file's fault
+            self._journal.release(row.id)
 
     async def _attempt(
         self, target: Target, ref: DatasetRef, row: FileRow, item: UploadItem
