@@ -228,10 +228,11 @@ class NodeODMTarget:
         name = self.config.task_name.format(dataset=dataset.name, target=self.name)
         options = [{"name": k, "value": v} for k, v in self.config.options.items()]
         try:
+            # NodeODM reads init fields from multipart only; an urlencoded body is ignored.
             await self._call(
                 "POST",
                 "/task/new/init",
-                data={"name": name, "options": json.dumps(options)},
+                files={"name": (None, name), "options": (None, json.dumps(options))},
                 headers={"set-uuid": task},
             )
         except _RefusedError as exc:

@@ -126,10 +126,7 @@ class Pix4DCloudTarget:
         self._s3_config = Config(
             connect_timeout=config.timeout_s,
             read_timeout=config.timeout_s,
-            retries={"max_attempts": 1, "mode": "standard"},
-            # The engine checks the bytes itself (one read per byte); botocore must not read
-            # the body a second time to sign or checksum it.
-            s3={"payload_signing_enabled": False},
+            retries={"total_max_attempts": 1, "mode": "standard"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             max_pool_connections=32,
@@ -200,7 +197,14 @@ class Pix4DCloudTarget:
                     region_name=body.get("region") or "us-east-1",
                     endpoint_url=endpoint,
                     config=self._s3_config.merge(
-                        Config(s3={"addressing_style": "path" if endpoint else "auto"})
+                        Config(
+                            s3={
+                                "addressing_style": "path" if endpoint else "auto",
+                                # The engine checks the bytes itself (one read per byte):
+                                # botocore must not read the body again to sign it.
+                                "payload_signing_enabled": False,
+                            }
+                        )
                     ),
                 )
                 fresh = _Credentials(

@@ -17,12 +17,14 @@ import base64
 import contextlib
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from daemon.errors import (
+    DronesyncError,
     FileChangedError,
     PermanentTargetError,
     SourceError,
@@ -73,6 +75,17 @@ def s3_error(action: str, exc: BaseException) -> TargetError:
             return TransientTargetError(text)
         return PermanentTargetError(text)
     return TransientTargetError(f"S3 {action}: {type(exc).__name__}: {exc}")
+
+
+def _call(action: str, method: Callable[..., Any], /, **kwargs: Any) -> Any:
+    """One S3 call; our own errors raised while botocore read the body come out unwrapped."""
+    try:
+        return method(**kwargs)
+    except (ClientError, BotoCoreError) as exc:
+        inner = getattr(exc, "kwargs", {}).get("error")
+        if isinstance(inner, DronesyncError):
+            raise inner from exc  # a changed file, a read error, an abort
+        raise s3_error(action, exc) from exc
 
 
 class _Source:
@@ -151,17 +164,16 @@ def _put_single(
     s3: S3Client, bucket: str, key: str, fd: int, item: UploadItem, transfer: Transfer
 ) -> tuple[Stored, str]:
     source = _Source(fd, item, transfer)
-    try:
-        reply = s3.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=source,  # type: ignore[arg-type]
-            ContentLength=item.size,
-            ChecksumSHA256=base64.b64encode(bytes.fromhex(item.sha256)).decode(),
-            ACL=ACL,
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise s3_error("PutObject", exc) from exc
+    reply = _call(
+        "PutObject",
+        s3.put_object,
+        Bucket=bucket,
+        Key=key,
+        Body=source,
+        ContentLength=item.size,
+        ChecksumSHA256=base64.b64encode(bytes.fromhex(item.sha256)).decode(),
+        ACL=ACL,
+    )
     if source.count != item.size:
         raise FileChangedError(f"{item.path}: changed while it was being uploaded")
     etag = str(reply.get("ETag", "")).strip('"')
@@ -179,12 +191,16 @@ def _put_parts(
     transfer: Transfer,
     part_size: int,
 ) -> tuple[Stored, str]:
-    try:
-        upload_id = s3.create_multipart_upload(
-            Bucket=bucket, Key=key, ACL=ACL, ChecksumAlgorithm="SHA256"
+    upload_id = str(
+        _call(
+            "CreateMultipartUpload",
+            s3.create_multipart_upload,
+            Bucket=bucket,
+            Key=key,
+            ACL=ACL,
+            ChecksumAlgorithm="SHA256",
         )["UploadId"]
-    except (ClientError, BotoCoreError) as exc:
-        raise s3_error("CreateMultipartUpload", exc) from exc
+    )
     whole = hashlib.sha256()
     md5s = b""
     parts: list[dict[str, Any]] = []
@@ -198,31 +214,29 @@ def _put_parts(
             whole.update(data)
             md5s += hashlib.md5(data).digest()  # noqa: S324 (ETag check)
             checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
-            try:
-                reply = s3.upload_part(
-                    Bucket=bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=data,
-                    ContentLength=size,
-                    ChecksumSHA256=checksum,
-                )
-            except (ClientError, BotoCoreError) as exc:
-                raise s3_error(f"UploadPart {number}", exc) from exc
+            reply = _call(
+                f"UploadPart {number}",
+                s3.upload_part,
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentLength=size,
+                ChecksumSHA256=checksum,
+            )
             parts.append({"ETag": reply["ETag"], "PartNumber": number, "ChecksumSHA256": checksum})
             offset += size
         if whole.hexdigest() != item.sha256:
             raise FileChangedError(f"{item.path}: content differs from its recorded hash")
-        try:
-            reply_done = s3.complete_multipart_upload(
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise s3_error("CompleteMultipartUpload", exc) from exc
+        reply_done = _call(
+            "CompleteMultipartUpload",
+            s3.complete_multipart_upload,
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+        )
     except BaseException:
         _abort(s3, bucket, key, upload_id)
         raise
@@ -257,10 +271,7 @@ def _abort(s3: S3Client, bucket: str, key: str, upload_id: str) -> None:
 
 def _verify(s3: S3Client, bucket: str, key: str, size: int, etag: str) -> Stored:
     """Read the stored object's metadata back: its size and ETag must be the ones sent."""
-    try:
-        head = s3.head_object(Bucket=bucket, Key=key)
-    except (ClientError, BotoCoreError) as exc:
-        raise s3_error("HeadObject", exc) from exc
+    head = _call("HeadObject", s3.head_object, Bucket=bucket, Key=key)
     stored = Stored(int(head.get("ContentLength", -1)), str(head.get("ETag", "")).strip('"'))
     if stored.size != size or (etag and stored.etag != etag):
         raise TransientTargetError(

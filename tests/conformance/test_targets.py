@@ -8,35 +8,59 @@ file that changed, stops when a transfer is aborted, and reports processing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from daemon.config import DirectoryTargetConfig
+from daemon.config import DirectoryTargetConfig, NodeODMTargetConfig, Pix4DCloudTargetConfig
 from daemon.errors import (
     FileChangedError,
     PermanentTargetError,
     SourceError,
     TransientTargetError,
 )
-from daemon.targets.base import DatasetRef, ProcessingStatus, Target, Transfer, UploadItem
+from daemon.targets.base import (
+    DatasetRef,
+    MemoryState,
+    ProcessingStatus,
+    Target,
+    Transfer,
+    UploadItem,
+)
 from daemon.targets.directory import DirectoryTarget
 from daemon.targets.memory import MemoryTarget
+from daemon.targets.nodeodm import NodeODMTarget, node_name
+from daemon.targets.pix4dcloud import Pix4DCloudTarget, s3_key
+from tests.fakes.nodeodm import FakeNodeODM
+from tests.fakes.pix4dcloud import FakePix4DCloud
 
 T = TypeVar("T")
 DS = DatasetRef(1, "mission")
 DEADLINE_S = 20.0
 
 
+_RUNNER: list[asyncio.Runner] = []
+
+
+@pytest.fixture(autouse=True)
+def _event_loop() -> Iterator[None]:
+    """One event loop per test, as in the daemon: connection pools outlive a single call."""
+    with asyncio.Runner() as runner:
+        _RUNNER.append(runner)
+        yield
+        _RUNNER.pop()
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    return _RUNNER[-1].run(coro)
 
 
 def _directory(tmp: Path, command: list[str] | None = None) -> DirectoryTarget:
@@ -44,24 +68,93 @@ def _directory(tmp: Path, command: list[str] | None = None) -> DirectoryTarget:
     return DirectoryTarget("archive", config, log_dir=tmp / "logs")
 
 
-TARGETS: dict[str, Callable[[Path], Target]] = {
-    "memory": lambda tmp: MemoryTarget(),
-    "directory": _directory,
+# The local servers behind the HTTP targets, to read back what they stored.
+NODES: dict[int, FakeNodeODM] = {}
+CLOUDS: dict[int, FakePix4DCloud] = {}
+
+
+def _nodeodm(tmp: Path, stack: contextlib.ExitStack) -> NodeODMTarget:
+    node = stack.enter_context(
+        FakeNodeODM(tmp / "node", min_images=1, setup_s=0.05, queued_s=0.05, running_s=0.2)
+    )
+    config = NodeODMTargetConfig(type="nodeodm", url=node.url, poll_s=0.1, timeout_s=10)
+    target = NodeODMTarget("odm", config, MemoryState())
+    NODES[id(target)] = node
+    stack.callback(NODES.pop, id(target))
+    return target
+
+
+def _pix4dcloud(tmp: Path, stack: contextlib.ExitStack) -> Pix4DCloudTarget:
+    del tmp
+    cloud = stack.enter_context(
+        FakePix4DCloud(client_id="conformance", client_secret="s3cret", processing_s=(0.1, 0.3))
+    )
+    config = Pix4DCloudTargetConfig(
+        type="pix4dcloud", url=cloud.url, client_id="conformance", poll_s=0.1, timeout_s=10
+    )
+    target = Pix4DCloudTarget("cloud", config, MemoryState(), client_secret="s3cret")
+    CLOUDS[id(target)] = cloud
+    stack.callback(CLOUDS.pop, id(target))
+    return target
+
+
+TARGETS: dict[str, Callable[[Path, contextlib.ExitStack], Target]] = {
+    "memory": lambda tmp, stack: MemoryTarget(),
+    "directory": lambda tmp, stack: _directory(tmp),
+    "nodeodm": _nodeodm,
+    "pix4dcloud": _pix4dcloud,
 }
+
+
+def _node_files(target: NodeODMTarget) -> dict[str, Path]:
+    """The files of the task the target would commit (a tainted task never is: none)."""
+    node = NODES[id(target)]
+    task = target.current_task(DS)
+    if task is None or target.tainted(DS):
+        return {}
+    view = node.task(task)
+    if view is None:
+        return {}
+    return {name: p for name in view.files if (p := node.file_path(task, name)) is not None}
+
+
+def _cloud_objects(target: Pix4DCloudTarget) -> dict[str, tuple[int, str]]:
+    cloud = CLOUDS[id(target)]
+    project = target.project_id(DS)
+    if project is None:
+        return {}
+    return cloud.objects(cloud.project(project).prefix)
+
+
+def _cloud_read(cloud: FakePix4DCloud, key: str) -> bytes:
+    body = cloud.moto_s3.get_object(Bucket=cloud.bucket, Key=key)["Body"]
+    with contextlib.closing(body):
+        return body.read()
 
 
 def stored(target: Target, key: bytes) -> bytes:
     """What the target holds under ``key``, read back the target's own way."""
     if isinstance(target, MemoryTarget):
         return target.objects[(DS.name, key)]
+    if isinstance(target, NodeODMTarget):
+        return _node_files(target)[node_name(key)].read_bytes()
+    if isinstance(target, Pix4DCloudTarget):
+        cloud = CLOUDS[id(target)]
+        project = target.project_id(DS)
+        assert project is not None
+        return _cloud_read(cloud, s3_key(cloud.project(project).prefix, key))
     assert isinstance(target, DirectoryTarget)
     return Path(os.fsdecode(os.fsencode(target.dataset_dir(DS)) + b"/" + key)).read_bytes()
 
 
 def copies(target: Target) -> int:
-    """How many objects the target holds for the dataset."""
+    """How many objects the target holds for the dataset (that processing would get)."""
     if isinstance(target, MemoryTarget):
         return sum(1 for name, _ in target.objects if name == DS.name)
+    if isinstance(target, NodeODMTarget):
+        return len(_node_files(target))
+    if isinstance(target, Pix4DCloudTarget):
+        return len(_cloud_objects(target))
     assert isinstance(target, DirectoryTarget)
     return sum(1 for p in target.dataset_dir(DS).rglob("*") if p.is_file())
 
@@ -87,11 +180,13 @@ def source(tmp_path: Path, name: str, data: bytes) -> Path:
 
 
 @pytest.fixture(params=sorted(TARGETS))
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
-    made = TARGETS[request.param](tmp_path)
-    run(made.ensure_dataset(DS))
-    run(made.ensure_dataset(DS))  # idempotent
-    return made
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    with contextlib.ExitStack() as stack:
+        made = TARGETS[request.param](tmp_path, stack)
+        run(made.ensure_dataset(DS))
+        run(made.ensure_dataset(DS))  # idempotent
+        yield made
+        run(made.aclose())
 
 
 # -- storing -----------------------------------------------------------------------------
@@ -209,14 +304,15 @@ async def finish(target: Target, handle: str) -> ProcessingStatus:
 
 
 def test_processing_starts_and_reports_its_end(target: Target, tmp_path: Path) -> None:
-    src = source(tmp_path, "a.jpg", b"img")
-    key = run(target.upload(DS, item_for(src, b"a.jpg"), Transfer()))
+    keys = []
+    for n in range(6):  # PIX4Dcloud's minimum
+        src = source(tmp_path, f"a{n}.jpg", b"img %d" % n)
+        keys.append(run(target.upload(DS, item_for(src, b"a%d.jpg" % n), Transfer())))
 
     async def process() -> ProcessingStatus:
-        return await finish(target, await target.start_processing(DS, [key]))
+        return await finish(target, await target.start_processing(DS, keys))
 
     assert run(process()).state == "done"
-    run(target.aclose())
 
 
 # -- directory target specifics ----------------------------------------------------------
