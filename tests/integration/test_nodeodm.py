@@ -1,0 +1,140 @@
+"""The daemon feeding a NodeODM-compatible node on 127.0.0.1, with its pitfalls and faults.
+
+What the operator must be able to count on: each committed task holds every unique image of
+its dataset exactly once, none truncated, whatever connections were cut on the way; processing
+is committed once per dataset; and the datasets end ``processed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Box, wait_until
+from tests.fakes.nodeodm import FakeNodeODM, TaskView
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[FakeNodeODM]:
+    with FakeNodeODM(
+        tmp_path / "node", token="node-token", setup_s=0.1, queued_s=0.1, running_s=0.5
+    ) as server:
+        yield server
+
+
+def _configure(box: Box, node: FakeNodeODM, tmp_path: Path, upload: str = "") -> None:
+    token = tmp_path / "node.token"
+    token.write_text("node-token\n")
+    token.chmod(0o600)
+    box.write_config(
+        upload=upload,
+        extra=(
+            f'[targets.odm]\ntype = "nodeodm"\nurl = "{node.url}"\n'
+            f'token_file = "{token}"\npoll_s = 0.2\ntimeout_s = 10\n'
+            'options = { "fast-orthophoto" = true }\n'
+        ),
+        source_target="odm",
+    )
+
+
+def _card(folder: Path, seed: int, *, nested: int, flat: int) -> dict[str, str]:
+    """Images of one flight: DCIM sub-folders repeat names; returns sha256 -> relative path."""
+    rng = random.Random(seed)
+    made: dict[str, str] = {}
+    for media in ("100MEDIA", "101MEDIA"):
+        for n in range(nested):
+            path = folder / "DCIM" / media / f"DJI_{n:04d}.JPG"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = rng.randbytes(rng.randint(40_000, 300_000))
+            path.write_bytes(data)
+            made[hashlib.sha256(data).hexdigest()] = str(path.relative_to(folder))
+    for n in range(flat):
+        data = rng.randbytes(rng.randint(40_000, 300_000))
+        (folder / f"IMG_{n:04d}.JPG").write_bytes(data)
+        made[hashlib.sha256(data).hexdigest()] = f"IMG_{n:04d}.JPG"
+    return made
+
+
+def _committed(node: FakeNodeODM, dataset: str) -> list[TaskView]:
+    return [t for t in node.tasks().values() if t.name == dataset and t.committed]
+
+
+def _assert_exactly_once(node: FakeNodeODM, dataset: str, expected: dict[str, str]) -> None:
+    tasks = _committed(node, dataset)
+    assert len(tasks) == 1, f"{dataset}: {len(tasks)} committed tasks"
+    task = tasks[0]
+    assert task.status_code == 40
+    assert not any(f.truncated for f in task.files.values()), task.files
+    hashes = [f.sha256 for f in task.files.values()]
+    assert sorted(hashes) == sorted(expected), "each unique image exactly once"
+    assert task.options == [{"name": "fast-orthophoto", "value": True}] or any(
+        o.get("name") == "fast-orthophoto" for o in task.options
+    )
+
+
+def test_cut_connections_and_500s_end_with_each_image_once_in_one_committed_task(
+    box: Box, node: FakeNodeODM, tmp_path: Path
+) -> None:
+    _configure(box, node, tmp_path)
+    expected_a = _card(box.root / "staging-a", 1, nested=4, flat=3)
+    expected_b = _card(box.root / "staging-b", 2, nested=2, flat=4)
+    # a byte-copy under another name is a duplicate, never sent
+    copy = box.root / "staging-a" / "COPY_OF_IMG_0000.JPG"
+    copy.write_bytes((box.root / "staging-a" / "IMG_0000.JPG").read_bytes())
+    # The faults of the issue: cuts mid-body and after the body, 500s, on both datasets.
+    node.faults.add("cut_mid_body", "upload", skip=2)
+    node.faults.add("status500", "upload", times=2, skip=5)
+    node.faults.add("cut_after_body", "upload", skip=9)
+    node.faults.add("status500", "commit")
+    node.faults.add("error200", "info")
+    proc = box.start()
+    (box.root / "staging-a").rename(box.inbox / "field-a")
+    (box.root / "staging-b").rename(box.inbox / "field-b")
+
+    wait_until(
+        lambda: (
+            {d.get("state") for d in box.datasets().values()} == {"processed"}
+            and len(box.datasets()) == 2
+        ),
+        timeout=90,
+        what="both datasets processed",
+    )
+    _assert_exactly_once(node, "field-a", expected_a)
+    _assert_exactly_once(node, "field-b", expected_b)
+    assert node.faults.injected.get("cut_mid_body") == 1
+    assert node.faults.injected.get("cut_after_body") == 1
+    files = box.status("field-a", files=True)["datasets"][0]["file_list"]
+    assert sum(f["status"] == "duplicate" for f in files) == 1
+    # The operator can see that a task was replaced and its images sent again.
+    assert "new task for the dataset" in box.log()
+    assert "node-token" not in box.log()
+    assert box.stop(proc) == 0
+
+
+def test_a_daemon_killed_mid_upload_never_leaves_a_duplicate_or_a_truncated_image(
+    box: Box, node: FakeNodeODM, tmp_path: Path
+) -> None:
+    _configure(box, node, tmp_path, upload="concurrency = 2")
+    expected = _card(box.root / "staging", 3, nested=3, flat=6)
+    node.faults.add("stall", "upload", delay_s=30, before=True, skip=4, times=None)
+    proc = box.start()
+    (box.root / "staging").rename(box.inbox / "field-c")
+    wait_until(
+        lambda: box.datasets().get("field-c", {}).get("files", {}).get("uploaded", 0) >= 3,
+        what="a few uploads",
+    )
+    box.stop(proc, signal.SIGKILL)
+    node.faults.clear()
+    proc = box.start()
+    wait_until(
+        lambda: box.datasets().get("field-c", {}).get("state") == "processed",
+        timeout=90,
+        what="the dataset processed after the restart",
+    )
+    _assert_exactly_once(node, "field-c", expected)
+    assert box.stop(proc) == 0
