@@ -339,7 +339,7 @@ class FakePix4DCloud:
                 endpoint_url=self.moto_url,
                 region_name=REGION,
                 aws_access_key_id="fake-pix4d-cloud",
-                aws_secret_access_key="fake-pix4d-cloud",  # noqa: S106 - moto accepts any
+                aws_secret_access_key="fake-pix4d-cloud",
                 config=Config(s3={"addressing_style": "path"}),
             )
             self._s3.create_bucket(Bucket=self.bucket)

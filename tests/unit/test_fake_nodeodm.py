@@ -23,7 +23,7 @@ from tests.fakes.multipart import MultipartReader, TruncatedBodyError
 from tests.fakes.nodeodm import FakeNodeODM
 
 REPO = Path(__file__).resolve().parents[2]
-TOKEN = "s3cret"  # noqa: S105 - a test token, not a secret
+TOKEN = "s3cret"
 
 
 def fast_node(root: Path, token: str | None = None) -> FakeNodeODM:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 CLIENT_ID = "box-17"
-CLIENT_SECRET = "s3cr3t-for-tests"  # noqa: S105 - a fake server's test secret
+CLIENT_SECRET = "s3cr3t-for-tests"
 PROJECTS = "/project/api/v3/projects/"
 
 
@@ -119,7 +119,7 @@ def test_token_as_the_demo_client_asks_for_it(cloud: FakePix4DCloud) -> None:
     reply = httpx.post(f"{cloud.url}/oauth2/token/", params=params)
     assert reply.status_code == 200
     body = reply.json()
-    assert body["token_type"] == "Bearer"  # noqa: S105 - not a password
+    assert body["token_type"] == "Bearer"
     assert body["expires_in"] > 0
     assert body["access_token"].count(".") == 2
     assert {"refresh_token", "scope"} <= set(body)
