@@ -1,6 +1,8 @@
 """Putting one file into S3 with botocore: one read of the source, verified where it lands.
 
-The file is read once, in 1 MiB chunks: each chunk is hashed (SHA-256 to compare with the
+An object already stored under the key with the same size and SHA-256 (in its metadata) is
+not sent again: a retry after a crash or a lost reply costs one HEAD. Otherwise the file is
+read once, in 1 MiB chunks: each chunk is hashed (SHA-256 to compare with the
 journal, MD5 to compare with the ETag S3 computes) and sent. Small files go in one PutObject,
 large ones in parts (each part carries its own SHA-256 for S3 to check). The object counts as
 stored only when the bytes sent match the recorded hash and S3's size and ETag match what was
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 ACL: Final = "bucket-owner-full-control"
+# Object metadata holding the file's SHA-256: a retry after a crash finds the object there.
+SHA256_META = "sha256"
 # Codes that mean "these credentials are no longer good": fetch new ones and try again.
 CREDENTIAL_CODES = {
     "ExpiredToken",
@@ -69,7 +73,8 @@ def s3_error(action: str, exc: BaseException) -> TargetError:
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         text = f"S3 {action}: {code or status}: {error.get('Message', '')}".rstrip(": ")
-        if code in CREDENTIAL_CODES:
+        # A HEAD reply has no body: an expired credential shows only as a bare 400 or 403.
+        if code in CREDENTIAL_CODES or (action == "HeadObject" and code in ("400", "403")):
             return CredentialsExpiredError(text)
         if status >= 500 or status in (408, 429) or code in _TRANSIENT_CODES:
             return TransientTargetError(text)
@@ -147,6 +152,9 @@ def put_file(
     try:
         if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
             raise FileChangedError(f"{item.path}: changed since it was hashed")
+        already = _already_stored(s3, bucket, key, item)
+        if already is not None:
+            return already  # sent before a crash or a lost reply: never sent twice
         if item.size <= threshold:
             stored, sha = _put_single(s3, bucket, key, fd, item, transfer)
         else:
@@ -158,6 +166,22 @@ def put_file(
         # Stored from bytes that are not the recorded ones: the next attempt overwrites it.
         raise FileChangedError(f"{item.path}: changed while it was being uploaded")
     return stored
+
+
+def _already_stored(s3: S3Client, bucket: str, key: str, item: UploadItem) -> Stored | None:
+    """The object, when it is there already with this size and this SHA-256 in its metadata."""
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise s3_error("HeadObject", exc) from exc
+    except BotoCoreError as exc:
+        raise s3_error("HeadObject", exc) from exc
+    size = int(head.get("ContentLength", -1))
+    if size != item.size or head.get("Metadata", {}).get(SHA256_META) != item.sha256:
+        return None
+    return Stored(size, str(head.get("ETag", "")).strip('"'))
 
 
 def _put_single(
@@ -172,6 +196,7 @@ def _put_single(
         Body=source,
         ContentLength=item.size,
         ChecksumSHA256=base64.b64encode(bytes.fromhex(item.sha256)).decode(),
+        Metadata={SHA256_META: item.sha256},
         ACL=ACL,
     )
     if source.count != item.size:
@@ -199,6 +224,7 @@ def _put_parts(
             Key=key,
             ACL=ACL,
             ChecksumAlgorithm="SHA256",
+            Metadata={SHA256_META: item.sha256},
         )["UploadId"]
     )
     whole = hashlib.sha256()
