@@ -209,7 +209,10 @@ class NodeODMTarget:
             reason=reason,
             files_sent_again=count,
         )
-        if old is not None and self._state.get_memo(dataset.id, _READY) == old:
+        committed = self._state.get_memo(dataset.id, _COMMITTED) == old
+        if old is not None and self._state.get_memo(dataset.id, _READY) == old and not committed:
+            # An uncommitted task may hold a bad copy: the node need not keep it. A committed
+            # one stays, with its log, for the operator to read on the node.
             self._in_background(self._remove(old))
 
     def _in_background(self, coro: Any) -> None:

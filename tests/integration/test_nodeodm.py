@@ -138,3 +138,34 @@ def test_a_daemon_killed_mid_upload_never_leaves_a_duplicate_or_a_truncated_imag
     )
     _assert_exactly_once(node, "field-c", expected)
     assert box.stop(proc) == 0
+
+
+def test_a_task_failed_on_the_node_shows_its_message_and_process_starts_a_new_one(
+    box: Box, node: FakeNodeODM, tmp_path: Path
+) -> None:
+    _configure(box, node, tmp_path)
+    expected = _card(box.root / "staging", 4, nested=1, flat=3)
+    node.fail_processing = True
+    node.fail_message = "Not enough matches: cannot reconstruct"
+    proc = box.start()
+    (box.root / "staging").rename(box.inbox / "field-d")
+    failed = wait_until(
+        lambda: (
+            box.datasets().get("field-d", {}).get("state") == "failed" and box.datasets()["field-d"]
+        ),
+        what="the node's failure in status",
+    )
+    assert "Not enough matches: cannot reconstruct" in failed["detail"]
+    node.fail_processing = False
+    answer = box.cli("process", "field-d").stdout
+    assert "field-d" in answer
+    wait_until(
+        lambda: box.datasets().get("field-d", {}).get("state") == "processed",
+        timeout=60,
+        what="the dataset processed in a new task",
+    )
+    tasks = _committed(node, "field-d")
+    assert sorted(t.status_code for t in tasks) == [30, 40]
+    done = next(t for t in tasks if t.status_code == 40)
+    assert sorted(f.sha256 for f in done.files.values()) == sorted(expected)
+    assert box.stop(proc) == 0
