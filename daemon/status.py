@@ -84,6 +84,7 @@ def snapshot(
             "auto_process": row.auto_process,
             "processing_started_at": row.processing_started_at,
             "processing_finished_at": row.processing_finished_at,
+            "processing_id": row.processing_handle,
         }
         if files:
             entry["file_list"] = [_file_entry(journal, f) for f in journal.files(row.id)]
