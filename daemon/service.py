@@ -150,6 +150,7 @@ class Daemon:
         self._refresh_dataset_settings(journal, settings)
         journal.make_due()
         engine: UploadEngine
+        notifier = Notifier(settings.notifications)
         sources = SourceManager(
             settings.sources,
             journal,
@@ -174,8 +175,10 @@ class Daemon:
             locate=_file_path,
             source_online=sources.is_online,
             on_changed=lambda row: sources.offer_again(row.id, row.volume, row.relpath),
+            on_attention=lambda ds, message: notifier.send(
+                Event("needs_attention", ds.name, ds.target, ds.state, message)
+            ),
         )
-        notifier = Notifier(settings.notifications)
         processing = ProcessingController(
             journal,
             targets,

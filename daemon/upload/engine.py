@@ -83,6 +83,7 @@ class UploadEngine:
         source_online: Callable[[str], bool],
         on_changed: Callable[[FileRow], None],
         backoff: Backoff | None = None,
+        on_attention: Callable[[DatasetRow, str], None] | None = None,
     ) -> None:
         self._journal = journal
         self._targets = targets
@@ -91,6 +92,7 @@ class UploadEngine:
         self._locate = locate
         self._source_online = source_online
         self._on_changed = on_changed
+        self._on_attention = on_attention or (lambda dataset, message: None)
         self._backoff = backoff or Backoff.from_settings(settings)
         self._throttle = TokenBucket(settings.bandwidth_limit) if settings.bandwidth_limit else None
         self._queue: asyncio.Queue[FileRow] = asyncio.Queue(settings.concurrency)
@@ -260,6 +262,7 @@ class UploadEngine:
                 self._paused[dataset.id] = str(exc)
                 self._journal.set_dataset_detail(dataset.id, str(exc))
                 log.warning("target paused", dataset=dataset.name, reason=str(exc))
+                self._on_attention(dataset, str(exc))
         else:  # the engine aborted the transfer (cancel): not the file's fault
             self._journal.release(row.id)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 import signal
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def node(tmp_path: Path) -> Iterator[FakeNodeODM]:
         yield server
 
 
-def _configure(box: Box, node: FakeNodeODM, tmp_path: Path, upload: str = "") -> None:
+def _configure(
+    box: Box, node: FakeNodeODM, tmp_path: Path, upload: str = "", target: str = ""
+) -> None:
     token = tmp_path / "node.token"
     token.write_text("node-token\n")
     token.chmod(0o600)
@@ -37,6 +40,7 @@ def _configure(box: Box, node: FakeNodeODM, tmp_path: Path, upload: str = "") ->
             f'[targets.odm]\ntype = "nodeodm"\nurl = "{node.url}"\n'
             f'token_file = "{token}"\npoll_s = 0.2\ntimeout_s = 10\n'
             'options = { "fast-orthophoto" = true }\n'
+            f"{target}\n"
         ),
         source_target="odm",
     )
@@ -119,7 +123,8 @@ def test_cut_connections_and_500s_end_with_each_image_once_in_one_committed_task
 def test_a_daemon_killed_mid_upload_never_leaves_a_duplicate_or_a_truncated_image(
     box: Box, node: FakeNodeODM, tmp_path: Path
 ) -> None:
-    _configure(box, node, tmp_path, upload="concurrency = 2")
+    results = tmp_path / "results"
+    _configure(box, node, tmp_path, upload="concurrency = 2", target=f'download_dir = "{results}"')
     expected = _card(box.root / "staging", 3, nested=3, flat=6)
     node.faults.add("stall", "upload", delay_s=30, before=True, skip=4, times=None)
     proc = box.start()
@@ -137,6 +142,10 @@ def test_a_daemon_killed_mid_upload_never_leaves_a_duplicate_or_a_truncated_imag
         what="the dataset processed after the restart",
     )
     _assert_exactly_once(node, "field-c", expected)
+    # the task's outputs were saved where the configuration says
+    with zipfile.ZipFile(results / "field-c.zip") as archive:
+        assert archive.namelist()
+    assert str(results / "field-c.zip") in box.datasets()["field-c"]["detail"]
     assert box.stop(proc) == 0
 
 
@@ -165,7 +174,7 @@ def test_a_task_failed_on_the_node_shows_its_message_and_process_starts_a_new_on
         what="the dataset processed in a new task",
     )
     tasks = _committed(node, "field-d")
-    assert sorted(t.status_code for t in tasks) == [30, 40]
+    assert sorted(t.status_code or 0 for t in tasks) == [30, 40]
     done = next(t for t in tasks if t.status_code == 40)
     assert sorted(f.sha256 for f in done.files.values()) == sorted(expected)
     assert box.stop(proc) == 0

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import Box, wait_until
 from tests.fakes.pix4dcloud import FakePix4DCloud, ProjectView
+from tests.fakes.webhook import Webhook
 
 SECRET = "pix4d-client-secret-for-tests"
 
@@ -29,7 +30,13 @@ def cloud() -> Iterator[FakePix4DCloud]:
 
 
 def _configure(
-    box: Box, cloud: FakePix4DCloud, tmp_path: Path, *, secret: str = SECRET, upload: str = ""
+    box: Box,
+    cloud: FakePix4DCloud,
+    tmp_path: Path,
+    *,
+    secret: str = SECRET,
+    upload: str = "",
+    extra: str = "",
 ) -> Path:
     secret_file = tmp_path / "pix4d.secret"
     secret_file.write_text(secret + "\n")
@@ -39,7 +46,7 @@ def _configure(
         extra=(
             f'[targets.cloud]\ntype = "pix4dcloud"\nurl = "{cloud.url}"\nclient_id = "box-1"\n'
             f'client_secret_file = "{secret_file}"\npoll_s = 0.2\ntimeout_s = 10\n'
-            "multipart_threshold_mb = 5\npart_size_mb = 5\n"
+            "multipart_threshold_mb = 5\npart_size_mb = 5\n" + extra
         ),
         source_target="cloud",
     )
@@ -153,7 +160,14 @@ def test_a_restart_mid_dataset_continues_in_the_same_project(
 def test_a_refused_sign_in_pauses_until_the_secret_is_fixed(
     box: Box, cloud: FakePix4DCloud, tmp_path: Path
 ) -> None:
-    secret_file = _configure(box, cloud, tmp_path, secret="not-the-secret")
+    hook = Webhook()
+    secret_file = _configure(
+        box,
+        cloud,
+        tmp_path,
+        secret="not-the-secret",
+        extra=f'[notifications]\nwebhook_url = "{hook.url}"\n',
+    )
     _flight(box.inbox / "field-d", 4, 6)
     proc = box.start()
     detail = wait_until(
@@ -165,6 +179,8 @@ def test_a_refused_sign_in_pauses_until_the_secret_is_fixed(
     )
     assert "client_id" in detail
     assert box.datasets()["field-d"]["files"]["failed"] == 0
+    wait_until(lambda: hook.events("field-d") == ["needs_attention"], what="the operator told")
+    assert hook.received[0]["detail"].startswith("sign-in needed")
     secret_file.write_text(SECRET)
     proc.send_signal(signal.SIGHUP)
     wait_until(
@@ -174,6 +190,7 @@ def test_a_refused_sign_in_pauses_until_the_secret_is_fixed(
     )
     assert "not-the-secret" not in box.log()
     assert box.stop(proc) == 0
+    hook.close()
 
 
 def test_too_few_images_are_refused_before_processing_with_a_clear_message(
