@@ -97,7 +97,75 @@ def _symlink_loop(folder: Path) -> Path:
 
 
 # Run through the real CLI: one process each (about a third of a second apiece).
+def _odm(folder: Path, secret: str | None, mode: int = 0o600, key: str = "token_file") -> Path:
+    """A NodeODM target whose token file holds ``secret`` (None: no such file)."""
+    token = folder / "node.token"
+    if secret is not None:
+        token.write_text(secret)
+        token.chmod(mode)
+    odm = f'[targets.odm]\ntype = "nodeodm"\nurl = "http://127.0.0.1:3000"\n{key} = '
+    odm += f'"{token}"\n' if key == "token_file" else '"node-token"\n'
+    return _write(folder, config_text(tail=odm))
+
+
+def _secret(folder: Path, mode: int) -> Path:
+    path = folder / "pix4d.secret"
+    path.write_text("s3cret")
+    path.chmod(mode)
+    return path
+
+
+def _pix4d(folder: Path, secret_line: str) -> Path:
+    cloud = f'[targets.cloud]\ntype = "pix4dcloud"\nclient_id = "box"\n{secret_line}\n'
+    return _write(folder, config_text(tail=cloud))
+
+
 CLI_CASES: dict[str, Case] = {
+    "token file readable by every user": Case(
+        None,
+        "targets.odm.token_file",
+        "readable by every user; run `chmod 600",
+        make=lambda f: _odm(f, "s3cret", 0o644),
+    ),
+    "token file missing": Case(
+        None, "targets.odm.token_file", "does not exist", make=lambda f: _odm(f, None)
+    ),
+    "token file empty": Case(
+        None, "targets.odm.token_file", "is empty", make=lambda f: _odm(f, "")
+    ),
+    "credential named outside systemd": Case(
+        None,
+        "targets.odm.token_credential",
+        "$CREDENTIALS_DIRECTORY is not set",
+        make=lambda f: _odm(f, None, key="token_credential"),
+    ),
+    "pix4dcloud without a client secret": Case(
+        None,
+        "targets.cloud.client_secret_file",
+        "required; name the file",
+        make=lambda f: _pix4d(f, ""),
+    ),
+    "pix4dcloud secret readable by every user": Case(
+        None,
+        "targets.cloud.client_secret_file",
+        "readable by every user",
+        make=lambda f: _pix4d(f, f'client_secret_file = "{_secret(f, 0o604)}"'),
+    ),
+    "nodeodm url is not a URL": Case(
+        config_text(tail='[targets.odm]\ntype = "nodeodm"\nurl = "odm.lan:3000"\n'),
+        "targets.odm.url",
+        "is not an http:// or https:// URL",
+    ),
+    "webhook url is not a URL": Case(
+        config_text(top='[notifications]\nwebhook_url = "hooks"\n'),
+        "notifications.webhook_url",
+        "is not an http:// or https:// URL",
+    ),
+    "unknown notification event": Case(
+        config_text(top='[notifications]\nevents = ["card_eaten"]\n'),
+        "notifications.events[0]",
+        "processing_started",
+    ),
     # TOML itself
     "unclosed table header": Case(config_text(tail="[upload\n"), None, "TOML syntax error"),
     # unknown keys, at every level
