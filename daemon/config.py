@@ -328,16 +328,22 @@ class SourceConfig(_Model):
     target: str = Field(
         description="Name of a [targets.NAME] table.", json_schema_extra={"example": "archive"}
     )
-    layout: Literal["subfolders", "single"] = Field(
+    layout: Literal["subfolders", "single", "dcim"] = Field(
         "subfolders",
         description='"subfolders": each immediate sub-folder is a dataset; "single": the whole'
-        " folder is one dataset.",
+        ' folder is one dataset; "dcim": each folder inside DCIM/ is a dataset (a card).',
     )
     dataset: str = Field(
         "{folder}",
         min_length=1,
         description="Dataset name template: {folder} (the dataset folder's name), {source}"
-        " (the watched folder's name).",
+        " (the watched folder's name), {label} and {uuid} (the card's), {date} (capture date"
+        " of its first image, YYYY-MM-DD).",
+    )
+    require_mount: bool = Field(
+        False,
+        description="Each folder matched is a card's mount point: one that is not mounted is"
+        " offline (an empty folder left by a pulled card is never taken for deleted files).",
     )
     include: list[str] = Field(
         default_factory=lambda: list(IMAGE_PATTERNS),
@@ -377,7 +383,7 @@ class SourceConfig(_Model):
     @field_validator("dataset")
     @classmethod
     def _dataset_ok(cls, value: str) -> str:
-        return _check_placeholders(value, {"folder", "source"})
+        return _check_placeholders(value, {"folder", "source", "label", "uuid", "date"})
 
     @field_validator("include", "exclude")
     @classmethod

@@ -27,6 +27,7 @@ from daemon.journal.store import Known
 from daemon.sources.filters import FileFilter, is_litter
 from daemon.sources.gate import Candidate, StabilityGate
 from daemon.sources.mapping import DatasetMapper, Placement
+from daemon.sources.mounts import MOUNTINFO, Mount, MountWatcher, card_of, read_mounts
 from daemon.sources.scanner import Entry, walk
 from daemon.sources.watcher import Hints, Watcher
 
@@ -77,6 +78,7 @@ class SourceManager:
         on_ready: Callable[[Candidate], None],
         *,
         rng: random.Random | None = None,
+        mountinfo: Path = MOUNTINFO,
     ) -> None:
         self._sources = sources
         self._journal = journal
@@ -89,6 +91,9 @@ class SourceManager:
         self._hints: Hints | None = None
         self._watcher: Watcher | None = None
         self.first_scan_done = asyncio.Event()
+        self._mountinfo = mountinfo
+        self._mount_sources = any(c.require_mount for c in sources)
+        self._mounts: dict[str, Mount] = read_mounts(mountinfo) if self._mount_sources else {}
 
     # -- public queries --------------------------------------------------------------------
 
@@ -99,8 +104,12 @@ class SourceManager:
         so the folder itself is looked at too. A file that vanished from a present folder is
         the file's problem; a vanished folder is not.
         """
-        known = any(r.online for r in self._roots.values() if r.volume == volume)
-        return known and Path(volume).is_dir()
+        roots = [r for r in self._roots.values() if r.volume == volume]
+        if not any(r.online for r in roots) or not Path(volume).is_dir():
+            return False
+        if any(r.config.require_mount for r in roots):
+            return volume in read_mounts(self._mountinfo)
+        return True
 
     def root_of(self, volume: str) -> Root | None:
         """The root whose volume this is."""
@@ -127,6 +136,12 @@ class SourceManager:
         loop = asyncio.get_running_loop()
         self._hints = Hints(loop)
         self._watcher = Watcher(self._hints)
+        hints = self._hints
+
+        def mounts_changed() -> None:  # from the watcher's thread
+            loop.call_soon_threadsafe(hints.wakeup.set)
+
+        mounts = MountWatcher(mounts_changed, self._mountinfo) if self._mount_sources else None
         try:
             self._refresh_roots()
             await self._scan_due(initial=True)
@@ -141,8 +156,12 @@ class SourceManager:
                 self._hints.wakeup.clear()
         finally:
             self._watcher.close()
+            if mounts is not None:
+                mounts.close()
 
     def _refresh_roots(self) -> None:
+        if self._mount_sources:
+            self._mounts = read_mounts(self._mountinfo)
         seen: set[tuple[int, Path]] = set()
         for index, config in enumerate(self._sources):
             if _is_glob(config.path):
@@ -150,7 +169,7 @@ class SourceManager:
             else:
                 paths = [config.path]
             for path in paths:
-                online = path.is_dir()
+                online = path.is_dir() and (not config.require_mount or str(path) in self._mounts)
                 key = (index, path)
                 if not online and key not in self._roots:
                     continue
@@ -174,7 +193,7 @@ class SourceManager:
             source_index=index,
             config=config,
             path=path,
-            mapper=DatasetMapper(config, path),
+            mapper=DatasetMapper(config, path, card_of(path, self._mounts)),
             filter=FileFilter(config.include, config.exclude),
         )
 
@@ -256,7 +275,7 @@ class SourceManager:
         known = root.index.get(entry.relpath)
         now = self._clock.time()
         if known is None:
-            placement = root.mapper.place(entry.relpath)
+            placement = root.mapper.place(entry.relpath, entry.mtime_ns)
             if placement is None:
                 return
             dataset = self._open_dataset(root, placement, now)
@@ -387,7 +406,7 @@ class SourceManager:
         if root is None:
             return candidate.dataset_id
         relpath = candidate.path[len(os.fsencode(root.path)) + 1 :]
-        placement = root.mapper.place(relpath)
+        placement = root.mapper.place(relpath, candidate.mtime_ns)
         if placement is None:
             return candidate.dataset_id
         return self._open_dataset(root, placement, self._clock.time()).id

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.config import SourceConfig
+from daemon.sources.mounts import Card
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,24 +32,47 @@ def safe_name(raw: str) -> str:
     return cleaned.lstrip(".") or "dataset"
 
 
-class DatasetMapper:
-    """Maps relative paths of one source to datasets, per its ``layout`` and ``dataset``."""
+def _text(name: bytes) -> str:
+    return os.fsdecode(name).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
-    def __init__(self, config: SourceConfig, root: Path) -> None:
+
+class DatasetMapper:
+    """Maps relative paths of one source to datasets, per its ``layout`` and ``dataset``.
+
+    The name is only used when a file opens a new dataset; later files of the same folder join
+    it whatever their dates, so ``{date}`` is the capture date of the folder's first image.
+    """
+
+    def __init__(self, config: SourceConfig, root: Path, card: Card | None = None) -> None:
         self.config = config
         self.root = root
+        self.card = card or Card(label=root.name, uuid=root.name)
 
-    def place(self, relpath: bytes) -> Placement | None:
+    def place(self, relpath: bytes, mtime_ns: int | None = None) -> Placement | None:
         """The placement of a file, or None for a file outside any dataset folder."""
         source_name = self.root.name
         if self.config.layout == "single":
-            name = self.config.dataset.format(folder=source_name, source=source_name)
-            return Placement(b"", safe_name(name), relpath)
+            return Placement(b"", self._name(source_name, mtime_ns), relpath)
+        if self.config.layout == "dcim":
+            top, sep, below = relpath.partition(b"/")
+            if not sep or top.upper() != b"DCIM":
+                return None  # only the camera's folders are datasets on a card
+            folder, sep, rest = below.partition(b"/")
+            if not sep:
+                return None
+            return Placement(top + b"/" + folder, self._name(_text(folder), mtime_ns), rest)
         folder, sep, rest = relpath.partition(b"/")
         if not sep:
             return None  # a file at the top of a "subfolders" source belongs to no dataset
-        folder_name = (
-            os.fsdecode(folder).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return Placement(folder, self._name(_text(folder), mtime_ns), rest)
+
+    def _name(self, folder: str, mtime_ns: int | None) -> str:
+        when = time.time() if mtime_ns is None else mtime_ns / 1e9
+        name = self.config.dataset.format(
+            folder=folder,
+            source=self.root.name,
+            label=self.card.label,
+            uuid=self.card.uuid,
+            date=time.strftime("%Y-%m-%d", time.localtime(when)),
         )
-        name = self.config.dataset.format(folder=folder_name, source=source_name)
-        return Placement(folder, safe_name(name), rest)
+        return safe_name(name)

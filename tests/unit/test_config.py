@@ -217,9 +217,9 @@ CLI_CASES: dict[str, Case] = {
     ),
     # templates
     "unknown dataset placeholder": Case(
-        config_text(source='dataset = "{date}-{folder}"\n'),
+        config_text(source='dataset = "{flight}-{folder}"\n'),
         "sources[0].dataset",
-        "unknown placeholder {date}",
+        "unknown placeholder {flight}",
     ),
     "unknown command placeholder": Case(
         config_text(target='process_command = ["/usr/bin/proc", "{dir}"]\n'),
