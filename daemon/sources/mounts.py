@@ -25,6 +25,8 @@ log = structlog.get_logger("dronesync.mounts")
 MOUNTINFO = Path("/proc/self/mountinfo")
 BY_LABEL = Path("/dev/disk/by-label")
 BY_UUID = Path("/dev/disk/by-uuid")
+# udev's database: readable inside the service's sandbox, where /dev/disk is not.
+UDEV_DATA = Path("/run/udev/data")
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 _HEX = re.compile(r"\\x([0-9a-fA-F]{2})")  # udev writes a space in a label as \x20
 
@@ -36,6 +38,7 @@ class Mount:
     point: str
     device: str
     fstype: str
+    devno: str = ""  # "major:minor", the key of udev's database
 
 
 def _unescape(field: str) -> str:
@@ -55,7 +58,7 @@ def read_mounts(path: Path = MOUNTINFO) -> dict[str, Mount]:
         try:
             sep = fields.index("-", 6)
             point = _unescape(fields[4])
-            mounts[point] = Mount(point, _unescape(fields[sep + 2]), fields[sep + 1])
+            mounts[point] = Mount(point, _unescape(fields[sep + 2]), fields[sep + 1], fields[2])
         except (ValueError, IndexError):
             continue  # a line this version does not understand; skip it, keep the rest
     return mounts
@@ -81,14 +84,39 @@ class Card:
     uuid: str
 
 
-def card_of(root: Path, mounts: dict[str, Mount]) -> Card:
-    """The label and UUID of the card mounted at ``root`` (folder names when unknown)."""
+def _udev_properties(devno: str, folder: Path = UDEV_DATA) -> dict[str, str]:
+    """The ``E:`` properties udev recorded for block device ``devno`` ({} when unknown)."""
+    try:
+        text = (folder / f"b{devno}").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("E:") and "=" in line:
+            key, _, value = line[2:].partition("=")
+            found[key] = value
+    return found
+
+
+def card_of(root: Path, mounts: dict[str, Mount], udev_data: Path = UDEV_DATA) -> Card:
+    """The label and UUID of the card mounted at ``root`` (the folder's name when unknown)."""
     mount = mounts.get(str(root))
-    if mount is None or not mount.device.startswith("/dev/"):
+    if mount is None:
         return Card(label=root.name, uuid=root.name)
-    label = _name_for(mount.device, BY_LABEL) or root.name
-    uuid = _name_for(mount.device, BY_UUID) or root.name
-    return Card(label=label, uuid=uuid)
+    udev = _udev_properties(mount.devno, udev_data) if mount.devno else {}
+    label = udev.get("ID_FS_LABEL") or None
+    uuid = udev.get("ID_FS_UUID") or None
+    if mount.device.startswith("/dev/"):
+        label = label or _name_for(mount.device, BY_LABEL)
+        uuid = uuid or _name_for(mount.device, BY_UUID)
+    return Card(label=label or root.name, uuid=uuid or root.name)
+
+
+def _drain(fd: int) -> None:
+    """Read the table to its end: that acknowledges the change poll() reported."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    while os.read(fd, 65536):
+        pass
 
 
 class MountWatcher:
@@ -96,28 +124,30 @@ class MountWatcher:
 
     def __init__(self, on_change: Callable[[], None], path: Path = MOUNTINFO) -> None:
         self._on_change = on_change
-        self._path = path
         self._stop_r, self._stop_w = os.pipe()
+        # Opened here, not in the thread: a change made right after this returns is reported.
+        try:
+            self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            _drain(self._fd)
+        except OSError as exc:
+            log.warning("cannot watch mounts; card sources rely on rescans", error=str(exc))
+            self._fd = None
         self._thread = threading.Thread(target=self._run, name="mounts", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        try:
-            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            log.warning("cannot watch mounts; card sources rely on rescans", error=str(exc))
+        fd = self._fd
+        if fd is None:
             return
         try:
             poller = select.poll()
             poller.register(fd, select.POLLPRI | select.POLLERR)
             poller.register(self._stop_r, select.POLLIN)
             while True:
-                os.lseek(fd, 0, os.SEEK_SET)
-                while os.read(fd, 65536):
-                    pass  # reading to the end re-arms the notification
                 events = dict(poller.poll())
                 if self._stop_r in events:
                     return
+                _drain(fd)
                 self._on_change()
         finally:
             os.close(fd)
