@@ -67,11 +67,12 @@ class Box:
         target: str = "",
         extra: str = "",
         source_target: str = "archive",
+        source_path: str | None = None,
     ) -> None:
         """A config with short timings; extra TOML lines go into each table.
 
         ``extra`` holds more tables (another target, ``[notifications]``); ``source_target``
-        names the target the inbox feeds.
+        names the target the inbox feeds; ``source_path`` watches another folder or glob.
         """
         command = [
             sys.executable,
@@ -85,7 +86,7 @@ class Box:
             f"[upload]\nbackoff_initial_s = 0.1\nbackoff_max_s = 0.5\n{upload}\n"
             f'[targets.archive]\ntype = "directory"\npath = "{self.archive}"\n'
             f"process_command = {toml_list(command)}\n{target}\n{extra}\n"
-            f'[[sources]]\npath = "{self.inbox}"\ntarget = "{source_target}"\n'
+            f'[[sources]]\npath = "{source_path or self.inbox}"\ntarget = "{source_target}"\n'
             f"stable_s = 0.3\nquiet_s = 1.5\nrescan_s = 5\n{source}\n",
             encoding="utf-8",
         )
