@@ -281,6 +281,7 @@ NotifyEvent = Literal[
     "processing_finished",
     "processing_failed",
     "needs_attention",
+    "card_removable",
 ]
 NOTIFY_EVENTS: tuple[NotifyEvent, ...] = typing.get_args(NotifyEvent)
 
@@ -318,6 +319,24 @@ class NotificationsConfig(_Model):
         return value
 
 
+class SpoolSettings(_Model):
+    """Spool mode: local disk where images copied off cards wait for their upload."""
+
+    dir: Path | None = Field(
+        None,
+        description="Spool folder on local disk; sources with spool = true copy into it.",
+        json_schema_extra={"example": "/var/lib/dronesync/spool"},
+    )
+    max_gb: float = Field(
+        20.0, gt=0, le=100_000, description="Most space the spool may use; copying waits above."
+    )
+    min_free_gb: float = Field(
+        1.0, ge=0, le=100_000, description="Free space left on the spool's disk at all times."
+    )
+
+    _dir_ok = field_validator("dir", mode="before")(_not_blank)
+
+
 class SourceConfig(_Model):
     """Where images come from, how folders map to datasets, and when a dataset is done."""
 
@@ -339,6 +358,11 @@ class SourceConfig(_Model):
         description="Dataset name template: {folder} (the dataset folder's name), {source}"
         " (the watched folder's name), {label} and {uuid} (the card's), {date} (capture date"
         " of its first image, YYYY-MM-DD).",
+    )
+    spool: bool = Field(
+        False,
+        description="Copy images off this source into [spool] dir first, hashed in the same"
+        " read, and upload from there: the card can be removed in minutes.",
     )
     require_mount: bool = Field(
         False,
@@ -415,6 +439,7 @@ class Settings(BaseSettings):
     )
     upload: UploadSettings = Field(default_factory=UploadSettings)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
     targets: dict[str, TargetConfig] = Field(
         default_factory=dict, description="Named targets; `type` picks the implementation."
     )
@@ -481,9 +506,16 @@ def _reference_problems(file: Path, raw: dict[str, Any]) -> list[str]:
     if not isinstance(sources, list) or not sources:
         problems.append(f"{file}: sources: no [[sources]] table; add one naming a folder to watch")
         return problems
+    spool = raw.get("spool")
+    spool_dir = spool.get("dir") if isinstance(spool, dict) else None
     for index, source in enumerate(sources):
         if not isinstance(source, dict):
             continue
+        if source.get("spool") is True and not spool_dir:
+            problems.append(
+                f"{file}: sources[{index}].spool: no [spool] dir is set; add [spool] with"
+                " dir = a folder on local disk"
+            )
         target = source.get("target")
         if isinstance(target, str) and target not in names:
             known = ", ".join(sorted(names)) or "none defined"
@@ -551,8 +583,12 @@ def _relative_to(settings: Settings, base: Path) -> Settings:
                 update[key] = _anchor(value, base)
         targets[name] = target.model_copy(update=update)
     sources = [s.model_copy(update={"path": _anchor(s.path, base)}) for s in settings.sources]
+    spool = settings.spool
+    if spool.dir is not None:
+        spool = spool.model_copy(update={"dir": _anchor(spool.dir, base)})
     return settings.model_copy(
         update={
+            "spool": spool,
             "state_dir": _anchor(settings.state_dir, base),
             "targets": targets,
             "sources": sources,

@@ -23,6 +23,7 @@ from daemon.config import (
     NotificationsConfig,
     Settings,
     SourceConfig,
+    SpoolSettings,
     UploadSettings,
 )
 
@@ -95,10 +96,13 @@ def _optional_target(name: str, model: type[BaseModel]) -> list[str]:
 def example() -> str:
     """The annotated example configuration."""
     parts = [HEADER]
-    parts.extend(_fields(Settings, {"upload", "notifications", "targets", "sources"}))
+    parts.extend(_fields(Settings, {"upload", "spool", "notifications", "targets", "sources"}))
     parts.append("[upload]")
     parts.append("# Engine-wide knobs shared by every target.")
     parts.extend(_fields(UploadSettings))
+    parts.append("[spool]")
+    parts.append("# " + (SpoolSettings.__doc__ or "").strip())
+    parts.extend(_fields(SpoolSettings))
     parts.append("[notifications]")
     parts.append("# " + (NotificationsConfig.__doc__ or "").strip())
     parts.extend(_fields(NotificationsConfig))

@@ -6,6 +6,7 @@
     ├── ConfigError                78 (EX_CONFIG): the unit does not restart on it
     ├── UsageError                  2: a CLI call that cannot be carried out as asked
     ├── JournalError                1: the SQLite journal cannot be opened or written
+    ├── SpoolError                  1: the spool folder cannot take a copy (full, unwritable)
     ├── SourceError                 1: a source file or folder cannot be read
     │   └── FileChangedError           the file moved under us (size, mtime or content)
     └── TargetError                 1: a target refused or failed an operation
@@ -50,6 +51,10 @@ class UsageError(DronesyncError):
 
 class JournalError(DronesyncError):
     """The journal (SQLite) cannot be opened, migrated or written."""
+
+
+class SpoolError(DronesyncError):
+    """The spool cannot take a file's copy (disk full, unwritable): copying waits."""
 
 
 class SourceError(DronesyncError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from daemon.errors import FileChangedError, SourceError
+from daemon.errors import FileChangedError, SourceError, SpoolError
 
 CHUNK = 1024 * 1024
 
@@ -81,3 +81,62 @@ def hash_file(path: Path, size: int, mtime_ns: int) -> Hashed:
     if after.st_size != size or after.st_mtime_ns != mtime_ns:
         raise FileChangedError(f"{path}: changed while it was being hashed")
     return Hashed(digest, size, mtime_ns)
+
+
+def spool_file(path: Path, size: int, mtime_ns: int, dest: Path) -> Hashed:
+    """Copy ``path`` to ``dest`` while hashing it: one read of the card for both.
+
+    The copy is written to ``dest.part``, fsynced, and renamed into place only when the
+    source was the same file (size, mtime) before and after the read, so ``dest`` always holds
+    exactly the bytes the returned hash describes.
+    """
+    fd, before = open_regular(path)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        if before.st_size != size or before.st_mtime_ns != mtime_ns:
+            raise FileChangedError(f"{path}: changed since it was seen stable")
+        try:
+            out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise SpoolError(f"{part}: cannot write the spool: {exc.strerror}") from exc
+        try:
+            digest = _copy(fd, out, path, part)
+            try:
+                os.fsync(out)
+            except OSError as exc:
+                raise SpoolError(f"{part}: cannot write the spool: {exc.strerror}") from exc
+        finally:
+            os.close(out)
+        after = os.fstat(fd)
+        if after.st_size != size or after.st_mtime_ns != mtime_ns:
+            raise FileChangedError(f"{path}: changed while it was being copied")
+        # The copy carries the card's mtime: the upload checks size and mtime as for the card.
+        os.utime(part, ns=(mtime_ns, mtime_ns))
+        os.replace(part, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        raise
+    finally:
+        os.close(fd)
+    return Hashed(digest, size, mtime_ns)
+
+
+def _copy(src: int, out: int, path: Path, part: Path) -> str:
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    digest = hashlib.sha256()
+    while True:
+        try:
+            count = os.readv(src, [buffer])
+        except OSError as exc:
+            raise SourceError(f"{path}: read error: {exc.strerror}") from exc
+        if not count:
+            return digest.hexdigest()
+        digest.update(view[:count])
+        written = 0
+        while written < count:
+            try:
+                written += os.write(out, view[written:count])
+            except OSError as exc:
+                raise SpoolError(f"{part}: cannot write the spool: {exc.strerror}") from exc

@@ -29,6 +29,7 @@ from daemon.notify import notify, watchdog_interval
 from daemon.processing import ProcessingController
 from daemon.sources.hasher import Hasher
 from daemon.sources.manager import SourceManager
+from daemon.sources.spool import Spool
 from daemon.status import write_live
 from daemon.targets import Target, TargetState, build_target
 from daemon.upload.engine import UploadEngine
@@ -56,6 +57,9 @@ def default_targets(settings: Settings, state: TargetState) -> dict[str, Target]
 
 
 def _file_path(row: FileRow) -> Path:
+    """Where an upload reads the file: its copy in the spool, else the source itself."""
+    if row.spool_path is not None:
+        return Path(os.fsdecode(row.spool_path))
     return Path(os.fsdecode(os.fsencode(row.volume) + b"/" + row.relpath))
 
 
@@ -151,11 +155,23 @@ class Daemon:
         journal.make_due()
         engine: UploadEngine
         notifier = Notifier(settings.notifications)
+        spool = Spool(settings.spool, journal) if settings.spool.dir is not None else None
+        if spool is not None:
+            spool.recover()
         sources = SourceManager(
             settings.sources,
             journal,
             self._clock,
             on_ready=lambda c: hasher.submit(c),  # noqa: PLW0108 (hasher is built next)
+            on_removable=lambda root: notifier.send(
+                Event(
+                    "card_removable",
+                    root.mapper.card.label,
+                    "",
+                    "removable",
+                    f"{root.volume}: every image is uploaded or copied; the card can be removed",
+                )
+            ),
         )
         hasher = Hasher(
             journal,
@@ -166,7 +182,14 @@ class Daemon:
                 settings.targets[t].duplicate_scope if t in settings.targets else "target"
             ),
             on_recorded=lambda: engine.wake(),  # noqa: PLW0108 (engine is built next)
+            spool=spool,
         )
+
+        def uploaded(row: FileRow) -> None:
+            if spool is not None and row.spool_path is not None:
+                spool.remove(row.id, row.spool_path, row.size)
+                hasher.space_freed()
+
         engine = UploadEngine(
             journal,
             targets,
@@ -178,6 +201,7 @@ class Daemon:
             on_attention=lambda ds, message: notifier.send(
                 Event("needs_attention", ds.name, ds.target, ds.state, message)
             ),
+            on_uploaded=uploaded,
         )
         processing = ProcessingController(
             journal,
@@ -193,7 +217,7 @@ class Daemon:
             asyncio.create_task(engine.run(), name="upload"),
             asyncio.create_task(processing.run(), name="processing"),
             asyncio.create_task(self._requests(journal, engine, processing), name="requests"),
-            asyncio.create_task(self._live(journal, engine), name="live"),
+            asyncio.create_task(self._live(journal, engine, sources, spool), name="live"),
             asyncio.create_task(notifier.run(), name="notifications"),
         ]
         ready = asyncio.create_task(self._announce_ready(sources), name="ready")
@@ -307,7 +331,9 @@ class Daemon:
 
     # -- live figures, STATUS= and the watchdog -------------------------------------------
 
-    async def _live(self, journal: Journal, engine: UploadEngine) -> None:
+    async def _live(
+        self, journal: Journal, engine: UploadEngine, sources: SourceManager, spool: Spool | None
+    ) -> None:
         interval = 1.0
         ping = watchdog_interval()
         last_ping = 0.0
@@ -324,22 +350,33 @@ class Daemon:
                     }
                     for ds in set(engine.meter.rates) | set(in_flight)
                 },
+                "cards": sources.cards(),
             }
+            if spool is not None:
+                live["spool"] = {
+                    "path": str(spool.folder),
+                    "used_bytes": spool.used,
+                    "full": spool.full_message,
+                }
             with contextlib.suppress(OSError):
                 write_live(self._settings.state_dir, live)
-            notify(f"STATUS={self._status_line(journal, engine)}")
+            notify(f"STATUS={self._status_line(journal, engine, sources.cards())}")
             if ping is not None and self._clock.monotonic() - last_ping >= ping:
                 notify("WATCHDOG=1")
                 last_ping = self._clock.monotonic()
             await asyncio.sleep(interval)
 
     @staticmethod
-    def _status_line(journal: Journal, engine: UploadEngine) -> str:
+    def _status_line(journal: Journal, engine: UploadEngine, cards: list[dict[str, object]]) -> str:
         counts = journal.counts()
         waiting = sum(c.files["waiting"] + c.files["uploading"] for c in counts.values())
         failed = sum(c.files["failed"] for c in counts.values())
         rate = sum(engine.meter.rates.values())
-        return (
+        line = (
             f"{len(counts)} datasets, {waiting} files to upload, {failed} failed,"
             f" {rate / 1e6:.1f} MB/s"
         )
+        removable = [str(card["label"]) for card in cards if card["removable"]]
+        if removable:
+            line += f"; card {', '.join(removable)} can be removed"
+        return line

@@ -89,7 +89,11 @@ def snapshot(
         if files:
             entry["file_list"] = [_file_entry(journal, f) for f in journal.files(row.id)]
         out.append(entry)
-    return {"daemon": {"running": bool(live)}, "datasets": out}
+    doc: dict[str, Any] = {"daemon": {"running": bool(live)}, "datasets": out}
+    doc["cards"] = live.get("cards", [])
+    if "spool" in live:
+        doc["spool"] = live["spool"]
+    return doc
 
 
 def _file_entry(journal: Journal, f: Any) -> dict[str, Any]:
@@ -134,6 +138,22 @@ def _bar(done: int, total: int, width: int) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
+def _card_lines(doc: dict[str, Any]) -> list[str]:
+    """One line per card in the box (can it be removed?), and a full spool if it is."""
+    lines = []
+    for card in doc.get("cards", []):
+        if card["removable"]:
+            lines.append(f"card {card['label']} ({card['path']}): can be removed")
+        else:
+            left = card["files_left"]
+            todo = f"{left} image(s) still to read from it" if left >= 0 else "being scanned"
+            lines.append(f"card {card['label']} ({card['path']}): keep it in, {todo}")
+    spool = doc.get("spool")
+    if spool and spool.get("full"):
+        lines.append(str(spool["full"]))
+    return lines
+
+
 def render(doc: dict[str, Any], *, bars: bool, now: float | None = None) -> str:
     """The human-readable ``status`` table (progress bars on a terminal)."""
     now = time.time() if now is None else now
@@ -142,6 +162,7 @@ def render(doc: dict[str, Any], *, bars: bool, now: float | None = None) -> str:
         lines.append("daemon: not running (figures are from the journal)")
     if not doc["datasets"]:
         lines.append("no datasets yet: drop a folder of images into a watched source")
+    lines.extend(_card_lines(doc))
     width = max(12, shutil.get_terminal_size((100, 20)).columns - 80)
     for ds in doc["datasets"]:
         f = ds["files"]

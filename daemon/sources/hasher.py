@@ -2,6 +2,8 @@
 
 Recording decides the file's fate: a duplicate of content already sent (pointer to the
 original), or waiting for upload. A file that moved while being read goes back to the gate.
+In spool mode the same read also copies the file into the spool; when the spool has no room,
+the file waits (on the card) until uploads free some.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from pathlib import Path
 import structlog
 
 from daemon.clock import Clock
-from daemon.errors import DronesyncError, FileChangedError, SourceError
-from daemon.hashing import Hashed, hash_file
-from daemon.journal import Journal
+from daemon.errors import DronesyncError, FileChangedError, SourceError, SpoolError
+from daemon.hashing import Hashed, hash_file, spool_file
+from daemon.journal import FileRow, Journal
 from daemon.journal.store import CLOSED_STATES, DONE_STATUSES
 from daemon.sources.gate import Candidate
 from daemon.sources.manager import SourceManager
+from daemon.sources.spool import Spool
 
 log = structlog.get_logger("dronesync.hasher")
 
@@ -36,6 +39,7 @@ class Hasher:
         workers: int,
         scope_of: Callable[[str], str],
         on_recorded: Callable[[], None],
+        spool: Spool | None = None,
     ) -> None:
         self._journal = journal
         self._sources = sources
@@ -44,6 +48,8 @@ class Hasher:
         self._scope_of = scope_of
         self._on_recorded = on_recorded
         self._inflight: dict[int, asyncio.Future[Hashed]] = {}
+        self._spool = spool
+        self._deferred: dict[int, Candidate] = {}
 
     def busy_datasets(self) -> set[int]:
         """Datasets with a file being hashed right now."""
@@ -55,36 +61,83 @@ class Hasher:
             return
         loop = asyncio.get_running_loop()
         path = Path(os.fsdecode(candidate.path))
-        future = loop.run_in_executor(
-            self._pool, hash_file, path, candidate.size, candidate.mtime_ns
-        )
+        spool = self._spool if self._sources.spools(candidate.path) else None
+        if spool is not None and not spool.reserve(candidate.size):
+            self._deferred[candidate.file_id] = candidate  # stays on the card, waiting
+            return
+        self._deferred.pop(candidate.file_id, None)
+        if spool is None:
+            future = loop.run_in_executor(
+                self._pool, hash_file, path, candidate.size, candidate.mtime_ns
+            )
+        else:
+            dest = spool.path_for(candidate.file_id)
+            future = loop.run_in_executor(
+                self._pool, spool_file, path, candidate.size, candidate.mtime_ns, dest
+            )
         self._inflight[candidate.file_id] = future
-        future.add_done_callback(lambda f: self._done(candidate, f))
+        future.add_done_callback(lambda f: self._done(candidate, f, spool))
 
-    def _done(self, candidate: Candidate, future: asyncio.Future[Hashed]) -> None:
+    def space_freed(self) -> None:
+        """The spool has room again (an upload finished): retry the files that waited."""
+        for candidate in list(self._deferred.values()):
+            self.submit(candidate)
+            if candidate.file_id in self._deferred:
+                break  # still full: the rest wait too
+
+    @property
+    def deferred(self) -> int:
+        """Files waiting for room in the spool."""
+        return len(self._deferred)
+
+    def _done(
+        self, candidate: Candidate, future: asyncio.Future[Hashed], spool: Spool | None
+    ) -> None:
         self._inflight.pop(candidate.file_id, None)
         if future.cancelled():
+            if spool is not None:
+                spool.unreserve(candidate.size)
             return
         try:
-            self._record(candidate, future)
+            self._record(candidate, future, spool)
         except DronesyncError as exc:
             # A done-callback has nobody to raise to: say it, and let the next scan retry.
             log.error(  # noqa: TRY400 (one line for an expected error)
                 "cannot record hash", file=os.fsdecode(candidate.path), error=str(exc)
             )
 
-    def _record(self, candidate: Candidate, future: asyncio.Future[Hashed]) -> None:
+    def _record(
+        self, candidate: Candidate, future: asyncio.Future[Hashed], spool: Spool | None
+    ) -> None:
         row = self._journal.file(candidate.file_id)
         try:
             hashed = future.result()
-        except FileChangedError:
+        except (FileChangedError, SourceError, SpoolError) as exc:
+            if spool is not None:
+                spool.unreserve(candidate.size)
+            self._not_hashed(candidate, row, exc)
+            return
+        self._apply(candidate, row, hashed, spool)
+
+    def _not_hashed(
+        self, candidate: Candidate, row: FileRow, exc: FileChangedError | SourceError | SpoolError
+    ) -> None:
+        if isinstance(exc, FileChangedError):
             self._sources.offer_again(row.id, row.volume, row.relpath)
-            return
-        except SourceError as exc:
-            if self._sources.is_online(row.volume):
-                self._journal.mark_failed(row.id, str(exc))
-                log.warning("file failed", file=os.fsdecode(candidate.path), error=str(exc))
-            return
+        elif isinstance(exc, SpoolError):
+            log.warning(
+                "cannot copy into the spool; waiting",
+                file=os.fsdecode(candidate.path),
+                error=str(exc),
+            )
+            self._deferred[candidate.file_id] = candidate
+        elif self._sources.is_online(row.volume):
+            self._journal.mark_failed(row.id, str(exc))
+            log.warning("file failed", file=os.fsdecode(candidate.path), error=str(exc))
+
+    def _apply(
+        self, candidate: Candidate, row: FileRow, hashed: Hashed, spool: Spool | None
+    ) -> None:
         dataset_id = row.dataset_id
         unchanged = row.sha256 == hashed.sha256 and row.status in DONE_STATUSES
         if not unchanged and self._journal.dataset(dataset_id).state in CLOSED_STATES:
@@ -99,6 +152,12 @@ class Hasher:
             duplicate_scope=self._scope_of(target),
             now=self._clock.time(),
         )
+        if spool is not None:
+            copy = os.fsencode(spool.path_for(row.id))
+            if recorded.status == "waiting":
+                self._journal.set_spool(row.id, copy)
+            else:
+                spool.remove(row.id, copy, candidate.size)  # nothing to send: no copy kept
         self._sources.note_hashed(candidate, hashed.sha256, recorded.status)
         if recorded.status == "duplicate" and not unchanged:
             original = self._journal.file(recorded.duplicate_of or 0)

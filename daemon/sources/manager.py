@@ -34,6 +34,7 @@ from daemon.sources.watcher import Hints, Watcher
 log = structlog.get_logger("dronesync.sources")
 
 TICK_S = 0.2
+CARD_CHECK_S = 1.0
 ACTIVE_STATES = ("collecting", "ready")
 
 
@@ -51,6 +52,14 @@ class Root:
     online: bool = False
     next_rescan: float = 0.0
     scanning: bool = False
+    scanned: bool = False  # one whole scan since it came online: every file is known
+    removable: bool = False
+    files_left: int = -1
+
+    @property
+    def is_card(self) -> bool:
+        """A card (a mount point, or spooled): it is told when it can be removed."""
+        return self.config.require_mount or self.config.spool
 
     @property
     def volume(self) -> str:
@@ -79,6 +88,7 @@ class SourceManager:
         *,
         rng: random.Random | None = None,
         mountinfo: Path = MOUNTINFO,
+        on_removable: Callable[[Root], None] | None = None,
     ) -> None:
         self._sources = sources
         self._journal = journal
@@ -92,6 +102,8 @@ class SourceManager:
         self._watcher: Watcher | None = None
         self.first_scan_done = asyncio.Event()
         self._mountinfo = mountinfo
+        self._on_removable = on_removable or (lambda root: None)
+        self._cards_checked_at = 0.0
         self._mount_sources = any(c.require_mount for c in sources)
         self._mounts: dict[str, Mount] = read_mounts(mountinfo) if self._mount_sources else {}
 
@@ -117,6 +129,11 @@ class SourceManager:
             if root.volume == volume:
                 return root
         return None
+
+    def spools(self, path: bytes) -> bool:
+        """Whether the file at ``path`` is on a source in spool mode."""
+        root = self._root_for_path(path)
+        return root is not None and root.config.spool
 
     def busy_datasets(self) -> set[int]:
         """Datasets with files still settling: not quiet yet."""
@@ -151,6 +168,7 @@ class SourceManager:
                 self._drain_hints()
                 await self._scan_due()
                 self._gate_tick()
+                self._check_cards()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._hints.wakeup.wait(), TICK_S)
                 self._hints.wakeup.clear()
@@ -219,20 +237,55 @@ class SourceManager:
 
     def _root_vanished(self, root: Root) -> None:
         root.online = False
+        root.scanned = root.removable = False
+        root.files_left = -1
         if self._watcher is not None:
             self._watcher.unwatch(root.key)
         self.gate.discard_where(lambda c: not c.path.startswith(os.fsencode(root.path) + b"/"))
-        counts = self._journal.counts()
+        # Files safe in the spool do not need the card: their datasets go on uploading.
+        left = self._journal.left_on(root.volume, failed=False)
         for dataset in self._journal.datasets():
             if dataset.volume != root.volume or dataset.state not in ACTIVE_STATES:
                 continue
-            files = counts[dataset.id].files if dataset.id in counts else {}
-            if files.get("waiting", 0) or files.get("uploading", 0):
+            if left.get(dataset.id, 0):
                 self._journal.set_dataset_state(
                     dataset.id, "paused", "source went away with work left; waiting for it"
                 )
                 log.warning("dataset paused", dataset=dataset.name, source=root.volume)
         log.warning("source offline", source=root.volume)
+
+    # -- cards -----------------------------------------------------------------------------
+
+    def _check_cards(self) -> None:
+        """Tell when every wanted file of a card is uploaded or safe in the spool."""
+        now = self._clock.monotonic()
+        if now - self._cards_checked_at < CARD_CHECK_S:
+            return
+        self._cards_checked_at = now
+        for root in self._roots.values():
+            if not (root.is_card and root.online and root.scanned):
+                continue
+            root.files_left = sum(self._journal.left_on(root.volume).values())
+            removable = root.files_left == 0 and not root.scanning
+            if removable and not root.removable:
+                log.info("card can be removed", card=root.volume, label=root.mapper.card.label)
+                root.removable = True
+                self._on_removable(root)
+            elif not removable:
+                root.removable = False
+
+    def cards(self) -> list[dict[str, object]]:
+        """The cards in now, for ``status`` and the STATUS= line."""
+        return [
+            {
+                "path": root.volume,
+                "label": root.mapper.card.label,
+                "removable": root.removable,
+                "files_left": root.files_left,
+            }
+            for root in self._roots.values()
+            if root.is_card and root.online
+        ]
 
     # -- scans -----------------------------------------------------------------------------
 
@@ -247,6 +300,7 @@ class SourceManager:
             root.scanning = True
             try:
                 await self._scan(root)
+                root.scanned = True
             finally:
                 root.scanning = False
             jitter = self._rng.uniform(0.8, 1.2)

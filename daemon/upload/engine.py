@@ -84,6 +84,7 @@ class UploadEngine:
         on_changed: Callable[[FileRow], None],
         backoff: Backoff | None = None,
         on_attention: Callable[[DatasetRow, str], None] | None = None,
+        on_uploaded: Callable[[FileRow], None] | None = None,
     ) -> None:
         self._journal = journal
         self._targets = targets
@@ -93,6 +94,7 @@ class UploadEngine:
         self._source_online = source_online
         self._on_changed = on_changed
         self._on_attention = on_attention or (lambda dataset, message: None)
+        self._on_uploaded = on_uploaded or (lambda row: None)
         self._backoff = backoff or Backoff.from_settings(settings)
         self._throttle = TokenBucket(settings.bandwidth_limit) if settings.bandwidth_limit else None
         self._queue: asyncio.Queue[FileRow] = asyncio.Queue(settings.concurrency)
@@ -226,6 +228,7 @@ class UploadEngine:
             self._journal.mark_uploaded(row.id, key, self._clock.time())
             if self._paused.pop(dataset.id, None) is not None:
                 self._journal.set_dataset_detail(dataset.id, None)  # signed in again
+            self._on_uploaded(row)
             log.info(
                 "file uploaded",
                 dataset=dataset.name,
