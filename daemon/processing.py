@@ -48,6 +48,7 @@ class ProcessingController:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._held: dict[int, int] = {}
         self._not_before: dict[int, float] = {}
+        self.last_tick = clock.monotonic()  # the watchdog's proof that this loop turns
         self._start_failures: dict[int, int] = {}
 
     async def run(self) -> None:
@@ -62,6 +63,7 @@ class ProcessingController:
 
     async def tick(self) -> None:
         """One pass over every dataset."""
+        self.last_tick = self._clock.monotonic()
         now = self._clock.time()
         counts = self._journal.counts()
         busy = self._busy()

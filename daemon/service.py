@@ -39,6 +39,8 @@ log = structlog.get_logger("dronesync")
 JOURNAL = "journal.sqlite3"
 REQUEST_POLL_S = 0.3
 STOP_TIMEOUT_S = 8.0
+# A loop that has not turned for this long is stuck: the watchdog is no longer pinged.
+HEALTH_S = 120.0
 
 TargetFactory = Callable[[Settings, TargetState], dict[str, Target]]
 
@@ -81,6 +83,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload = False
         self._session_end = asyncio.Event()
+        self._stuck: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -217,7 +220,9 @@ class Daemon:
             asyncio.create_task(engine.run(), name="upload"),
             asyncio.create_task(processing.run(), name="processing"),
             asyncio.create_task(self._requests(journal, engine, processing), name="requests"),
-            asyncio.create_task(self._live(journal, engine, sources, spool), name="live"),
+            asyncio.create_task(
+                self._live(journal, engine, sources, spool, processing), name="live"
+            ),
             asyncio.create_task(notifier.run(), name="notifications"),
         ]
         ready = asyncio.create_task(self._announce_ready(sources), name="ready")
@@ -332,7 +337,12 @@ class Daemon:
     # -- live figures, STATUS= and the watchdog -------------------------------------------
 
     async def _live(
-        self, journal: Journal, engine: UploadEngine, sources: SourceManager, spool: Spool | None
+        self,
+        journal: Journal,
+        engine: UploadEngine,
+        sources: SourceManager,
+        spool: Spool | None,
+        processing: ProcessingController,
     ) -> None:
         interval = 1.0
         ping = watchdog_interval()
@@ -361,9 +371,21 @@ class Daemon:
             with contextlib.suppress(OSError):
                 write_live(self._settings.state_dir, live)
             notify(f"STATUS={self._status_line(journal, engine, sources.cards())}")
-            if ping is not None and self._clock.monotonic() - last_ping >= ping:
+            now = self._clock.monotonic()
+            beats = {
+                "sources": sources.last_tick,
+                "upload": engine.last_tick,
+                "processing": processing.last_tick,
+            }
+            stuck = sorted(name for name, beat in beats.items() if now - beat > HEALTH_S)
+            if stuck != self._stuck:
+                self._stuck = stuck
+                if stuck:
+                    log.error("not healthy; watchdog pings stop", stuck=stuck)
+            # Pinging only while every loop turns lets systemd restart a daemon that hangs.
+            if ping is not None and not stuck and now - last_ping >= ping:
                 notify("WATCHDOG=1")
-                last_ping = self._clock.monotonic()
+                last_ping = now
             await asyncio.sleep(interval)
 
     @staticmethod

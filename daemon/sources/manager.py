@@ -104,6 +104,7 @@ class SourceManager:
         self._mountinfo = mountinfo
         self._on_removable = on_removable or (lambda root: None)
         self._cards_checked_at = 0.0
+        self.last_tick = clock.monotonic()  # the watchdog's proof that this loop turns
         self._mount_sources = any(c.require_mount for c in sources)
         self._mounts: dict[str, Mount] = read_mounts(mountinfo) if self._mount_sources else {}
 
@@ -164,6 +165,7 @@ class SourceManager:
             await self._scan_due(initial=True)
             self.first_scan_done.set()
             while not stop.is_set():
+                self.last_tick = self._clock.monotonic()
                 self._refresh_roots()
                 self._drain_hints()
                 await self._scan_due()

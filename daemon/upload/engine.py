@@ -101,6 +101,7 @@ class UploadEngine:
         self._claimed: set[int] = set()
         self._flights: dict[int, _Flight] = {}
         self._paused: dict[int, str] = {}
+        self.last_tick = clock.monotonic()  # the watchdog's proof that this loop turns
         self._ensured: set[int] = set()
         self._wake = asyncio.Event()
         self.meter = RateMeter()
@@ -134,6 +135,7 @@ class UploadEngine:
 
     async def _dispatch(self) -> None:
         while True:
+            self.last_tick = self._clock.monotonic()
             self._wake.clear()
             room = self._settings.concurrency * 2 - len(self._claimed)
             rows = []
