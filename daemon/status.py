@@ -167,11 +167,12 @@ def render(doc: dict[str, Any], *, bars: bool, now: float | None = None) -> str:
     for ds in doc["datasets"]:
         f = ds["files"]
         total = sum(f.values())
-        settled = f["uploaded"] + f["duplicate"]
+        settled = f["uploaded"] + f["duplicate"] + f.get("skipped", 0)
         head = f"{ds['name']}  [{ds['state']}]  -> {ds['target']}"
         counts = (
             f"  files {total}: {f['uploaded']} uploaded, {f['duplicate']} duplicate,"
             f" {f['waiting']} waiting, {f['uploading']} uploading, {f['failed']} failed"
+            + (f", {f['skipped']} skipped" if f.get("skipped") else "")
         )
         size = f"  {_size(ds['bytes_uploaded'])} of {_size(ds['bytes_total'])}"
         if ds["rate_bps"]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from daemon.errors import JournalError
 
-FILE_STATUSES = ("waiting", "uploading", "uploaded", "duplicate", "failed")
+FILE_STATUSES = ("waiting", "uploading", "uploaded", "duplicate", "failed", "skipped")
 DONE_STATUSES = ("uploaded", "duplicate")
 # A dataset in these states takes no more files: later files start a new generation.
 CLOSED_STATES = ("processing", "processed", "failed")
@@ -346,7 +346,7 @@ class Journal:
             entry.files[status] = count
             result[dataset_id] = DatasetCounts(
                 entry.files,
-                entry.bytes_total + size,
+                entry.bytes_total + (size if status != "skipped" else 0),
                 entry.bytes_uploaded + (size if status in DONE_STATUSES else 0),
                 entry.pending_hash + int(unhashed or 0),
             )
@@ -514,6 +514,14 @@ class Journal:
         self._write(
             "UPDATE files SET status = 'waiting', last_error = ?, next_attempt_at = ? WHERE id = ?",
             (error, next_attempt_at, file_id),
+        )
+
+    def mark_skipped(self, file_id: int, reason: str, sha256: str) -> None:
+        """Not sent, on purpose (an empty file): the reason is shown as its last error."""
+        self._write(
+            "UPDATE files SET status = 'skipped', last_error = ?, sha256 = ?, spool_path = NULL"
+            " WHERE id = ?",
+            (reason, sha256, file_id),
         )
 
     def mark_failed(self, file_id: int, error: str) -> None:

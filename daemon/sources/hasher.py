@@ -138,6 +138,17 @@ class Hasher:
     def _apply(
         self, candidate: Candidate, row: FileRow, hashed: Hashed, spool: Spool | None
     ) -> None:
+        if hashed.size == 0:
+            # No image is empty: processing would choke on it, and there is nothing to send.
+            if spool is not None:
+                spool.remove(row.id, os.fsencode(spool.path_for(row.id)), 0)
+            if row.status != "skipped":
+                self._journal.mark_skipped(
+                    row.id, "empty file (0 bytes): nothing to send", hashed.sha256
+                )
+                log.info("file skipped", file=os.fsdecode(candidate.path), reason="empty file")
+            self._sources.note_hashed(candidate, hashed.sha256, "skipped")
+            return
         dataset_id = row.dataset_id
         unchanged = row.sha256 == hashed.sha256 and row.status in DONE_STATUSES
         if not unchanged and self._journal.dataset(dataset_id).state in CLOSED_STATES:

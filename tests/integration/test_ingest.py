@@ -309,6 +309,11 @@ def test_polling_source_and_hostile_names(box: Box) -> None:
     assert not (box.archive / "odd names" / "fifo.JPG").exists()
     files = box.status("odd names", files=True)["datasets"][0]["file_list"]
     assert "latin1-\\xe9t\\xe9.JPG" in {f["path"] for f in files}
+    empty = next(f for f in files if f["path"] == "empty.JPG")
+    assert empty["status"] == "skipped"
+    assert "empty file" in empty["last_error"]
+    assert not (box.archive / "odd names" / "empty.JPG").exists()
+    assert "1 skipped" in box.cli("status", "odd names").stdout
     assert box.stop(proc) == 0
 
 
