@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,38 @@ def test_a_failed_write_inside_a_transaction_rolls_everything_back(journal: Jour
         add_twice()
     assert journal.files(ds) == []
     assert journal.integrity_ok()
+
+
+def test_a_journal_of_the_first_schema_is_migrated_with_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    first = (resources.files("daemon.journal") / "migrations" / "0001_initial.sql").read_text()
+    conn = sqlite3.connect(path)
+    conn.executescript(first + "\nPRAGMA user_version = 1;")
+    conn.execute(
+        "INSERT INTO datasets (name, target, source, volume, folder, quiet_s, created_at,"
+        " last_activity_at) VALUES ('m', 'a', '/in', '/in', x'6d', 60, 1, 1)"
+    )
+    conn.execute(
+        "INSERT INTO files (dataset_id, volume, relpath, dspath, size, mtime_ns, sha256, status,"
+        " discovered_at) VALUES (1, '/in', x'6d2f612e6a7067', x'612e6a7067', 5, 1, 'ab',"
+        " 'uploaded', 1)"
+    )
+    conn.commit()
+    conn.close()
+    journal = Journal.open(path)
+    try:
+        assert journal.schema_version() == SCHEMA_VERSION
+        assert journal.integrity_ok()
+        (row,) = journal.files(1)
+        assert (row.relpath, row.status, row.sha256, row.spool_path) == (
+            b"m/a.jpg",
+            "uploaded",
+            "ab",
+            None,
+        )
+        journal.mark_skipped(row.id, "empty file", "e3b0")  # the new status is accepted
+        assert journal.file(row.id).status == "skipped"
+        journal.put_memo(1, "k", "v")
+        assert journal.get_memo(1, "k") == "v"
+    finally:
+        journal.close()
