@@ -22,7 +22,7 @@ import structlog
 from daemon import control
 from daemon.clock import Clock, SystemClock
 from daemon.config import Settings, load_config, runtime_problems
-from daemon.errors import ConfigError, DronesyncError, UsageError
+from daemon.errors import ConfigError, DronesyncError, JournalError, UsageError
 from daemon.journal import DatasetRow, FileRow, Journal
 from daemon.notifications import Event, Notifier
 from daemon.notify import notify, watchdog_interval
@@ -39,6 +39,9 @@ log = structlog.get_logger("dronesync")
 JOURNAL = "journal.sqlite3"
 REQUEST_POLL_S = 0.3
 STOP_TIMEOUT_S = 8.0
+# A session that could not write its journal (disk full) is started again after this.
+JOURNAL_RETRY_S = 10.0
+RETRY_SESSION = -1
 # A loop that has not turned for this long is stuck: the watchdog is no longer pinged.
 HEALTH_S = 120.0
 
@@ -56,6 +59,18 @@ def default_targets(settings: Settings, state: TargetState) -> dict[str, Target]
         name: build_target(name, config, settings.state_dir, state)
         for name, config in settings.targets.items()
     }
+
+
+def _journal_error(exc: BaseException | None) -> JournalError | None:
+    """The JournalError behind a component's failure (task groups wrap it), if that is it."""
+    if isinstance(exc, JournalError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _journal_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _file_path(row: FileRow) -> Path:
@@ -103,9 +118,21 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             while True:
-                code = await self._session(journal)
+                try:
+                    code = await self._session(journal)
+                except JournalError as exc:  # while setting a session up
+                    log.error(  # noqa: TRY400 (an expected condition, said in one line)
+                        "journal cannot be written; uploads wait and it is tried again",
+                        error=str(exc),
+                        retry_in_s=JOURNAL_RETRY_S,
+                    )
+                    code = RETRY_SESSION
+                if code == RETRY_SESSION and not self._stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), JOURNAL_RETRY_S)
+                    continue
                 if code is not None or self._stop.is_set():
-                    return code or 0
+                    return max(code or 0, 0)
                 self._apply_reload()
         finally:
             notify("STOPPING=1")
@@ -233,6 +260,16 @@ class Daemon:
             for task in done:
                 if task is not end and not task.cancelled() and task.exception() is not None:
                     exc = task.exception()
+                    full = _journal_error(exc)
+                    if full is not None:
+                        # A full disk is not a crash: say it once, wait for space, go on.
+                        log.error(
+                            "journal cannot be written; uploads wait and it is tried again",
+                            error=str(full),
+                            retry_in_s=JOURNAL_RETRY_S,
+                        )
+                        code = RETRY_SESSION
+                        continue
                     log.error(
                         "component failed; stopping",
                         component=task.get_name(),
@@ -251,7 +288,10 @@ class Daemon:
             for target in targets.values():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(target.aclose(), STOP_TIMEOUT_S)
-            journal.recover()  # anything still marked uploading goes back to waiting
+            try:
+                journal.recover()  # anything still marked uploading goes back to waiting
+            except JournalError as exc:
+                log.error("journal cannot be written", error=str(exc))  # noqa: TRY400 (expected)
         return code
 
     async def _announce_ready(self, sources: SourceManager) -> None:
