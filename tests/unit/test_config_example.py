@@ -93,3 +93,16 @@ def test_the_local_config_used_by_scripts_run_is_valid() -> None:
     assert command is not None
     assert Path(command[0]).resolve() == ROOT / "scripts" / "demo-process"
     assert Path(command[0]).is_file()
+
+
+def test_the_box_config_installed_by_scripts_install_is_valid() -> None:
+    settings = load_config(ROOT / "config" / "box.toml")
+    source = settings.sources[0]
+    assert str(source.path) == "/run/dronesync/cards/*"
+    assert source.require_mount
+    assert source.spool
+    assert source.layout == "dcim"
+    assert settings.spool.dir == Path("/var/lib/dronesync/spool")
+    archive = settings.targets[source.target]
+    assert isinstance(archive, DirectoryTargetConfig)
+    assert archive.path == Path("/srv/drone-archive")
