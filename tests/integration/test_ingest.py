@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.conftest import Box, wait_until
 
-FILE_STATUSES = {"waiting", "uploading", "uploaded", "duplicate", "failed"}
+FILE_STATUSES = {"waiting", "uploading", "uploaded", "duplicate", "failed", "skipped"}
 
 
 def _images(folder: Path, count: int, rng: random.Random, start: int = 0) -> list[Path]:
