@@ -166,7 +166,10 @@ class ProcessingController:
             log.warning("processing not started", dataset=dataset.name, error=str(exc))
             return
         except TargetError as exc:
-            self._finish(dataset, "failed", f"processing could not start: {exc}")
+            # Refused before it ran (a pre-flight check, a bad template): the operator must act.
+            detail = f"processing could not start: {exc}"
+            self._finish(dataset, "failed", detail)
+            self._notify("needs_attention", self._journal.dataset(dataset.id), detail)
             return
         finally:
             self._tasks.pop(dataset.id, None)

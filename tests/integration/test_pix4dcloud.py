@@ -196,7 +196,8 @@ def test_a_refused_sign_in_pauses_until_the_secret_is_fixed(
 def test_too_few_images_are_refused_before_processing_with_a_clear_message(
     box: Box, cloud: FakePix4DCloud, tmp_path: Path
 ) -> None:
-    _configure(box, cloud, tmp_path)
+    hook = Webhook()
+    _configure(box, cloud, tmp_path, extra=f'[notifications]\nwebhook_url = "{hook.url}"\n')
     _flight(box.inbox / "field-e", 5, 3)
     proc = box.start()
     dataset = wait_until(
@@ -208,4 +209,9 @@ def test_too_few_images_are_refused_before_processing_with_a_clear_message(
     assert "at least 6" in dataset["detail"]
     assert dataset["files"]["uploaded"] == 3  # the images stay uploaded
     assert _project(cloud, "field-e").start_calls == 0
+    wait_until(
+        lambda: hook.events("field-e") == ["processing_failed", "needs_attention"],
+        what="the operator told",
+    )
     assert box.stop(proc) == 0
+    hook.close()
