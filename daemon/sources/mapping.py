@@ -48,11 +48,13 @@ class DatasetMapper:
         self.root = root
         self.card = card or Card(label=root.name, uuid=root.name)
 
-    def place(self, relpath: bytes, mtime_ns: int | None = None) -> Placement | None:
-        """The placement of a file, or None for a file outside any dataset folder."""
-        source_name = self.root.name
+    def split(self, relpath: bytes) -> tuple[bytes, bytes, bytes] | None:
+        """(dataset folder, its name part, path inside it), or None outside any dataset.
+
+        Cheap, for the walk's filter; :meth:`place` adds the dataset name.
+        """
         if self.config.layout == "single":
-            return Placement(b"", self._name(source_name, mtime_ns), relpath)
+            return b"", os.fsencode(self.root.name), relpath
         if self.config.layout == "dcim":
             top, sep, below = relpath.partition(b"/")
             if not sep or top.upper() != b"DCIM":
@@ -60,11 +62,19 @@ class DatasetMapper:
             folder, sep, rest = below.partition(b"/")
             if not sep:
                 return None
-            return Placement(top + b"/" + folder, self._name(_text(folder), mtime_ns), rest)
+            return top + b"/" + folder, folder, rest
         folder, sep, rest = relpath.partition(b"/")
         if not sep:
             return None  # a file at the top of a "subfolders" source belongs to no dataset
-        return Placement(folder, self._name(_text(folder), mtime_ns), rest)
+        return folder, folder, rest
+
+    def place(self, relpath: bytes, mtime_ns: int | None = None) -> Placement | None:
+        """The placement of a file, or None for a file outside any dataset folder."""
+        found = self.split(relpath)
+        if found is None:
+            return None
+        folder, name, rest = found
+        return Placement(folder, self._name(_text(name), mtime_ns), rest)
 
     def _name(self, folder: str, mtime_ns: int | None) -> str:
         when = time.time() if mtime_ns is None else mtime_ns / 1e9

@@ -46,12 +46,16 @@ def walk(
                 continue
             rel = rel_dir + b"/" + entry.name if rel_dir else entry.name
             try:
+                # The directory entry's type needs no system call; only files are stat'ed.
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(rel)
+                    continue
+                if not entry.is_file(follow_symlinks=False) or not wanted(rel):
+                    continue
                 info = entry.stat(follow_symlinks=False)
             except OSError as exc:
                 if on_error is not None:
                     on_error(entry.path, exc)
                 continue
-            if stat.S_ISDIR(info.st_mode):
-                stack.append(rel)
-            elif stat.S_ISREG(info.st_mode) and wanted(rel):
+            if stat.S_ISREG(info.st_mode):  # not replaced by something else meanwhile
                 yield Entry(rel, info.st_size, info.st_mtime_ns)
