@@ -307,6 +307,11 @@ class UploadEngine:
     def _source_failed(
         self, row: FileRow, dataset: str, item: UploadItem, exc: SourceError
     ) -> None:
+        if row.spool_path is not None:
+            # The spool's copy is unreadable (deleted, a disk error): the card has the file.
+            self._journal.set_spool(row.id, None)
+            self._fail(row, dataset, item, f"{exc}; `dronesync retry` reads it from the card", 1)
+            return
         if not self._source_online(row.volume):
             # The card was pulled or the share went away: not the file's fault.
             self._journal.release(row.id)

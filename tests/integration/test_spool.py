@@ -95,3 +95,34 @@ def test_a_full_spool_waits_with_a_message_and_loses_nothing(box: Box, tmp_path:
     assert _archived(box) == expected
     assert box.datasets()["PILOT-100MEDIA"]["files"]["failed"] == 0
     assert box.stop(proc) == 0
+
+
+def test_a_lost_spool_copy_fails_its_file_and_retry_reads_the_card(
+    box: Box, tmp_path: Path
+) -> None:
+    cards, spool = tmp_path / "cards", tmp_path / "spool"
+    cards.mkdir()
+    expected = _card(tmp_path / "staging", 6)
+    _configure(box, cards, spool, max_gb=1)
+    proc = box.start()
+    (tmp_path / "staging").rename(cards / "PILOT")
+    wait_until(lambda: any(c["removable"] for c in box.status()["cards"]), what="all spooled")
+    last = max(spool.iterdir(), key=lambda p: int(p.stem))  # the last one to be uploaded
+    last.unlink()
+    failed = wait_until(
+        lambda: [
+            f
+            for f in box.status("PILOT-100MEDIA", files=True)["datasets"][0]["file_list"]
+            if f["status"] == "failed"
+        ],
+        what="the file whose copy vanished failed",
+    )
+    assert "reads it from the card" in failed[0]["last_error"]
+    box.cli("retry", "--all")
+    wait_until(
+        lambda: box.datasets()["PILOT-100MEDIA"]["state"] == "processed",
+        timeout=60,
+        what="processed after the retry",
+    )
+    assert _archived(box) == expected
+    assert box.stop(proc) == 0
