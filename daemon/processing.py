@@ -184,12 +184,10 @@ class ProcessingController:
         target = self._targets.get(dataset.target)
         if target is None or dataset.processing_handle is None:
             if dataset.processing_handle is None and dataset.id not in self._tasks:
-                self._finish(
-                    dataset,
-                    "failed",
-                    "processing was interrupted before it started;"
-                    " `dronesync process` starts it again",
-                )
+                # Killed between "starting" and the target's answer: ask again. Every target
+                # makes that safe (a project read first, a task known, a recorded pid).
+                log.info("processing start resumed after an interruption", dataset=dataset.name)
+                self._tasks[dataset.id] = asyncio.create_task(self._start(dataset))
             return
         if now < self._polls.get(dataset.id, 0):
             return

@@ -37,9 +37,13 @@ from daemon.targets.base import DatasetRef, ProcessingStatus, Transfer, UploadIt
 # Errors the operator must fix (permissions, read-only share, bad names): retrying won't help.
 _PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.EINVAL}
 MAX_NAME_TRIES = 1000
-# Runs process_command and records its exit code in a file ($0), so that a daemon restarted
-# while the command ran (it lives in its own session) still learns how it ended.
-_RECORD_EXIT = 'code=0; "$@" || code=$?; echo "$code" > "$0.tmp"; mv -f "$0.tmp" "$0"; exit "$code"'
+# Runs process_command: first records its own pid in a file ($1), so a daemon killed while
+# starting it never starts a second one; then records the command's exit code in a file ($0),
+# so a daemon restarted while the command ran (in its own session) still learns how it ended.
+_RECORD_EXIT = (
+    'echo $$ > "$1.tmp" && mv -f "$1.tmp" "$1"; shift; '
+    'code=0; "$@" || code=$?; echo "$code" > "$0.tmp"; mv -f "$0.tmp" "$0"; exit "$code"'
+)
 
 
 @dataclass(slots=True)
@@ -195,6 +199,13 @@ class DirectoryTarget:
         command = self.config.process_command
         if not command:
             return ""
+        pid_file = self._pid_file(dataset)
+        try:
+            # Started already, by a daemon killed before it could record the start: the
+            # same run is followed, never a second one.
+            return pid_file.read_text(encoding="ascii").strip()
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
         values = {"dataset": dataset.name, "dataset_dir": str(self.dataset_dir(dataset))}
         argv = [arg.format(**values) for arg in command]
         if shutil.which(argv[0]) is None:
@@ -214,6 +225,7 @@ class DirectoryTarget:
                     "-c",
                     _RECORD_EXIT,
                     str(exit_file),
+                    str(pid_file),
                     *argv,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
@@ -230,6 +242,12 @@ class DirectoryTarget:
 
     async def processing_status(self, dataset: DatasetRef, handle: str) -> ProcessingStatus:
         """Whether the dataset's ``process_command`` is still running, and how it ended."""
+        status = await self._status(dataset, handle)
+        if status.state != "running":
+            self._pid_file(dataset).unlink(missing_ok=True)  # a later `process` runs it anew
+        return status
+
+    async def _status(self, dataset: DatasetRef, handle: str) -> ProcessingStatus:
         if not handle:
             return ProcessingStatus("done", "no process_command configured")
         run = self._runs.get(dataset.id)
@@ -249,6 +267,9 @@ class DirectoryTarget:
         if code == 0:
             return ProcessingStatus("done", f"process_command exited 0; output in {run.log}")
         return ProcessingStatus("failed", f"process_command exited {code}; see {run.log}")
+
+    def _pid_file(self, dataset: DatasetRef) -> Path:
+        return self.log_dir / f"{dataset.name}.pid"
 
     def _exit_file(self, dataset: DatasetRef) -> Path:
         return self.log_dir / f"{dataset.name}.exit"

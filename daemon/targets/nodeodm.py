@@ -150,7 +150,8 @@ class NodeODMTarget:
                 tainted_uuid, _, reason = taint.partition(" ")
                 if tainted_uuid == current:
                     self._start_over(dataset, reason)
-            if self._state.get_memo(dataset.id, _COMMITTED) == self.current_task(dataset):
+            committed = self._state.get_memo(dataset.id, _COMMITTED)
+            if committed is not None and committed == self.current_task(dataset):
                 self._start_over(dataset, "the previous task was already committed")
             task = self.current_task(dataset)
             if task is None:
@@ -353,7 +354,13 @@ class NodeODMTarget:
                 raise
         except _RefusedError as exc:
             if not await self._known(task):
-                raise PermanentTargetError(f"{route}: {exc}") from exc
+                if "not found" in str(exc).lower():
+                    # The node lost the uncommitted task (restarted, or two days passed).
+                    self._start_over(dataset, f"the node no longer knows task {task}")
+                    raise DatasetResetError(
+                        "a new task is made; the images are sent again"
+                    ) from exc
+                raise TransientTargetError(f"{route}: {exc}") from exc
         self._state.put_memo(dataset.id, _COMMITTED, task)
         log.info("task committed", dataset=dataset.name, task=task, images=len(keys))
         return task

@@ -284,8 +284,12 @@ class Pix4DCloudTarget:
         self._state.put_memo(dataset.id, _STARTED, "1")
         try:
             reply = await self._api("POST", f"{base}/start_processing/", json=payload or None)
-        except TargetError:
-            if await self._running(base):
+        except TargetError as exc:
+            try:
+                started = await self._running(base)
+            except TargetError:
+                raise TransientTargetError(f"{exc}; the project is read again later") from exc
+            if started:
                 return str(project)
             raise
         estimate = reply.get("estimated_time") if isinstance(reply, dict) else None
@@ -293,11 +297,12 @@ class Pix4DCloudTarget:
         return str(project)
 
     async def _running(self, base: str) -> bool:
-        """Whether the project left NEW (processing was started, whatever its reply said)."""
-        try:
-            body = await self._api("GET", f"{base}/")
-        except TransientTargetError:
-            return False
+        """Whether the project left NEW (processing was started, whatever its reply said).
+
+        A project that cannot be read raises: not knowing is not "not started", and
+        registering or starting again on a guess could fail a dataset that is processing.
+        """
+        body = await self._api("GET", f"{base}/")
         status = str(body.get("public_status", "")).upper() if isinstance(body, dict) else ""
         return status not in ("", "NEW", "CREATED")
 
