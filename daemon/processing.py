@@ -23,9 +23,6 @@ from daemon.targets.base import DatasetRef, Target
 log = structlog.get_logger("dronesync.processing")
 
 TICK_S = 0.25
-# A processing start that failed for a transient reason is tried again after this, doubling.
-START_RETRY_S = 5.0
-START_RETRY_MAX_S = 300.0
 
 
 class ProcessingController:
@@ -38,6 +35,9 @@ class ProcessingController:
         clock: Clock,
         busy: Callable[[], set[int]],
         notify: Callable[[str, DatasetRow, str | None], None] | None = None,
+        *,
+        retry_s: float = 5.0,
+        retry_max_s: float = 300.0,
     ) -> None:
         self._journal = journal
         self._targets = targets
@@ -48,6 +48,8 @@ class ProcessingController:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._held: dict[int, int] = {}
         self._not_before: dict[int, float] = {}
+        self._retry_s = retry_s
+        self._retry_max_s = retry_max_s
         self.last_tick = clock.monotonic()  # the watchdog's proof that this loop turns
         self._start_failures: dict[int, int] = {}
 
@@ -155,7 +157,9 @@ class ProcessingController:
         except TransientTargetError as exc:
             # The target is unreachable or busy: the dataset waits and tries again later.
             tries = self._start_failures[dataset.id] = self._start_failures.get(dataset.id, 0) + 1
-            delay = min(START_RETRY_MAX_S, START_RETRY_S * 2 ** (tries - 1))
+            # The [upload] backoff, doubling, and never sooner than the server asked.
+            delay = min(self._retry_max_s, self._retry_s * 2 ** (tries - 1))
+            delay = max(delay, min(exc.retry_after or 0.0, self._retry_max_s))
             self._not_before[dataset.id] = self._clock.time() + delay
             self._journal.set_dataset_state(
                 dataset.id,

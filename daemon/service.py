@@ -241,6 +241,8 @@ class Daemon:
             notify=lambda event, ds, detail: notifier.send(
                 Event(event, ds.name, ds.target, journal.dataset(ds.id).state, detail)
             ),
+            retry_s=settings.upload.backoff_initial_s,
+            retry_max_s=settings.upload.backoff_max_s,
         )
         tasks = [
             asyncio.create_task(sources.run(self._session_end), name="sources"),
