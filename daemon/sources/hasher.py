@@ -50,15 +50,33 @@ class Hasher:
         self._inflight: dict[int, asyncio.Future[Hashed]] = {}
         self._spool = spool
         self._deferred: dict[int, Candidate] = {}
+        self._queued: dict[int, Candidate] = {}
+        self._limit = workers * 4
 
     def busy_datasets(self) -> set[int]:
-        """Datasets with a file being hashed right now."""
-        return {self._journal.file(i).dataset_id for i in self._inflight}
+        """Datasets with a file being hashed right now, or waiting for a hashing thread."""
+        waiting = {c.dataset_id for c in self._queued.values()}
+        return waiting | {self._journal.file(i).dataset_id for i in self._inflight}
 
     def submit(self, candidate: Candidate) -> None:
-        """Hash a file the gate released (ignored if it is already being hashed)."""
+        """Hash a file the gate released (ignored if it is already being hashed).
+
+        At most a few files per thread are handed to the pool; the rest wait here, so a card
+        of 100,000 files costs 100,000 small records, not 100,000 pending futures.
+        """
         if candidate.file_id in self._inflight:
             return
+        if len(self._inflight) >= self._limit:
+            self._queued[candidate.file_id] = candidate
+            return
+        self._start(candidate)
+
+    def _next(self) -> None:
+        while self._queued and len(self._inflight) < self._limit:
+            file_id = next(iter(self._queued))
+            self._start(self._queued.pop(file_id))
+
+    def _start(self, candidate: Candidate) -> None:
         loop = asyncio.get_running_loop()
         path = Path(os.fsdecode(candidate.path))
         spool = self._spool if self._sources.spools(candidate.path) else None
@@ -94,6 +112,7 @@ class Hasher:
         self, candidate: Candidate, future: asyncio.Future[Hashed], spool: Spool | None
     ) -> None:
         self._inflight.pop(candidate.file_id, None)
+        self._next()
         if future.cancelled():
             if spool is not None:
                 spool.unreserve(candidate.size)
