@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import wait_until
 from tests.fakes.multipart import MultipartReader, TruncatedBodyError
 from tests.fakes.nodeodm import FakeNodeODM
 
@@ -28,17 +29,6 @@ TOKEN = "s3cret"
 
 def fast_node(root: Path, token: str | None = None) -> FakeNodeODM:
     return FakeNodeODM(root, token, setup_s=0.05, queued_s=0.05, running_s=0.2)
-
-
-def poll(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}; last: {value!r}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -69,7 +59,7 @@ def info(client: httpx.Client, uuid: str) -> Any:
 
 
 def wait_code(client: httpx.Client, uuid: str, code: int) -> Any:
-    return poll(
+    return wait_until(
         lambda: (i := info(client, uuid)).get("status", {}).get("code") == code and i,
         what=f"status {code}",
     )
@@ -89,7 +79,7 @@ def test_init_upload_commit_reaches_completed_with_a_real_zip(node, client):
             seen.append(code)
         return bool(code == 40)
 
-    poll(completed, what="completion")
+    wait_until(completed, what="completion")
     assert seen[-1] == 40
     assert set(seen) <= {10, 20, 40}
     final = info(client, uuid)
@@ -166,7 +156,7 @@ def test_a_client_that_disconnects_mid_upload_leaves_a_truncated_file(node, clie
     ).encode()
     with socket.create_connection(("127.0.0.1", node.port)) as sock:
         sock.sendall(request + body[: len(head) + 40_000])
-    view = poll(
+    view = wait_until(
         lambda: (f := node.tasks()[uuid].files.get("CUT.JPG")) is not None and f.truncated and f,
         what="the truncated file",
     )
@@ -318,7 +308,7 @@ def test_cancel_remove_and_list(node, client):
     uuid = init(client)["uuid"]
     upload(client, uuid, ("a.JPG", b"a"), ("b.JPG", b"b"))
     client.post(f"/task/new/commit/{uuid}")
-    poll(lambda: node.tasks()[uuid].progress > 0, what="processing to start")
+    wait_until(lambda: node.tasks()[uuid].progress > 0, what="processing to start")
     assert client.post("/task/cancel", data={"uuid": uuid}).json() == {"success": True}
     assert info(client, uuid)["status"] == {"code": 50}
     assert client.post("/task/remove", data={"uuid": uuid}).json() == {"success": True}

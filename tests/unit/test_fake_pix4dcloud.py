@@ -15,6 +15,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
 
+from tests.conftest import wait_until
 from tests.fakes.pix4dcloud import FakePix4DCloud, api_fault_plan
 from tests.fakes.s3proxy import s3_fault_plan
 
@@ -25,17 +26,6 @@ if TYPE_CHECKING:
 CLIENT_ID = "box-17"
 CLIENT_SECRET = "s3cr3t-for-tests"
 PROJECTS = "/project/api/v3/projects/"
-
-
-def poll(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}; last: {value!r}")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -244,7 +234,7 @@ def test_start_processing_runs_to_done_with_outputs(
         seen.add(status)
         return bool(status == "DONE")
 
-    poll(done, what="DONE")
+    wait_until(done, what="DONE")
     assert seen <= {"WAITING", "PROCESSING", "DONE"}
     assert api.post(start).status_code == 400
     assert cloud.project(project_id).start_calls == 3
@@ -266,7 +256,7 @@ def test_failed_processing_ends_in_error(
     api.post(f"{PROJECTS}{project_id}/inputs/bulk_register/", json={"input_file_keys": keys})
     cloud.fail_processing = True
     api.post(f"{PROJECTS}{project_id}/start_processing/").raise_for_status()
-    project = poll(
+    project = wait_until(
         lambda: (p := api.get(f"{PROJECTS}{project_id}/").json())["public_status"] == "ERROR" and p,
         what="ERROR",
     )
@@ -370,7 +360,7 @@ def test_stall_ends_when_the_server_stops() -> None:
 
         caller = threading.Thread(target=call)
         caller.start()
-        poll(lambda: cloud.api_faults.injected["stall"], what="the stalled request")
+        wait_until(lambda: cloud.api_faults.injected["stall"], what="the stalled request")
         stopped_at = time.monotonic()
     caller.join(timeout=10)
     assert time.monotonic() - stopped_at < 5
