@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from daemon.durable import DURABILITY
 from daemon.errors import FileChangedError, SourceError, SpoolError
 
 CHUNK = 1024 * 1024
@@ -86,9 +87,9 @@ def hash_file(path: Path, size: int, mtime_ns: int) -> Hashed:
 def spool_file(path: Path, size: int, mtime_ns: int, dest: Path) -> Hashed:
     """Copy ``path`` to ``dest`` while hashing it: one read of the card for both.
 
-    The copy is written to ``dest.part``, fsynced, and renamed into place only when the
-    source was the same file (size, mtime) before and after the read, so ``dest`` always holds
-    exactly the bytes the returned hash describes.
+    The copy is written to ``dest.part`` and renamed into place only when the source was the
+    same file (size, mtime) before and after the read, so ``dest`` always holds exactly the
+    bytes the returned hash describes; it is on the disk, name included, when this returns.
     """
     fd, before = open_regular(path)
     part = dest.with_name(dest.name + ".part")
@@ -96,23 +97,24 @@ def spool_file(path: Path, size: int, mtime_ns: int, dest: Path) -> Hashed:
         if before.st_size != size or before.st_mtime_ns != mtime_ns:
             raise FileChangedError(f"{path}: changed since it was seen stable")
         try:
-            out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            # 0644 like a copy in the archive: the directory target may hard-link this file.
+            out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise SpoolError(f"{part}: cannot write the spool: {exc.strerror}") from exc
         try:
             digest = _copy(fd, out, path, part)
+            after = os.fstat(fd)
+            if after.st_size != size or after.st_mtime_ns != mtime_ns:
+                raise FileChangedError(f"{path}: changed while it was being copied")
+            # The copy carries the card's mtime: the upload checks size and mtime as for the card.
+            os.utime(out, ns=(mtime_ns, mtime_ns))
+            os.replace(part, dest)
             try:
-                os.fsync(out)
+                DURABILITY.make_durable(out)
             except OSError as exc:
-                raise SpoolError(f"{part}: cannot write the spool: {exc.strerror}") from exc
+                raise SpoolError(f"{dest}: cannot write the spool: {exc.strerror}") from exc
         finally:
             os.close(out)
-        after = os.fstat(fd)
-        if after.st_size != size or after.st_mtime_ns != mtime_ns:
-            raise FileChangedError(f"{path}: changed while it was being copied")
-        # The copy carries the card's mtime: the upload checks size and mtime as for the card.
-        os.utime(part, ns=(mtime_ns, mtime_ns))
-        os.replace(part, dest)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(part)

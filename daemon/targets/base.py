@@ -35,6 +35,9 @@ class UploadItem:
     size: int
     mtime_ns: int
     sha256: str
+    # ``path`` is the daemon's own copy in the spool: written from the read that hashed it,
+    # never changed afterwards, so a target may link it instead of reading it again.
+    spooled: bool = False
 
 
 @dataclass(frozen=True, slots=True)

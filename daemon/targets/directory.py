@@ -2,10 +2,17 @@
 
 Each dataset is a sub-folder named after it; each file keeps its path inside the dataset
 folder. A file is copied to a temporary name in its destination folder while it is hashed in
-the same read, fsynced, checked against the recorded hash, and then linked into place with
-``link()``, which never replaces an existing file. If a different file already holds the name,
-the copy takes the next free name ``NAME~2.EXT``; if the same content is already there, the
-upload is a no-op (so a retry after a crash never makes a second copy).
+the same read, checked against the recorded hash, and then linked into place with ``link()``,
+which never replaces an existing file. If a different file already holds the name, the copy
+takes the next free name ``NAME~2.EXT``; if the same content is already there, the upload is a
+no-op (so a retry after a crash never makes a second copy).
+
+A file copied into the spool (spool mode) was written by the daemon from the same read that
+hashed it and is never changed afterwards; when the spool is on the archive's filesystem it is
+hard-linked into place instead of copied, so the card's bytes are read once and written once.
+
+Nothing is called uploaded before it is on the disk: concurrent uploads share one ``syncfs``
+(:mod:`daemon.durable`) instead of two ``fsync`` calls per file.
 
 Processing runs ``process_command`` once per dataset; its output goes to
 ``<state_dir>/processing/<dataset>.log`` and its exit code decides processed or failed.
@@ -25,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.config import DirectoryTargetConfig
+from daemon.durable import DURABILITY
 from daemon.errors import (
     FileChangedError,
     PermanentTargetError,
@@ -36,6 +44,8 @@ from daemon.targets.base import DatasetRef, ProcessingStatus, Transfer, UploadIt
 
 # Errors the operator must fix (permissions, read-only share, bad names): retrying won't help.
 _PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.EINVAL}
+# link() refusals that mean "this filesystem pair cannot share a file": copy instead.
+_NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES}
 MAX_NAME_TRIES = 1000
 # Runs process_command: first records its own pid in a file ($1), so a daemon killed while
 # starting it never starts a second one; then records the command's exit code in a file ($0),
@@ -95,6 +105,7 @@ class DirectoryTarget:
         self.root = config.path
         self.log_dir = log_dir
         self._runs: dict[int, _Run] = {}
+        self._can_link = True  # until link() from the spool is refused once
 
     def dataset_dir(self, dataset: DatasetRef) -> Path:
         """The folder that receives this dataset."""
@@ -127,11 +138,18 @@ class DirectoryTarget:
         raise PermanentTargetError(f"{dataset.name}: no free name for {item.key!r}")
 
     def _copy_into_place(self, item: UploadItem, dest: Path, transfer: Transfer) -> bool:
-        """Copy, verify and link ``item`` to ``dest``; False if the name was taken meanwhile."""
+        """Copy (or link), verify and make durable ``item`` at ``dest``.
+
+        False if another file took the name meanwhile.
+        """
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _target_error(dest.parent, exc) from exc
+        if item.spooled and self._can_link:
+            linked = self._link_spooled(item, dest, transfer)
+            if linked is not None:
+                return linked
         tmp = _part_name(dest, item)
         try:
             self._copy(item, tmp, transfer)
@@ -141,10 +159,31 @@ class DirectoryTarget:
                 return False
             except OSError as exc:
                 raise _target_error(dest, exc) from exc
-            _fsync_dir(dest.parent)
+            _make_durable(dest.parent)
             return True
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _link_spooled(self, item: UploadItem, dest: Path, transfer: Transfer) -> bool | None:
+        """Hard-link the spool's copy to ``dest``; None when this filesystem cannot."""
+        src, info = open_regular(item.path)
+        try:
+            if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
+                raise FileChangedError(f"{item.path}: changed since it was hashed")
+            try:
+                os.link(item.path, dest, follow_symlinks=False)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno not in _NO_LINK_ERRNOS:
+                    raise _target_error(dest, exc) from exc
+                self._can_link = False  # another filesystem (or a share without links)
+                return None
+        finally:
+            os.close(src)
+        _make_durable(dest.parent)
+        transfer.progress(item.size)
+        return True
 
     def _copy(self, item: UploadItem, tmp: Path, transfer: Transfer) -> None:
         src, info = open_regular(item.path)
@@ -157,10 +196,6 @@ class DirectoryTarget:
                 raise _target_error(tmp, exc) from exc
             try:
                 digest = self._pump(src, out, item, tmp, transfer)
-                try:
-                    os.fsync(out)
-                except OSError as exc:
-                    raise _target_error(tmp, exc) from exc
             finally:
                 os.close(out)
             after = os.fstat(src)
@@ -315,12 +350,16 @@ def _part_name(dest: Path, item: UploadItem) -> Path:
     )
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+def _make_durable(folder: Path) -> None:
+    """The folder's new entries and the files they name are on the disk when this returns."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            DURABILITY.make_durable(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _target_error(folder, exc) from exc
 
 
 def _terminate(process: asyncio.subprocess.Process) -> None:

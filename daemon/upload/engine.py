@@ -187,6 +187,7 @@ class UploadEngine:
             size=row.size,
             mtime_ns=row.mtime_ns,
             sha256=row.sha256 or "",
+            spooled=row.spool_path is not None,
         )
         await self._upload_loop(row, dataset, target, ref, item)
 

@@ -13,6 +13,7 @@ import hashlib
 import os
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -349,6 +350,62 @@ def test_a_part_file_left_by_a_killed_run_is_cleaned_up(tmp_path: Path) -> None:
     part.write_bytes(b"half a copy from before a crash")
     assert run(target.upload(DS, item, Transfer())) == b"a.jpg"
     assert stored(target, b"a.jpg") == src.read_bytes()
+    assert leftovers(tmp_path) == []
+
+
+def _spooled(tmp_path: Path, spool_dir: Path, data: bytes) -> UploadItem:
+    """A file as the hasher leaves it in the spool, and the item the engine makes of it."""
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    copy = spool_dir / "41"
+    copy.write_bytes(data)
+    item = item_for(copy, b"DCIM/a.jpg")
+    return UploadItem(item.path, item.key, item.size, item.mtime_ns, item.sha256, spooled=True)
+
+
+def test_a_spooled_file_on_the_same_filesystem_is_linked_not_written_again(
+    tmp_path: Path,
+) -> None:
+    target = _directory(tmp_path)
+    run(target.ensure_dataset(DS))
+    item = _spooled(tmp_path, tmp_path / "spool", random.Random(5).randbytes(300_000))
+    seen: list[int] = []
+    assert run(target.upload(DS, item, Transfer(on_bytes=seen.append))) == b"DCIM/a.jpg"
+    archived = target.dataset_dir(DS) / "DCIM" / "a.jpg"
+    assert archived.stat().st_ino == item.path.stat().st_ino  # one copy on the disk
+    assert sum(seen) == item.size
+    item.path.unlink()  # the spool frees its copy after the upload
+    assert hashlib.sha256(archived.read_bytes()).hexdigest() == item.sha256
+    assert run(target.upload(DS, item_for(archived, b"DCIM/a.jpg"), Transfer())) == b"DCIM/a.jpg"
+    assert copies(target) == 1
+
+
+def test_a_spooled_file_that_changed_is_refused_like_any_other(tmp_path: Path) -> None:
+    target = _directory(tmp_path)
+    run(target.ensure_dataset(DS))
+    item = _spooled(tmp_path, tmp_path / "spool", b"x" * 1000)
+    item.path.write_bytes(b"x" * 1001)
+    with pytest.raises(FileChangedError):
+        run(target.upload(DS, item, Transfer()))
+    assert copies(target) == 0
+
+
+def test_a_spooled_file_on_another_filesystem_is_copied(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")  # noqa: S108 (a second filesystem; mkdtemp makes a private folder)
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem (/dev/shm) to put the spool on")
+    target = _directory(tmp_path)
+    run(target.ensure_dataset(DS))
+    spool = Path(tempfile.mkdtemp(prefix="dronesync-spool-", dir=shm))
+    try:
+        item = _spooled(tmp_path, spool, random.Random(6).randbytes(200_000))
+        assert run(target.upload(DS, item, Transfer())) == b"DCIM/a.jpg"
+        archived = target.dataset_dir(DS) / "DCIM" / "a.jpg"
+        assert archived.read_bytes() == item.path.read_bytes()
+        assert archived.stat().st_dev != item.path.stat().st_dev
+    finally:
+        for leftover in spool.glob("*"):
+            leftover.unlink()
+        spool.rmdir()
     assert leftovers(tmp_path) == []
 
 
