@@ -12,6 +12,15 @@ import os
 from pathlib import Path
 
 from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
     FileSystemMovedEvent,
@@ -21,6 +30,21 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 QUEUE_SIZE = 10_000
+# Everything that can change what is on the source. Not "opened" and "closed without
+# writing": the daemon's own reads (hashing, copying) would raise two events per file read,
+# each costing watchdog's thread and the GIL time the uploads need. The filter also becomes
+# the inotify mask, so the kernel does not queue them at all.
+EVENTS = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    DirModifiedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+]
 
 
 class Hints:
@@ -55,8 +79,6 @@ class _Handler(FileSystemEventHandler):
         self._source = source
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in {"opened", "closed_no_write"}:
-            return
         paths = [event.src_path]
         if isinstance(event, FileSystemMovedEvent):
             paths.append(event.dest_path)
@@ -79,7 +101,9 @@ class Watcher:
         if source in self._observers:
             return
         observer: BaseObserver = PollingObserver(timeout=poll_s) if poll_s else Observer()
-        observer.schedule(_Handler(self._hints, source), str(root), recursive=True)
+        observer.schedule(
+            _Handler(self._hints, source), str(root), recursive=True, event_filter=EVENTS
+        )
         observer.daemon = True
         observer.start()
         self._observers[source] = observer
