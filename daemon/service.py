@@ -24,6 +24,7 @@ from daemon.clock import Clock, SystemClock
 from daemon.config import Settings, load_config, runtime_problems
 from daemon.errors import ConfigError, DronesyncError, JournalError, UsageError
 from daemon.journal import DatasetRow, FileRow, Journal
+from daemon.journal.store import GROUP_COMMIT_S
 from daemon.notifications import Event, Notifier
 from daemon.notify import notify, watchdog_interval
 from daemon.processing import ProcessingController
@@ -73,6 +74,17 @@ def _journal_error(exc: BaseException | None) -> JournalError | None:
     return None
 
 
+async def _commit_groups(journal: Journal) -> None:
+    """Commit the journal's grouped writes a few times a second (and once more at the end)."""
+    try:
+        while True:
+            await asyncio.sleep(GROUP_COMMIT_S)
+            journal.flush()
+    finally:
+        with contextlib.suppress(JournalError):
+            journal.flush()
+
+
 def _file_path(row: FileRow) -> Path:
     """Where an upload reads the file: its copy in the spool, else the source itself."""
     if row.spool_path is not None:
@@ -99,6 +111,7 @@ class Daemon:
         self._reload = False
         self._session_end = asyncio.Event()
         self._stuck: list[str] = []
+        self._files_read = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -112,6 +125,7 @@ class Daemon:
         recovered = journal.recover()
         if recovered:
             log.info("resumed after an interruption", files_back_to_waiting=recovered)
+        journal.group_commits()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -138,9 +152,13 @@ class Daemon:
             notify("STOPPING=1")
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            with contextlib.suppress(JournalError):
+                journal.flush()
             journal.close()
             lock.release()
-            log.info("stopped")
+            # Figures for benchmarks and operators: a restart that re-read every file, or
+            # a journal committing once per file, shows here.
+            log.info("stopped", files_hashed=self._files_read, journal_commits=journal.commits)
 
     def stop(self) -> None:
         """End the daemon (SIGTERM)."""
@@ -253,6 +271,7 @@ class Daemon:
                 self._live(journal, engine, sources, spool, processing), name="live"
             ),
             asyncio.create_task(notifier.run(), name="notifications"),
+            asyncio.create_task(_commit_groups(journal), name="journal"),
         ]
         ready = asyncio.create_task(self._announce_ready(sources), name="ready")
         end = asyncio.create_task(self._session_end.wait(), name="end")
@@ -287,6 +306,7 @@ class Daemon:
                     asyncio.gather(*tasks, end, ready, return_exceptions=True), STOP_TIMEOUT_S
                 )
             hasher.close()
+            self._files_read += hasher.files_read
             for target in targets.values():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(target.aclose(), STOP_TIMEOUT_S)

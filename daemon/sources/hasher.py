@@ -52,6 +52,7 @@ class Hasher:
         self._deferred: dict[int, Candidate] = {}
         self._queued: dict[int, Candidate] = {}
         self._limit = workers * 4
+        self.files_read = 0  # files hashed (or copied into the spool) by this session
 
     def busy_datasets(self) -> set[int]:
         """Datasets with a file being hashed right now, or waiting for a hashing thread."""
@@ -117,6 +118,7 @@ class Hasher:
             if spool is not None:
                 spool.unreserve(candidate.size)
             return
+        self.files_read += 1
         try:
             self._record(candidate, future, spool)
         except DronesyncError as exc:

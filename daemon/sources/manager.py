@@ -275,6 +275,7 @@ class SourceManager:
             root.files_left = sum(self._journal.left_on(root.volume).values())
             removable = root.files_left == 0 and not root.scanning
             if removable and not root.removable:
+                self._journal.flush()  # on the disk before anyone pulls the card
                 log.info("card can be removed", card=root.volume, label=root.mapper.card.label)
                 root.removable = True
                 self._on_removable(root)

@@ -297,3 +297,77 @@ def test_a_journal_of_the_first_schema_is_migrated_with_its_data(tmp_path: Path)
         assert journal.get_memo(1, "k") == "v"
     finally:
         journal.close()
+
+
+# -- group commit (the daemon's mode) ------------------------------------------------------
+
+
+def _reader_statuses(path: Path) -> dict[int, str]:
+    """What `dronesync status` (another process, read-only) sees."""
+    reader = Journal.open(path, readonly=True)
+    try:
+        return {f.id: f.status for ds in reader.datasets() for f in reader.files(ds.id)}
+    finally:
+        reader.close()
+
+
+def test_grouped_writes_are_seen_by_the_daemon_at_once_and_by_readers_after_flush(
+    journal: Journal, path: Path
+) -> None:
+    journal.group_commits()
+    ds = dataset(journal, "m1")
+    ids = [add(journal, ds, f"f{i}.jpg".encode(), f"{i:064x}") for i in range(50)]
+    for fid in ids:
+        journal.mark_uploading(fid)
+        journal.mark_uploaded(fid, b"key", NOW)
+    assert {f.status for f in journal.files(ds)} == {"uploaded"}  # the writer's own view
+    assert _reader_statuses(path) == {}  # nothing committed yet: one group
+    before = journal.commits
+    journal.flush()
+    assert journal.commits == before + 1
+    assert set(_reader_statuses(path).values()) == {"uploaded"}
+
+
+def test_a_target_memo_commits_at_once_with_everything_before_it(
+    journal: Journal, path: Path
+) -> None:
+    journal.group_commits()
+    ds = dataset(journal, "m1")
+    fid = add(journal, ds, b"a.jpg", "a" * 64)
+    journal.mark_uploaded(fid, b"a.jpg", NOW)
+    journal.put_memo(ds, "task", "uuid-1")  # the target calls the server right after this
+    assert _reader_statuses(path) == {fid: "uploaded"}
+    reader = Journal.open(path, readonly=True)
+    assert reader.get_memo(ds, "task") == "uuid-1"
+    reader.close()
+
+
+def test_a_failed_write_in_a_group_undoes_only_itself(journal: Journal, path: Path) -> None:
+    journal.group_commits()
+    ds = dataset(journal, "m1")
+    kept = add(journal, ds, b"kept.jpg", "b" * 64)
+
+    def fail_halfway() -> None:
+        with journal.transaction():
+            journal.mark_failed(kept, "this change is undone")
+            add(journal, ds, b"kept.jpg", "b" * 64)  # same path twice: UNIQUE constraint
+
+    with pytest.raises(JournalError, match="UNIQUE"):
+        fail_halfway()
+    journal.flush()
+    assert _reader_statuses(path) == {kept: "waiting"}
+
+
+def test_a_kill_loses_only_the_open_group(path: Path) -> None:
+    """A process killed between commits leaves the last committed state, intact."""
+    journal = Journal.open(path)
+    journal.group_commits()
+    ds = dataset(journal, "m1")
+    first = add(journal, ds, b"a.jpg", "c" * 64)
+    journal.flush()
+    journal.mark_uploaded(first, b"a.jpg", NOW)  # in the open group when "killed"
+    journal._conn.close()  # no commit: what SIGKILL leaves behind
+    again = Journal.open(path)
+    assert again.integrity_ok()
+    assert again.file(first).status == "waiting"  # sent again; the target knows it has it
+    again.close()
