@@ -1,13 +1,29 @@
 """Putting one file into S3 with botocore: one read of the source, verified where it lands.
 
-An object already stored under the key with the same size and SHA-256 (in its metadata) is
-not sent again: a retry after a crash or a lost reply costs one HEAD. Otherwise the file is
-read once, in 1 MiB chunks: each chunk is hashed (SHA-256 to compare with the
-journal, MD5 to compare with the ETag S3 computes) and sent. Small files go in one PutObject,
-large ones in parts (each part carries its own SHA-256 for S3 to check). The object counts as
-stored only when the bytes sent match the recorded hash and S3's size and ETag match what was
-sent; a file that changed on the way raises FileChangedError, and S3 never publishes a
-PutObject or multipart upload that was cut off.
+What is verified, and by whom:
+
+- **the bytes sent are the recorded ones**: the file is read once, in 1 MiB chunks, and every
+  chunk is hashed with SHA-256 as it goes out; the body is refused before its last bytes leave
+  when the whole does not match the journal's hash (a file that changed raises
+  FileChangedError), and S3 never publishes a PutObject or multipart upload cut off;
+- **the bytes S3 received are the bytes sent**: every PutObject carries the recorded hash in
+  ``x-amz-checksum-sha256``, every UploadPart its part's SHA-256, and S3 hashes what it
+  received and refuses a mismatch with ``BadDigest`` (a body altered on the way: transient,
+  sent again). A reply that names a ``ChecksumSHA256`` must name the one sent (else the
+  object is deleted, so that a retry does not take it for the file, and the upload fails as
+  transient). No MD5 is computed: the ETag is S3's to choose;
+- **the object is there**: S3 is read-after-write consistent, so a PutObject or
+  CompleteMultipartUpload reply with an ETag counts as stored; only a reply without one is
+  followed by a HeadObject (this size and this SHA-256 in the metadata);
+- **nothing is stored twice**: a file up to the multipart threshold goes in one PutObject with
+  ``If-None-Match: *``, one request for a new file. When S3 answers ``412 PreconditionFailed``
+  (the key is taken: a retry after a crash or a lost reply) the object's metadata is read: with
+  this size and this SHA-256 it is the file, kept as it is; otherwise (other content under the
+  key) the file is read again from its start and put without the condition. A store that
+  ignores the condition overwrites the object with the same bytes: correct, only sent twice.
+  A file above the threshold is looked up with a HeadObject first, because a condition on
+  CompleteMultipartUpload would refuse only after every part had been sent again; beside
+  the parts (the threshold is tens of MiB) the HEAD costs nothing.
 
 Signing, retries of our own and multipart bookkeeping stay with botocore; its own retries are
 off, because the upload engine owns retry and backoff.
@@ -51,11 +67,25 @@ CREDENTIAL_CODES = {
     "AccessDenied",
     "SignatureDoesNotMatch",
 }
-_TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    # The body S3 received does not hash to the checksum sent with it: it was altered on the
+    # way (the source was checked against its recorded hash as it was read). Send it again.
+    "BadDigest",
+    # 409: a conditional write raced another write of the key; S3 says to retry.
+    "ConditionalRequestConflict",
+}
 
 
 class CredentialsExpiredError(TransientTargetError):
     """S3 refused the temporary credentials: fetch new ones, then try again."""
+
+
+class _KeyTakenError(TransientTargetError):
+    """A conditional PutObject found an object under the key (412 PreconditionFailed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +120,17 @@ def _call(action: str, method: Callable[..., Any], /, **kwargs: Any) -> Any:
         inner = getattr(exc, "kwargs", {}).get("error")
         if isinstance(inner, DronesyncError):
             raise inner from exc  # a changed file, a read error, an abort
+        if isinstance(exc, ClientError) and "IfNoneMatch" in kwargs and _status(exc) == 412:
+            raise _KeyTakenError(f"S3 {action}: the key is taken") from exc
         raise s3_error(action, exc) from exc
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
 
 
 class _Source:
@@ -103,7 +143,6 @@ class _Source:
         self._left = item.size
         self._pending = memoryview(b"")
         self.sha256 = hashlib.sha256()
-        self.md5 = hashlib.md5()  # noqa: S324 (compared with S3's ETag, not for security)
         self.count = 0
 
     def read(self, size: int = -1) -> bytes:
@@ -129,7 +168,6 @@ class _Source:
         self._left -= len(chunk)
         self.count += len(chunk)
         self.sha256.update(chunk)
-        self.md5.update(chunk)
         if self._left == 0 and self.sha256.hexdigest() != self._item.sha256:
             # Refuse before the last bytes go out: S3 never stores a body cut short.
             raise FileChangedError(f"{self._item.path}: content differs from its recorded hash")
@@ -152,12 +190,20 @@ def put_file(
     try:
         if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
             raise FileChangedError(f"{item.path}: changed since it was hashed")
-        already = _already_stored(s3, bucket, key, item)
-        if already is not None:
-            return already  # sent before a crash or a lost reply: never sent twice
         if item.size <= threshold:
-            stored, sha = _put_single(s3, bucket, key, fd, item, transfer)
+            try:
+                stored, sha = _put_single(s3, bucket, key, fd, item, transfer, if_absent=True)
+            except _KeyTakenError:
+                already = _already_stored(s3, bucket, key, item)
+                if already is not None:
+                    return already  # sent before a crash or a lost reply: never stored twice
+                # Other content under the key (an earlier version of the file): replace it.
+                os.lseek(fd, 0, os.SEEK_SET)
+                stored, sha = _put_single(s3, bucket, key, fd, item, transfer, if_absent=False)
         else:
+            already = _already_stored(s3, bucket, key, item)
+            if already is not None:
+                return already  # sent before a crash or a lost reply: never sent twice
             stored, sha = _put_parts(s3, bucket, key, fd, item, transfer, part_size)
         after = os.fstat(fd)
     finally:
@@ -185,9 +231,19 @@ def _already_stored(s3: S3Client, bucket: str, key: str, item: UploadItem) -> St
 
 
 def _put_single(
-    s3: S3Client, bucket: str, key: str, fd: int, item: UploadItem, transfer: Transfer
+    s3: S3Client,
+    bucket: str,
+    key: str,
+    fd: int,
+    item: UploadItem,
+    transfer: Transfer,
+    *,
+    if_absent: bool,
 ) -> tuple[Stored, str]:
+    """One PutObject; with ``if_absent`` a taken key raises _KeyTakenError, nothing stored."""
     source = _Source(fd, item, transfer)
+    checksum = _b64(bytes.fromhex(item.sha256))
+    condition: dict[str, str] = {"IfNoneMatch": "*"} if if_absent else {}
     reply = _call(
         "PutObject",
         s3.put_object,
@@ -195,16 +251,18 @@ def _put_single(
         Key=key,
         Body=source,
         ContentLength=item.size,
-        ChecksumSHA256=base64.b64encode(bytes.fromhex(item.sha256)).decode(),
+        ChecksumSHA256=checksum,
         Metadata={SHA256_META: item.sha256},
         ACL=ACL,
+        **condition,
     )
     if source.count != item.size:
         raise FileChangedError(f"{item.path}: changed while it was being uploaded")
-    etag = str(reply.get("ETag", "")).strip('"')
-    if etag and etag != source.md5.hexdigest():
-        raise TransientTargetError(f"S3 PutObject {key}: ETag {etag} differs from what was sent")
-    return _verify(s3, bucket, key, item.size, etag), source.sha256.hexdigest()
+    named = _checksum_differs(reply, checksum)
+    if named is not None:
+        _discard(s3, bucket, key)
+        raise TransientTargetError(f"S3 PutObject {key}: checksum {named}, sent {checksum}")
+    return _confirmed(s3, bucket, key, item, reply), source.sha256.hexdigest()
 
 
 def _put_parts(
@@ -228,7 +286,7 @@ def _put_parts(
         )["UploadId"]
     )
     whole = hashlib.sha256()
-    md5s = b""
+    digests = b""  # the parts' SHA-256, for the checksum of checksums S3 may name
     parts: list[dict[str, Any]] = []
     try:
         offset = 0
@@ -238,8 +296,9 @@ def _put_parts(
             size = min(part_size, item.size - offset)
             data = _read_part(fd, item, transfer, size)
             whole.update(data)
-            md5s += hashlib.md5(data).digest()  # noqa: S324 (ETag check)
-            checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+            digest = hashlib.sha256(data).digest()
+            digests += digest
+            checksum = _b64(digest)
             reply = _call(
                 f"UploadPart {number}",
                 s3.upload_part,
@@ -251,6 +310,11 @@ def _put_parts(
                 ContentLength=size,
                 ChecksumSHA256=checksum,
             )
+            named = _checksum_differs(reply, checksum)
+            if named is not None:
+                raise TransientTargetError(
+                    f"S3 UploadPart {number} of {key}: checksum {named}, sent {checksum}"
+                )
             parts.append({"ETag": reply["ETag"], "PartNumber": number, "ChecksumSHA256": checksum})
             offset += size
         if whole.hexdigest() != item.sha256:
@@ -266,11 +330,34 @@ def _put_parts(
     except BaseException:
         _abort(s3, bucket, key, upload_id)
         raise
-    expected = f"{hashlib.md5(md5s).hexdigest()}-{len(parts)}"  # noqa: S324 (ETag check)
-    etag = str(reply_done.get("ETag", "")).strip('"')
-    if etag and etag != expected:
-        raise TransientTargetError(f"S3 multipart {key}: ETag {etag} differs from what was sent")
-    return _verify(s3, bucket, key, item.size, etag), whole.hexdigest()
+    composite = f"{_b64(hashlib.sha256(digests).digest())}-{len(parts)}"
+    named = _checksum_differs(reply_done, composite)
+    if named is not None:
+        _discard(s3, bucket, key)
+        raise TransientTargetError(f"S3 multipart {key}: checksum {named}, sent {composite}")
+    return _confirmed(s3, bucket, key, item, reply_done), whole.hexdigest()
+
+
+def _checksum_differs(reply: Any, sent: str) -> str | None:
+    """The reply's ``ChecksumSHA256`` when it is not the one sent (None: same, or none named).
+
+    A multipart object's checksum is the checksum of its parts' checksums followed by ``-N``
+    (N parts); only a suffix the reply names is compared.
+    """
+    named = str(reply.get("ChecksumSHA256") or "")
+    value, _, count = named.partition("-")
+    sent_value, _, sent_count = sent.partition("-")
+    if named and (value != sent_value or (count and count != sent_count)):
+        return named
+    return None
+
+
+def _confirmed(s3: S3Client, bucket: str, key: str, item: UploadItem, reply: Any) -> Stored:
+    """The object a complete reply (one with an ETag) describes; else read back."""
+    etag = str(reply.get("ETag", "")).strip('"')
+    if etag:
+        return Stored(item.size, etag)
+    return _verify(s3, bucket, key, item)
 
 
 def _read_part(fd: int, item: UploadItem, transfer: Transfer, size: int) -> bytes:
@@ -295,13 +382,20 @@ def _abort(s3: S3Client, bucket: str, key: str, upload_id: str) -> None:
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
 
 
-def _verify(s3: S3Client, bucket: str, key: str, size: int, etag: str) -> Stored:
-    """Read the stored object's metadata back: its size and ETag must be the ones sent."""
+def _discard(s3: S3Client, bucket: str, key: str) -> None:
+    """Best effort: an object S3 describes as other bytes must not pass as stored on a retry."""
+    with contextlib.suppress(ClientError, BotoCoreError):
+        s3.delete_object(Bucket=bucket, Key=key)
+
+
+def _verify(s3: S3Client, bucket: str, key: str, item: UploadItem) -> Stored:
+    """Read the stored object's metadata back: this size and this SHA-256 must be there."""
     head = _call("HeadObject", s3.head_object, Bucket=bucket, Key=key)
     stored = Stored(int(head.get("ContentLength", -1)), str(head.get("ETag", "")).strip('"'))
-    if stored.size != size or (etag and stored.etag != etag):
+    sha = head.get("Metadata", {}).get(SHA256_META)
+    if stored.size != item.size or sha != item.sha256:
         raise TransientTargetError(
-            f"S3 {key}: stored object has {stored.size} bytes and ETag {stored.etag}, expected"
-            f" {size} and {etag}"
+            f"S3 {key}: stored object has {stored.size} bytes and SHA-256 {sha}, expected"
+            f" {item.size} and {item.sha256}"
         )
     return stored

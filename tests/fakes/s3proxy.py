@@ -17,12 +17,21 @@ reproduces that part of S3 and forwards everything else to moto unchanged:
   ``411 MissingContentLength``, as S3 answers (aws-chunked uploads, which botocore sends
   over HTTPS, carry that header and are forwarded);
 - ``Expect: 100-continue`` (botocore sets it on PutObject/UploadPart with a file body) is
-  answered by the proxy itself, so a refusal reaches the client before it sends the body.
+  answered by the proxy itself, so a refusal reaches the client before it sends the body;
+- checksums, which moto takes on trust: a PutObject or UploadPart body sent with
+  ``x-amz-checksum-sha256`` is hashed on its way through, and one that does not match is
+  ``400 BadDigest``, as S3 answers, and never stored: its last piece is held back until the
+  hash is known, so on a mismatch moto sees the request cut short and drops it. A malformed
+  value is ``400 InvalidRequest``. The reply of a checked request names the checksum of what
+  was received (``x-amz-checksum-sha256``), as S3's does. Other algorithms (botocore adds a
+  CRC32 unless told ``request_checksum_calculation="when_required"``) and aws-chunked
+  bodies (signed chunks, checksum in a trailer) are forwarded unchecked.
 
 Bodies are streamed both ways, never held in memory, so multi-gigabyte multipart uploads
 work. Faults are injected on demand (:class:`FaultPlan`) to exercise a client's retry and
 recovery paths: 5xx with S3 XML bodies, connections reset before a reply, reset in the
-middle of a request body, a reply dropped after moto stored the object, stalls.
+middle of a request body, a body altered on the way, a reply dropped after moto stored the
+object, stalls.
 
 Addressing must be path-style (``http://host:port/bucket/key``), which is what botocore
 uses for an ``endpoint_url`` on 127.0.0.1.
@@ -30,6 +39,8 @@ uses for an ``endpoint_url`` on 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import dataclasses
 import datetime as dt
@@ -59,10 +70,12 @@ CHUNK = 256 * 1024
 #: Fault kinds of the S3 proxy: ``status503`` (SlowDown) and ``status500`` (InternalError)
 #: with S3 XML bodies; ``reset`` (connection closed, no reply, nothing stored);
 #: ``reset_mid_body`` (half the request body read, then RST; requests with a body only);
+#: ``corrupt_body`` (one byte in the middle of a PutObject or UploadPart body flipped before
+#: the proxy checks and forwards it, as a faulty network path would; plain bodies only);
 #: ``drop_response`` (moto handled it, e.g. stored the object, but the reply is lost);
 #: ``stall`` (``delay_s``, then forwarded).
 S3_FAULT_KINDS = frozenset(
-    {"status500", "status503", "reset", "reset_mid_body", "drop_response", "stall"}
+    {"status500", "status503", "reset", "reset_mid_body", "corrupt_body", "drop_response", "stall"}
 )
 #: Route names of S3 requests, derived from method and query (``"any"`` matches all).
 S3_ROUTES = frozenset(
@@ -91,6 +104,9 @@ _LISTING_PARAMS = frozenset(
     }
 )  # fmt: skip
 S3_RANDOM_KINDS = ("status503", "status500", "reset", "reset_mid_body", "drop_response")
+_CHECKSUM_HEADER = "x-amz-checksum-sha256"
+# Requests whose body the proxy hashes against ``x-amz-checksum-sha256`` (and may corrupt).
+_CHECKED_ROUTES = frozenset({"put_object", "upload_part"})
 
 # Hop-by-hop headers (RFC 9110 7.6.1) are the proxy's own business on each side.
 _HOP_BY_HOP = frozenset(
@@ -391,6 +407,32 @@ def s3_route(method: str, bucket: str, key: str, query: Mapping[str, object]) ->
     if method == "HEAD":
         return "head_object"
     return "bucket"
+
+
+def expected_sha256(req: S3Request) -> bytes | None:
+    """The SHA-256 a PutObject or UploadPart says its body has (None: nothing to check).
+
+    Raises ``400 InvalidRequest`` for a value that is not the base64 of 32 bytes, as S3 does.
+    """
+    value = req.headers.get(_CHECKSUM_HEADER)
+    if value is None or req.route not in _CHECKED_ROUTES or not is_plain_body(req.headers):
+        return None
+    try:
+        digest = base64.b64decode(value, validate=True)
+    except binascii.Error:
+        digest = b""
+    if len(digest) != hashlib.sha256().digest_size:
+        raise S3Error(400, "InvalidRequest", "Value for x-amz-checksum-sha256 header is invalid.")
+    return digest
+
+
+def is_plain_body(headers: Message[str, str]) -> bool:
+    """A body framed by Content-Length that is the content itself (not aws-chunked)."""
+    return (
+        not body_is_chunked(headers)
+        and "aws-chunked" not in headers.get("Content-Encoding", "").lower()
+        and "x-amz-decoded-content-length" not in headers
+    )
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
@@ -828,6 +870,7 @@ class _ProxyHandler(TrackedHandler):
                 raise S3Error(
                     411, "MissingContentLength", "You must provide the Content-Length HTTP header."
                 )
+            checksum = expected_sha256(req)
             if proxy.credentials is not None:
                 authorize(
                     req,
@@ -839,7 +882,14 @@ class _ProxyHandler(TrackedHandler):
             self._reply_error(err, body, request_id)
             return
 
-        fault = proxy.faults.take(req.route, lambda kind: kind != "reset_mid_body" or not body.done)
+        def applies(kind: str) -> bool:
+            if kind == "corrupt_body":
+                return (
+                    req.route in _CHECKED_ROUTES and not body.done and is_plain_body(self.headers)
+                )
+            return kind != "reset_mid_body" or not body.done
+
+        fault = proxy.faults.take(req.route, applies)
         kind = fault.kind if fault else None
         if fault is not None and kind == "stall" and self.stall(fault.delay_s):
             self.abort_connection()
@@ -865,7 +915,13 @@ class _ProxyHandler(TrackedHandler):
                     body.read(target - body.consumed)
             self.abort_connection(rst=True)
             return
-        self._forward(req, body, drop_response=kind == "drop_response")
+        self._forward(
+            body,
+            request_id,
+            checksum=checksum,
+            corrupt_at=(length or 0) // 2 if kind == "corrupt_body" else None,
+            drop_response=kind == "drop_response",
+        )
 
     def _continue(self) -> None:
         if self._expecting and not self._continued:
@@ -912,9 +968,18 @@ class _ProxyHandler(TrackedHandler):
             while time.monotonic() < deadline and self.connection.recv(CHUNK):
                 pass
 
-    def _forward(self, req: S3Request, body: BodyReader, *, drop_response: bool) -> None:
+    def _forward(
+        self,
+        body: BodyReader,
+        request_id: str,
+        *,
+        checksum: bytes | None,
+        corrupt_at: int | None,
+        drop_response: bool,
+    ) -> None:
         proxy = self.server.proxy
         upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=120)
+        digest = hashlib.sha256() if checksum is not None else None
         try:
             upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
             for name, value in self.headers.items():
@@ -927,28 +992,66 @@ class _ProxyHandler(TrackedHandler):
             upstream.endheaders()
             if not body.done:
                 self._continue()
-                while not body.done:
-                    data = body.read()
-                    upstream.send(data)
-                    proxy.add_bytes_in(len(data))
+            last = self._send_all_but_last(upstream, body, digest, corrupt_at)
+            if digest is not None and digest.digest() != checksum:
+                # moto never gets the whole body: the request dies unstored when it closes.
+                upstream.close()
+                self._reply_error(
+                    S3Error(
+                        400,
+                        "BadDigest",
+                        "The SHA256 you specified did not match the calculated checksum.",
+                    ),
+                    body,
+                    request_id,
+                )
+                return
+            upstream.send(last)
+            proxy.add_bytes_in(len(last))
             resp = upstream.getresponse()
             if drop_response:
                 resp.read()
                 self.abort_connection(rst=True)
                 return
-            self._relay_response(resp)
+            received = None if digest is None else base64.b64encode(digest.digest()).decode()
+            self._relay_response(resp, checksum=received)
         except (EOFError, OSError, http.client.HTTPException) as exc:
             log.debug("proxying %s %s failed: %s", self.command, self.path, exc)
             self.abort_connection()
         finally:
             upstream.close()
 
-    def _relay_response(self, resp: http.client.HTTPResponse) -> None:
+    def _send_all_but_last(
+        self,
+        upstream: http.client.HTTPConnection,
+        body: BodyReader,
+        digest: hashlib._Hash | None,
+        corrupt_at: int | None,
+    ) -> bytes:
+        """Forward the body, hashing it into ``digest``, except its last piece: returned."""
+        held = b""
+        while not body.done:
+            offset = body.consumed
+            data = body.read()
+            if corrupt_at is not None and offset <= corrupt_at < offset + len(data):
+                i = corrupt_at - offset
+                data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+            if digest is not None:
+                digest.update(data)
+            if held:
+                upstream.send(held)
+                self.server.proxy.add_bytes_in(len(held))
+            held = data
+        return held
+
+    def _relay_response(self, resp: http.client.HTTPResponse, *, checksum: str | None) -> None:
         proxy = self.server.proxy
         self.send_response_only(resp.status, resp.reason)
         for name, value in resp.getheaders():
             if name.lower() not in _HOP_BY_HOP:
                 self.send_header(name, value)
+        if checksum is not None and resp.status < 300 and not resp.getheader(_CHECKSUM_HEADER):
+            self.send_header(_CHECKSUM_HEADER, checksum)  # S3 names what it received
         no_body = self.command == "HEAD" or resp.status in {204, 304}
         length = resp.getheader("Content-Length")
         rechunk = not no_body and length is None

@@ -1,9 +1,10 @@
 """The daemon feeding a PIX4Dcloud-compatible API with real S3 (moto) behind a fault proxy.
 
 What the operator must be able to count on: every image lands exactly once under its
-project, the registration matches what was uploaded, processing starts once per dataset after
-the quiet period and ends ``processed``; a restart resumes into the same project; a refused
-sign-in pauses instead of failing files; a doomed dataset is refused before processing.
+project, byte for byte even when bodies are altered or cut on the way, the registration
+matches what was uploaded, processing starts once per dataset after the quiet period and ends
+``processed``; a restart resumes into the same project; a refused sign-in pauses instead of
+failing files; a doomed dataset is refused before processing.
 """
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ def test_two_datasets_with_api_and_s3_faults_land_once_and_process_once(
     cloud.s3_faults.add("reset_mid_body", "put_object", after=3)
     cloud.s3_faults.add("drop_response", "put_object", after=5)
     cloud.s3_faults.add("stall", "upload_part", delay_s=5)
+    # Bodies altered on the way: S3 refuses them (BadDigest) and they are sent again.
+    cloud.s3_faults.add("corrupt_body", "put_object", after=1)
+    cloud.s3_faults.add("corrupt_body", "upload_part")
     proc = box.start()
     (box.root / "staging-a").rename(box.inbox / "field-a")
     (box.root / "staging-b").rename(box.inbox / "field-b")
@@ -124,6 +128,7 @@ def test_two_datasets_with_api_and_s3_faults_land_once_and_process_once(
     for dataset in box.datasets().values():
         assert dataset["files"]["failed"] == 0
     assert cloud.s3_faults.injected["drop_response"] == 1
+    assert cloud.s3_faults.injected["corrupt_body"] == 2
     assert cloud.api_faults.injected["start_ambiguous"] == 1
     status = box.cli("status").stdout
     assert "field-a" in status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import threading
@@ -314,6 +315,69 @@ def test_injected_s3_faults_reach_boto3(
         upload(s3, creds, ["c.jpg"])
     assert f"{creds['key']}/c.jpg" not in cloud.objects(creds["key"])
     assert cloud.s3_faults.injected == {"status503": 1, "drop_response": 1, "reset_mid_body": 1}
+
+
+def test_sha256_checksums_are_checked_as_s3_checks_them(
+    cloud: FakePix4DCloud, api: httpx.Client, s3_clients: Callable[..., S3Client]
+) -> None:
+    _, creds = new_project(api)
+    s3 = s3_clients(creds, retries={"total_max_attempts": 1})
+    bucket, prefix = creds["bucket"], creds["key"]
+    data = b"image bytes " * 50_000
+    checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    other = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
+
+    def put(name: str, body: bytes, sha: str) -> dict[str, Any]:
+        reply = s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=body, ChecksumSHA256=sha)
+        return dict(reply)
+
+    with pytest.raises(ClientError) as wrong:
+        put("wrong.jpg", data, other)
+    assert wrong.value.response["Error"]["Code"] == "BadDigest"
+    assert wrong.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    with pytest.raises(ClientError) as malformed:
+        put("malformed.jpg", data, "not base64 of 32 bytes")
+    assert malformed.value.response["Error"]["Code"] == "InvalidRequest"
+    assert put("right.jpg", data, checksum)["ChecksumSHA256"] == checksum  # named, as S3 does
+    assert set(cloud.objects(prefix)) == {f"{prefix}/right.jpg"}
+
+    # One byte flipped on the way: refused when a checksum came with the body...
+    cloud.s3_faults.add("corrupt_body", "put_object")
+    with pytest.raises(ClientError) as corrupted:
+        put("corrupted.jpg", data, checksum)
+    assert corrupted.value.response["Error"]["Code"] == "BadDigest"
+    # ...stored altered when none did (what S3 would do too). botocore adds a CRC32 of its
+    # own unless told not to; the proxy checks SHA-256 only.
+    cloud.s3_faults.add("corrupt_body", "put_object")
+    plain = s3_clients(creds, request_checksum_calculation="when_required")
+    plain.put_object(Bucket=bucket, Key=f"{prefix}/unchecked.jpg", Body=data)
+    stored = cloud.objects(prefix)
+    assert f"{prefix}/corrupted.jpg" not in stored
+    size, sha = stored[f"{prefix}/unchecked.jpg"]
+    assert (size, sha != hashlib.sha256(data).hexdigest()) == (len(data), True)
+
+    # Parts are checked the same way; the upload stays open for the part to be sent again.
+    key = f"{prefix}/parts.bin"
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256")[
+        "UploadId"
+    ]
+    cloud.s3_faults.add("corrupt_body", "upload_part")
+    part = {"Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": 1}
+    with pytest.raises(ClientError) as bad_part:
+        s3.upload_part(**part, Body=data, ChecksumSHA256=checksum)
+    assert bad_part.value.response["Error"]["Code"] == "BadDigest"
+    good = s3.upload_part(**part, Body=data, ChecksumSHA256=checksum)
+    assert good["ChecksumSHA256"] == checksum
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload_id,
+        MultipartUpload={
+            "Parts": [{"PartNumber": 1, "ETag": good["ETag"], "ChecksumSHA256": checksum}]
+        },
+    )
+    assert cloud.objects(key)[key] == (len(data), hashlib.sha256(data).hexdigest())
+    assert cloud.s3_faults.injected == {"corrupt_body": 3}
 
 
 def test_injected_api_faults(

@@ -1,0 +1,186 @@
+"""How the PIX4Dcloud target puts a file into S3: requests per file, retries, altered bodies.
+
+Against the local PIX4Dcloud server: moto behind the proxy that checks credentials and
+``x-amz-checksum-sha256`` as S3 does. What the daemon counts on: a new file costs one
+request; a retry after a lost reply stores nothing twice; other content under the key is
+replaced; a body altered on the way is refused by S3 (transient) and stored right on the
+next attempt, never wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import random
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import structlog.testing
+
+from daemon.config import Pix4DCloudTargetConfig
+from daemon.errors import TransientTargetError
+from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
+from daemon.targets.pix4dcloud import Pix4DCloudTarget, s3_key
+from daemon.targets.s3upload import SHA256_META, _checksum_differs
+from tests.fakes.pix4dcloud import FakePix4DCloud
+
+T = TypeVar("T")
+DS = DatasetRef(1, "mission")
+MIB = 1024 * 1024
+
+
+class Cloud:
+    """The target, the server behind it and one event loop, for one test."""
+
+    def __init__(self, runner: asyncio.Runner, cloud: FakePix4DCloud) -> None:
+        self.runner = runner
+        self.server = cloud
+        config = Pix4DCloudTargetConfig(
+            type="pix4dcloud",
+            url=cloud.url,
+            client_id="s3upload",
+            poll_s=0.1,
+            timeout_s=10,
+            multipart_threshold_mb=5,
+            part_size_mb=5,
+        )
+        self.target = Pix4DCloudTarget("cloud", config, MemoryState(), client_secret="s3cret")
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.runner.run(coro)
+
+    def upload(self, item: UploadItem, transfer: Transfer | None = None) -> bytes:
+        return self.run(self.target.upload(DS, item, transfer or Transfer()))
+
+    def key(self, item: UploadItem) -> str:
+        project = self.target.project_id(DS)
+        assert project is not None
+        return s3_key(self.server.project(project).prefix, item.key)
+
+    def objects(self) -> dict[str, tuple[int, str]]:
+        project = self.target.project_id(DS)
+        assert project is not None
+        return self.server.objects(self.server.project(project).prefix + "/")
+
+    def requests(self) -> dict[str, int]:
+        return dict(self.server.s3_requests)
+
+
+@pytest.fixture
+def cloud() -> Iterator[Cloud]:
+    # The target's log events are captured: whatever stream an earlier test left structlog
+    # writing to (test_logs configures it on pytest's captured stderr) may be closed by now.
+    with (
+        structlog.testing.capture_logs(),
+        asyncio.Runner() as runner,
+        FakePix4DCloud(client_id="s3upload", client_secret="s3cret") as server,
+    ):
+        made = Cloud(runner, server)
+        made.run(made.target.ensure_dataset(DS))
+        yield made
+        made.run(made.target.aclose())
+
+
+def image(tmp_path: Path, name: str, size: int, seed: int = 0) -> UploadItem:
+    path = tmp_path / name
+    data = random.Random(seed).randbytes(size)
+    path.write_bytes(data)
+    info = path.stat()
+    return UploadItem(path, name.encode(), size, info.st_mtime_ns, hashlib.sha256(data).hexdigest())
+
+
+def test_a_new_file_costs_one_request(cloud: Cloud, tmp_path: Path) -> None:
+    item = image(tmp_path, "DJI_0001.JPG", 300_000)
+    cloud.upload(item)
+    assert cloud.objects() == {cloud.key(item): (item.size, item.sha256)}
+    assert cloud.requests() == {"put_object": 1}
+    head = cloud.server.moto_s3.head_object(Bucket=cloud.server.bucket, Key=cloud.key(item))
+    assert head["Metadata"] == {SHA256_META: item.sha256}
+
+
+def test_a_retry_after_a_lost_reply_keeps_the_stored_object(cloud: Cloud, tmp_path: Path) -> None:
+    item = image(tmp_path, "DJI_0002.JPG", 200_000)
+    cloud.server.s3_faults.add("drop_response", "put_object")
+    with pytest.raises(TransientTargetError):
+        cloud.upload(item)
+    s3, bucket = cloud.server.moto_s3, cloud.server.bucket
+    first = s3.head_object(Bucket=bucket, Key=cloud.key(item))
+    cloud.upload(item)
+    # The conditional PUT is refused (412), the object read and found to be this file.
+    assert cloud.requests() == {"put_object": 2, "head_object": 1}
+    again = s3.head_object(Bucket=bucket, Key=cloud.key(item))
+    assert (again["ETag"], again["LastModified"]) == (first["ETag"], first["LastModified"])
+    assert cloud.objects() == {cloud.key(item): (item.size, item.sha256)}
+
+
+def test_other_content_under_the_key_is_replaced(cloud: Cloud, tmp_path: Path) -> None:
+    item = image(tmp_path, "DJI_0003.JPG", 100_000)
+    cloud.server.moto_s3.put_object(
+        Bucket=cloud.server.bucket, Key=cloud.key(item), Body=b"an earlier version of the file"
+    )
+    transfer = Transfer()
+    cloud.upload(item, transfer)
+    assert cloud.objects() == {cloud.key(item): (item.size, item.sha256)}
+    assert cloud.requests() == {"put_object": 2, "head_object": 1}
+    assert transfer.sent == 2 * item.size  # refused once with the condition, then sent again
+
+
+def test_a_body_altered_on_the_way_is_refused_then_stored_right(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    item = image(tmp_path, "DJI_0004.JPG", 500_000)
+    cloud.server.s3_faults.add("corrupt_body", "put_object")
+    with pytest.raises(TransientTargetError, match="BadDigest"):
+        cloud.upload(item)
+    assert cloud.server.s3_faults.injected["corrupt_body"] == 1
+    assert cloud.objects() == {}
+    cloud.upload(item)
+    assert cloud.objects() == {cloud.key(item): (item.size, item.sha256)}
+
+
+def test_a_part_altered_on_the_way_is_refused_then_stored_right(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    item = image(tmp_path, "DJI_0005.JPG", 5 * MIB + 4321)  # two parts
+    cloud.server.s3_faults.add("corrupt_body", "upload_part", after=1)
+    with pytest.raises(TransientTargetError, match="BadDigest"):
+        cloud.upload(item)
+    assert cloud.server.s3_faults.injected["corrupt_body"] == 1
+    assert cloud.objects() == {}
+    uploads = cloud.server.moto_s3.list_multipart_uploads(Bucket=cloud.server.bucket)
+    assert uploads.get("Uploads", []) == []  # aborted
+    cloud.upload(item)
+    assert cloud.objects() == {cloud.key(item): (item.size, item.sha256)}
+
+
+def test_a_large_file_stored_before_a_lost_reply_is_not_sent_again(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    item = image(tmp_path, "DJI_0006.JPG", 5 * MIB + 1)
+    cloud.server.s3_faults.add("drop_response", "complete_multipart")
+    with pytest.raises(TransientTargetError):
+        cloud.upload(item)
+    parts = cloud.requests()["upload_part"]
+    assert parts == 2
+    cloud.upload(item)
+    assert cloud.requests()["upload_part"] == parts  # looked up first, found, not sent
+    assert cloud.objects() == {cloud.key(item): (item.size, item.sha256)}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def test_a_checksum_named_in_a_reply_must_be_the_one_sent() -> None:
+    sent = _b64(b"image")
+    assert _checksum_differs({}, sent) is None
+    assert _checksum_differs({"ChecksumSHA256": sent}, sent) is None
+    assert _checksum_differs({"ChecksumSHA256": _b64(b"other")}, sent) == _b64(b"other")
+    # A multipart object's checksum of checksums, with or without S3's part-count suffix.
+    composite = _b64(b"digests") + "-3"
+    assert _checksum_differs({"ChecksumSHA256": composite}, composite) is None
+    assert _checksum_differs({"ChecksumSHA256": _b64(b"digests")}, composite) is None
+    assert _checksum_differs({"ChecksumSHA256": _b64(b"digests") + "-2"}, composite) is not None
