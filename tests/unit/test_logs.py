@@ -22,7 +22,7 @@ def journald(tmp_path: Path) -> Iterator[tuple[Path, socket.socket]]:
     sock.settimeout(5)
     yield path, sock
     sock.close()
-    logs.configure("info", console=False)
+    structlog.reset_defaults()  # not bound to this test's captured stderr, closed after it
 
 
 def _parse(datagram: bytes) -> dict[str, str]:
@@ -80,7 +80,7 @@ def test_without_journald_events_go_to_stderr(
     logs.configure("info", journal=tmp_path / "no-journald-here")
     structlog.get_logger("t").info("still seen", dataset="x")
     assert '"event": "still seen"' in capsys.readouterr().err
-    logs.configure("info", console=False)
+    structlog.reset_defaults()
 
 
 def test_under_journal_needs_systemd_and_the_socket(

@@ -71,8 +71,7 @@ class Cloud:
 
 @pytest.fixture
 def cloud() -> Iterator[Cloud]:
-    # The target's log events are captured: whatever stream an earlier test left structlog
-    # writing to (test_logs configures it on pytest's captured stderr) may be closed by now.
+    # The target's log events are captured, not printed among the test's output.
     with (
         structlog.testing.capture_logs(),
         asyncio.Runner() as runner,
