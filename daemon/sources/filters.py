@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from daemon.config import compile_glob
 
@@ -41,23 +42,38 @@ class FileFilter:
         return _matches(self._include, path, name) and not _matches(self._exclude, path, name)
 
 
-_Joined = tuple[re.Pattern[str] | None, re.Pattern[str] | None]
+# "*.jpg": a suffix, compared with str.endswith, several times faster than the expression.
+_SUFFIX_ONLY = re.compile(r"\*(\.[A-Za-z0-9_-]+)")
+
+
+class _Joined(NamedTuple):
+    suffixes: tuple[str, ...]  # lower-case, for patterns that are only "*.EXT"
+    on_names: re.Pattern[str] | None  # the other patterns without a /
+    on_paths: re.Pattern[str] | None  # patterns with a /: the path inside the dataset
 
 
 def _joined(patterns: list[str]) -> _Joined:
-    """(one regex for the patterns on names, one for those on paths with a /)."""
-    on_names = [compile_glob(p).pattern for p in patterns if "/" not in p]
+    suffixes = []
+    on_names = []
+    for pattern in patterns:
+        if "/" in pattern:
+            continue
+        suffix = _SUFFIX_ONLY.fullmatch(pattern)
+        if suffix is not None:
+            suffixes.append(suffix.group(1).lower())
+        else:
+            on_names.append(compile_glob(pattern).pattern)
     on_paths = [compile_glob(p).pattern for p in patterns if "/" in p]
 
     def join(parts: list[str]) -> re.Pattern[str] | None:
         return re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE) if parts else None
 
-    return join(on_names), join(on_paths)
+    return _Joined(tuple(suffixes), join(on_names), join(on_paths))
 
 
 def _matches(joined: _Joined, path: str, name: str) -> bool:
-    on_names, on_paths = joined
     return bool(
-        (on_names is not None and on_names.match(name))
-        or (on_paths is not None and on_paths.match(path))
+        (joined.suffixes and name.lower().endswith(joined.suffixes))
+        or (joined.on_names is not None and joined.on_names.match(name))
+        or (joined.on_paths is not None and joined.on_paths.match(path))
     )
