@@ -420,11 +420,20 @@ class Journal:
     def counts(self) -> dict[int, DatasetCounts]:
         """Per-status counts and bytes for every dataset."""
         result: dict[int, DatasetCounts] = {}
+        # Two queries, each answered from an index alone (migration 0005): one table scan per
+        # count cost 50 ms at 100,000 files, once a second.
         rows = self._conn.execute(
-            "SELECT dataset_id, status, count(*), coalesce(sum(size), 0),"
-            " sum(sha256 IS NULL AND status = 'waiting') FROM files GROUP BY dataset_id, status"
+            "SELECT dataset_id, status, count(*), coalesce(sum(size), 0) FROM files"
+            " GROUP BY dataset_id, status"
         ).fetchall()
-        for dataset_id, status, count, size, unhashed in rows:
+        unhashed_of = dict(
+            self._conn.execute(
+                "SELECT dataset_id, count(*) FROM files INDEXED BY files_unhashed"
+                " WHERE status = 'waiting' AND sha256 IS NULL GROUP BY dataset_id"
+            ).fetchall()
+        )
+        for dataset_id, status, count, size in rows:
+            unhashed = unhashed_of.get(dataset_id, 0) if status == "waiting" else 0
             entry = result.setdefault(
                 dataset_id, DatasetCounts(dict.fromkeys(FILE_STATUSES, 0), 0, 0, 0)
             )
