@@ -86,14 +86,15 @@ class FileRow:
 class Known(NamedTuple):
     """What the scanner needs to know about a file it meets again (the hash cache).
 
-    A named tuple: a restart builds one per file of a card (100,000 of them), fast.
+    A named tuple: a restart builds one per file of a card (100,000 of them), fast; it keeps
+    whether the file was hashed, not the hash (64 characters a file the scanner never reads).
     """
 
     id: int
     dataset_id: int
     size: int
     mtime_ns: int
-    sha256: str | None
+    hashed: bool
     status: str
 
 
@@ -451,7 +452,7 @@ class Journal:
     def known_files(self, volume: str) -> dict[bytes, Known]:
         """The hash cache of one volume: relative path to what was recorded for it."""
         rows = self._conn.execute(
-            "SELECT relpath, id, dataset_id, size, mtime_ns, sha256, status FROM files"
+            "SELECT relpath, id, dataset_id, size, mtime_ns, sha256 IS NOT NULL, status FROM files"
             " WHERE volume = ?",
             (volume,),
         ).fetchall()

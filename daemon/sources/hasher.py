@@ -168,7 +168,7 @@ class Hasher:
                     row.id, "empty file (0 bytes): nothing to send", hashed.sha256
                 )
                 log.info("file skipped", file=os.fsdecode(candidate.path), reason="empty file")
-            self._sources.note_hashed(candidate, hashed.sha256, "skipped")
+            self._sources.note_hashed(candidate, "skipped")
             return
         dataset_id = row.dataset_id
         unchanged = row.sha256 == hashed.sha256 and row.status in DONE_STATUSES
@@ -190,7 +190,7 @@ class Hasher:
                 self._journal.set_spool(row.id, copy)
             else:
                 spool.remove(row.id, copy, candidate.size)  # nothing to send: no copy kept
-        self._sources.note_hashed(candidate, hashed.sha256, recorded.status)
+        self._sources.note_hashed(candidate, recorded.status)
         if recorded.status == "duplicate" and not unchanged:
             original = self._journal.file(recorded.duplicate_of or 0)
             log.info(

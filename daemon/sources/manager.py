@@ -220,6 +220,7 @@ class SourceManager:
 
     def _root_appeared(self, root: Root) -> None:
         root.online = True
+        log.info("source online", source=root.volume)
         # The walk starts first, in its thread, and the journal's list of the volume's files
         # is read meanwhile: a restart over 100,000 files pays for the two only once.
         root.prewalk = asyncio.get_running_loop().run_in_executor(None, self._walk, root)
@@ -239,7 +240,6 @@ class SourceManager:
                 source=root.volume,
                 error=str(exc),
             )
-        log.info("source online", source=root.volume)
 
     def _root_vanished(self, root: Root) -> None:
         root.online = False
@@ -359,11 +359,11 @@ class SourceManager:
                 mtime_ns=entry.mtime_ns,
                 now=now,
             )
-            known = Known(file_id, dataset.id, entry.size, entry.mtime_ns, None, "waiting")
+            known = Known(file_id, dataset.id, entry.size, entry.mtime_ns, False, "waiting")
             root.index[entry.relpath] = known
         elif (
             not rehash
-            and known.sha256 is not None
+            and known.hashed
             and (known.size, known.mtime_ns) == (entry.size, entry.mtime_ns)
         ):
             return  # the hash cache: unchanged since it was hashed
@@ -383,13 +383,13 @@ class SourceManager:
 
     def _gone(self, root: Root, relpath: bytes, known: Known) -> None:
         self.gate.discard(known.id)
-        if known.sha256 is None:
+        if not known.hashed:
             self._journal.forget_unhashed(known.id)
             del root.index[relpath]
         else:
             self._journal.mark_failed(known.id, "file disappeared from the source before upload")
             root.index[relpath] = Known(
-                known.id, known.dataset_id, known.size, known.mtime_ns, known.sha256, "failed"
+                known.id, known.dataset_id, known.size, known.mtime_ns, True, "failed"
             )
 
     # -- hints -----------------------------------------------------------------------------
@@ -420,7 +420,7 @@ class SourceManager:
             info = os.stat(full, follow_symlinks=False)
         except OSError:
             known = root.index.get(relpath)
-            if known is not None and known.status == "waiting" and known.sha256 is None:
+            if known is not None and known.status == "waiting" and not known.hashed:
                 self._gone(root, relpath, known)
             return
         if os.path.isdir(full) and not os.path.islink(full):
@@ -445,7 +445,7 @@ class SourceManager:
                 continue
             relpath = candidate.path[len(os.fsencode(root.path)) + 1 :]
             known = root.index.get(relpath)
-            if known is not None and known.sha256 is None:
+            if known is not None and not known.hashed:
                 self._gone(root, relpath, known)
         for candidate in verdict.ready:
             self._on_ready(candidate)
@@ -456,7 +456,7 @@ class SourceManager:
                 return root
         return None
 
-    def note_hashed(self, candidate: Candidate, sha256: str, status: str) -> None:
+    def note_hashed(self, candidate: Candidate, status: str) -> None:
         """Keep the in-memory hash cache in step with what the journal recorded."""
         root = self._root_for_path(candidate.path)
         if root is None:
@@ -467,7 +467,7 @@ class SourceManager:
             candidate.dataset_id,
             candidate.size,
             candidate.mtime_ns,
-            sha256,
+            True,
             status,
         )
 
