@@ -28,8 +28,13 @@ def walk(
     root: bytes,
     wanted: Callable[[bytes], bool],
     on_error: Callable[[bytes, OSError], None] | None = None,
+    settled: Callable[[bytes, int, int], bool] | None = None,
 ) -> Iterator[Entry]:
-    """Yield wanted regular files under ``root``; ``wanted`` gets the path relative to it."""
+    """Yield wanted regular files under ``root``; ``wanted`` gets the path relative to it.
+
+    ``settled(relpath, size, mtime_ns)``: files the caller already knows in that state, left
+    out (checked before ``wanted``, which costs more).
+    """
     stack = [b""]
     while stack:
         rel_dir = stack.pop()
@@ -50,12 +55,16 @@ def walk(
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(rel)
                     continue
-                if not entry.is_file(follow_symlinks=False) or not wanted(rel):
+                if not entry.is_file(follow_symlinks=False):
                     continue
                 info = entry.stat(follow_symlinks=False)
             except OSError as exc:
                 if on_error is not None:
                     on_error(entry.path, exc)
                 continue
-            if stat.S_ISREG(info.st_mode):  # not replaced by something else meanwhile
+            if not stat.S_ISREG(info.st_mode):  # replaced by something else meanwhile
+                continue
+            if settled is not None and settled(rel, info.st_size, info.st_mtime_ns):
+                continue
+            if wanted(rel):
                 yield Entry(rel, info.st_size, info.st_mtime_ns)
