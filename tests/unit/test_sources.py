@@ -178,6 +178,27 @@ def test_walk_asks_which_files_are_wanted_with_the_relative_path(tmp_path: Path)
     assert found == [b"m1/a.jpg", b"m1/raw/b.dng"]
 
 
+def test_walk_passes_over_settled_files_and_still_sees_changed_ones(tmp_path: Path) -> None:
+    """A restart: files known unchanged are left out; a file rewritten since is not."""
+    root = os.fsencode(tmp_path)
+    for rel in (b"m1/a.jpg", b"m1/b.jpg", b"m1/c.jpg"):
+        _put(root, rel)
+    seen = {e.relpath: (e.size, e.mtime_ns) for e in walk(root, lambda rel: True)}
+    (tmp_path / "m1" / "b.jpg").write_bytes(b"rewritten since")
+
+    def settled(relpath: bytes, size: int, mtime_ns: int) -> bool:
+        return seen.get(relpath) == (size, mtime_ns)
+
+    asked: list[bytes] = []
+
+    def wanted(relpath: bytes) -> bool:
+        asked.append(relpath)
+        return True
+
+    assert [e.relpath for e in walk(root, wanted, settled=settled)] == [b"m1/b.jpg"]
+    assert asked == [b"m1/b.jpg"]  # the filter is not even asked about settled files
+
+
 def test_walk_of_a_missing_source_reports_and_yields_nothing(tmp_path: Path) -> None:
     errors: list[tuple[bytes, OSError]] = []
     assert _found(os.fsencode(tmp_path / "not-mounted"), errors) == {}
