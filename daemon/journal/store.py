@@ -209,8 +209,9 @@ class Journal:
     def transaction(self) -> Iterator[None]:
         """Group writes into one commit; nested uses join the outer transaction.
 
-        With group commits on, the outermost use is a savepoint inside the open group: a
-        failure undoes only its own writes.
+        The outermost use is a savepoint in the open transaction (begun if there is none): a
+        failure undoes only its own writes. Without group commits it is committed at once;
+        with them, by the next :meth:`flush`.
         """
         if self._depth:
             self._depth += 1
@@ -219,31 +220,15 @@ class Journal:
             finally:
                 self._depth -= 1
             return
-        if self._grouping:
-            with self._in_group():
+        try:
+            with self._savepoint():
                 yield
-            return
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
-        self._depth = 1
-        try:
-            yield
-        except BaseException:
-            self._depth = 0
-            self._rollback()
-            raise
-        self._depth = 0
-        try:
-            self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
-        self.commits += 1
+        finally:
+            if not self._grouping:
+                self.flush()
 
     @contextmanager
-    def _in_group(self) -> Iterator[None]:
+    def _savepoint(self) -> Iterator[None]:
         try:
             if not self._conn.in_transaction:
                 self._conn.execute("BEGIN IMMEDIATE")
