@@ -10,11 +10,9 @@ from __future__ import annotations
 import math
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench import ROOT, run_script
+
 SCRIPT = ROOT / "scripts" / "bench"
 TINY = [
     "--hash-mb", "4",
@@ -32,16 +30,7 @@ RESULTS = {"ok", "below goal", "info"}
 
 
 def run_bench(*args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *TINY, *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
-    return done.stdout
+    return run_script(SCRIPT, [*TINY, *args], timeout=180)
 
 
 def table(out: str) -> dict[tuple[str, str], list[str]]:

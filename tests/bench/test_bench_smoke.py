@@ -10,11 +10,10 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench import ROOT, run_script
+
 SCRIPT = ROOT / "scripts" / "bench-targets"
 TINY = ["--big-mb", "1", "--files", "6", "--file-mb", "0.25", "--runs", "1"]
 HEADER = re.compile(r"^target\s{2,}data\s{2,}reference\s{2,}ref MB/s\s{2,}dronesync MB/s")
@@ -22,17 +21,7 @@ TARGETS = ("nodeodm", "pix4dcloud")
 
 
 def run_bench(*args: str, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *TINY, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=ROOT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
-    return done.stdout
+    return run_script(SCRIPT, [*TINY, *args], timeout=120, env=env)
 
 
 def table(out: str) -> list[list[str]]:
