@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -26,3 +27,18 @@ class SystemClock:
     def monotonic(self) -> float:
         """``time.monotonic()``."""
         return time.monotonic()
+
+
+async def wait_event(event: asyncio.Event, limit_s: float) -> bool:
+    """Wait until ``event`` is set or ``limit_s`` seconds pass; True if it was set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it returns normally when the event is set in
+    the same loop turn as the waiting task is cancelled, and a loop around it then never
+    stops. ``asyncio.timeout`` lets the cancellation through.
+    """
+    try:
+        async with asyncio.timeout(limit_s):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

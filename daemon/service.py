@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 
 from daemon import control
-from daemon.clock import Clock, SystemClock
+from daemon.clock import Clock, SystemClock, wait_event
 from daemon.config import Settings, load_config, runtime_problems
 from daemon.errors import ConfigError, DronesyncError, JournalError, UsageError
 from daemon.journal import DatasetRow, FileRow, Journal
@@ -142,8 +142,7 @@ class Daemon:
                     )
                     code = RETRY_SESSION
                 if code == RETRY_SESSION and not self._stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), JOURNAL_RETRY_S)
+                    await wait_event(self._stop, JOURNAL_RETRY_S)
                     continue
                 if code is not None or self._stop.is_set():
                     return max(code or 0, 0)

@@ -10,7 +10,6 @@ journal on the event loop; watcher events only make a look sooner.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import glob
 import os
 import random
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from daemon.clock import Clock
+from daemon.clock import Clock, wait_event
 from daemon.config import SourceConfig
 from daemon.journal import DatasetRow, Journal
 from daemon.journal.store import Known
@@ -171,8 +170,7 @@ class SourceManager:
                 await self._scan_due()
                 self._gate_tick()
                 self._check_cards()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._hints.wakeup.wait(), TICK_S)
+                await wait_event(self._hints.wakeup, TICK_S)
                 self._hints.wakeup.clear()
         finally:
             self._watcher.close()

@@ -10,7 +10,6 @@ cancelling a dataset) puts in-flight files back to waiting without counting the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from daemon.clock import Clock
+from daemon.clock import Clock, wait_event
 from daemon.config import UploadSettings
 from daemon.errors import (
     FileChangedError,
@@ -152,8 +151,7 @@ class UploadEngine:
                 if due is None
                 else max(0.05, min(IDLE_WAIT_S, due - self._clock.time()))
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            await wait_event(self._wake, wait)
 
     async def _worker(self) -> None:
         while True:
