@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -20,6 +21,19 @@ from daemon.durable import DURABILITY
 from daemon.errors import FileChangedError, SourceError, SpoolError
 
 CHUNK = 1024 * 1024
+_buffers = threading.local()
+
+
+def chunk_buffer() -> bytearray:
+    """A read buffer of :data:`CHUNK` bytes for the calling thread, made once and reused.
+
+    A fresh 1 MiB ``bytearray`` per file is a zeroed ``mmap`` and its page faults: for a
+    small image that costs more than reading and hashing it.
+    """
+    buffer: bytearray | None = getattr(_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _buffers.buffer = bytearray(CHUNK)
+    return buffer
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +48,7 @@ class Hashed:
 def hash_stream(stream: BinaryIO, chunk: int = CHUNK) -> str:
     """SHA-256 hex digest of everything left in ``stream``."""
     digest = hashlib.sha256()
-    buffer = bytearray(chunk)
-    view = memoryview(buffer)
+    view = memoryview(chunk_buffer() if chunk == CHUNK else bytearray(chunk))
     while True:
         count = stream.readinto(view)  # type: ignore[attr-defined]
         if not count:
@@ -125,7 +138,7 @@ def spool_file(path: Path, size: int, mtime_ns: int, dest: Path) -> Hashed:
 
 
 def _copy(src: int, out: int, path: Path, part: Path) -> str:
-    buffer = bytearray(CHUNK)
+    buffer = chunk_buffer()
     view = memoryview(buffer)
     digest = hashlib.sha256()
     while True:

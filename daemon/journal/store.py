@@ -21,7 +21,7 @@ import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -83,6 +83,13 @@ class FileRow:
     spool_path: bytes | None = None  # the verified local copy, in spool mode
 
 
+# Rows are read by explicit column lists in the dataclasses' field order, so a tuple from
+# SQLite becomes a row positionally (a dict per row cost half of every read).
+FILE_COLUMNS = ", ".join(f.name for f in fields(FileRow))
+FILE_COLUMNS_F = ", ".join(f"f.{f.name}" for f in fields(FileRow))  # in a join, as ``files f``
+DATASET_COLUMNS = ", ".join(f.name for f in fields(DatasetRow))
+
+
 class Known(NamedTuple):
     """What the scanner needs to know about a file it meets again (the hash cache).
 
@@ -130,6 +137,7 @@ class Journal:
         self.commits = 0  # for the "stopped" line: proof that writes are batched
         self._grouping = False
         self._pending = 0  # writes in the open group
+        self._datasets: dict[int, DatasetRow] | None = None  # the one writer's cache of rows
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -189,8 +197,14 @@ class Journal:
     # -- transactions ----------------------------------------------------------------------
 
     def group_commits(self) -> None:
-        """From now on, writes join one open transaction that :meth:`flush` commits."""
+        """From now on, writes join one open transaction that :meth:`flush` commits.
+
+        Only the daemon, the journal's one writer, groups its commits; it also keeps the
+        dataset rows it has read in memory (every file step reads its dataset), which is
+        right only because no other connection writes them.
+        """
         self._grouping = True
+        self._datasets = {}
 
     def flush(self) -> None:
         """Commit the open group of writes, if any."""
@@ -254,6 +268,7 @@ class Journal:
 
     def _undo_savepoint(self) -> None:
         """Undo one write of the group; if SQLite dropped the whole group (a full disk), say so."""
+        self._forget_datasets()
         if not self._conn.in_transaction:
             self._pending = 0
             raise JournalError(f"{self.path}: cannot write the journal: the last changes were lost")
@@ -263,6 +278,7 @@ class Journal:
 
     def _rollback(self) -> None:
         """Undo the open transaction, if SQLite has not already (it does on a full disk)."""
+        self._forget_datasets()
         if self._conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
@@ -274,31 +290,42 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
 
-    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        cursor = self._conn.execute(sql, tuple(params))
-        cursor.row_factory = sqlite3.Row
-        return list(cursor.fetchall())
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._conn.execute(sql, tuple(params)).fetchall()
 
     # -- datasets --------------------------------------------------------------------------
 
     @staticmethod
-    def _dataset(row: sqlite3.Row) -> DatasetRow:
-        values = dict(row)
-        values["auto_process"] = bool(values["auto_process"])
-        return DatasetRow(**values)
+    def _dataset(row: tuple[Any, ...]) -> DatasetRow:
+        dataset = DatasetRow(*row)
+        return replace(dataset, auto_process=bool(dataset.auto_process))
+
+    def _forget_datasets(self, dataset_id: int | None = None) -> None:
+        """Drop cached dataset rows: one that was written, or all (a write was undone)."""
+        if self._datasets is not None:
+            if dataset_id is None:
+                self._datasets.clear()
+            else:
+                self._datasets.pop(dataset_id, None)
 
     def datasets(self) -> list[DatasetRow]:
         """Every dataset, oldest first."""
-        return [self._dataset(r) for r in self._rows("SELECT * FROM datasets ORDER BY id")]
+        rows = self._rows(f"SELECT {DATASET_COLUMNS} FROM datasets ORDER BY id")  # noqa: S608
+        return [self._dataset(r) for r in rows]
 
     def dataset(self, dataset_id: int) -> DatasetRow:
         """The dataset with this id."""
-        rows = self._rows("SELECT * FROM datasets WHERE id = ?", (dataset_id,))
-        return self._dataset(rows[0])
+        if self._datasets is not None and (cached := self._datasets.get(dataset_id)):
+            return cached
+        rows = self._rows(f"SELECT {DATASET_COLUMNS} FROM datasets WHERE id = ?", (dataset_id,))  # noqa: S608
+        dataset = self._dataset(rows[0])
+        if self._datasets is not None:
+            self._datasets[dataset_id] = dataset
+        return dataset
 
     def dataset_by_name(self, name: str) -> DatasetRow | None:
         """The dataset with this name, if any."""
-        rows = self._rows("SELECT * FROM datasets WHERE name = ?", (name,))
+        rows = self._rows(f"SELECT {DATASET_COLUMNS} FROM datasets WHERE name = ?", (name,))  # noqa: S608
         return self._dataset(rows[0]) if rows else None
 
     def _free_name(self, base: str, generation: int) -> str:
@@ -327,8 +354,8 @@ class Journal:
         the next generation, named ``NAME-2``, ``NAME-3``, ... (see README "Datasets").
         """
         rows = self._rows(
-            "SELECT * FROM datasets WHERE volume = ? AND folder = ? ORDER BY generation DESC"
-            " LIMIT 1",
+            f"SELECT {DATASET_COLUMNS} FROM datasets"  # noqa: S608
+            " WHERE volume = ? AND folder = ? ORDER BY generation DESC LIMIT 1",
             (volume, folder),
         )
         generation = 1
@@ -383,11 +410,13 @@ class Journal:
             params.append(value)
         params.append(dataset_id)
         self._write(f"UPDATE datasets SET {', '.join(assignments)} WHERE id = ?", params)  # noqa: S608 (columns are ours)
+        self._forget_datasets(dataset_id)
         self.flush()  # processing starts (or an operator is told) right after this
 
     def set_dataset_detail(self, dataset_id: int, detail: str | None) -> None:
         """Record the latest operator-facing message of a dataset."""
         self._write("UPDATE datasets SET detail = ? WHERE id = ?", (detail, dataset_id))
+        self._forget_datasets(dataset_id)
 
     def touch_dataset(self, dataset_id: int, now: float) -> None:
         """A file of this dataset was added or changed: the quiet period starts again."""
@@ -395,6 +424,10 @@ class Journal:
             "UPDATE datasets SET last_activity_at = max(last_activity_at, ?) WHERE id = ?",
             (now, dataset_id),
         )
+        if self._datasets is not None and (cached := self._datasets.get(dataset_id)):
+            # Once per file added: keep the row rather than read it again at the next step.
+            latest = max(cached.last_activity_at, now)
+            self._datasets[dataset_id] = replace(cached, last_activity_at=latest)
 
     def set_dataset_settings(self, dataset_id: int, *, auto_process: bool, quiet_s: float) -> None:
         """Apply the current source settings (after a reload) to an open dataset."""
@@ -402,6 +435,7 @@ class Journal:
             "UPDATE datasets SET auto_process = ?, quiet_s = ? WHERE id = ?",
             (int(auto_process), quiet_s, dataset_id),
         )
+        self._forget_datasets(dataset_id)
 
     def counts(self) -> dict[int, DatasetCounts]:
         """Per-status counts and bytes for every dataset."""
@@ -446,21 +480,16 @@ class Journal:
 
     def file(self, file_id: int) -> FileRow:
         """The file with this id."""
-        row = self._rows("SELECT * FROM files WHERE id = ?", (file_id,))[0]
-        return self._file(row)
-
-    @staticmethod
-    def _file(row: sqlite3.Row) -> FileRow:
-        values = dict(row)
-        for key in ("relpath", "dspath", "remote_key", "spool_path"):
-            if values.get(key) is not None:
-                values[key] = bytes(values[key])
-        return FileRow(**values)
+        row = self._rows(f"SELECT {FILE_COLUMNS} FROM files WHERE id = ?", (file_id,))[0]  # noqa: S608
+        return FileRow(*row)
 
     def files(self, dataset_id: int) -> list[FileRow]:
         """Every file of a dataset, in path order."""
-        rows = self._rows("SELECT * FROM files WHERE dataset_id = ? ORDER BY dspath", (dataset_id,))
-        return [self._file(r) for r in rows]
+        rows = self._rows(
+            f"SELECT {FILE_COLUMNS} FROM files WHERE dataset_id = ? ORDER BY dspath",  # noqa: S608
+            (dataset_id,),
+        )
+        return [FileRow(*r) for r in rows]
 
     def add_file(
         self,
@@ -492,39 +521,53 @@ class Journal:
         sha256: str,
         duplicate_scope: str,
         now: float,
+        current: FileRow | None = None,
     ) -> FileRow:
         """Store the content hash of a stable file and decide whether it is a duplicate.
 
         A file already uploaded with the same content only gets its new size and mtime (a FAT
         card's times shift with the time zone). Changed content re-opens it as waiting, in the
-        dataset that now takes the folder's files.
+        dataset that now takes the folder's files. ``current`` is the file's row when the
+        caller has just read it.
         """
         with self.transaction():
-            current = self.file(file_id)
+            if current is None:
+                current = self.file(file_id)
             if current.sha256 == sha256 and current.status in DONE_STATUSES:
-                self._write(
-                    "UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?",
-                    (size, mtime_ns, file_id),
-                )
-                return self.file(file_id)
+                return self._update_file(current, size=size, mtime_ns=mtime_ns)
             original = self._original_of(file_id, sha256, dataset_id, duplicate_scope)
-            self._write(
-                "UPDATE files SET dataset_id = ?, size = ?, mtime_ns = ?, sha256 = ?,"
-                " status = ?, duplicate_of = ?, attempts = 0, last_error = NULL,"
-                " next_attempt_at = 0, remote_key = NULL, uploaded_at = NULL WHERE id = ?",
-                (
-                    dataset_id,
-                    size,
-                    mtime_ns,
-                    sha256,
-                    "duplicate" if original else "waiting",
-                    original,
-                    file_id,
-                ),
+            recorded = self._update_file(
+                current,
+                dataset_id=dataset_id,
+                size=size,
+                mtime_ns=mtime_ns,
+                sha256=sha256,
+                status="duplicate" if original else "waiting",
+                duplicate_of=original,
+                attempts=0,
+                last_error=None,
+                next_attempt_at=0,
+                remote_key=None,
+                uploaded_at=None,
             )
             if current.sha256 is not None and current.sha256 != sha256:
                 self.touch_dataset(dataset_id, now)
-            return self.file(file_id)
+            return recorded
+
+    def _update_file(self, current: FileRow, **values: Any) -> FileRow:
+        """Set the columns whose value differs from ``current``; the row as it is now.
+
+        Only changed columns are named: SQLite rewrites every index over a column in the SET
+        list, changed or not, and the files table has six (a hash's update touched them all).
+        """
+        changed = {k: v for k, v in values.items() if getattr(current, k) != v}
+        if changed:
+            assignments = ", ".join(f"{column} = ?" for column in changed)
+            self._write(
+                f"UPDATE files SET {assignments} WHERE id = ?",  # noqa: S608 (columns are ours)
+                (*changed.values(), current.id),
+            )
+        return replace(current, **changed)
 
     def _original_of(self, file_id: int, sha256: str, dataset_id: int, scope: str) -> int | None:
         dataset = self.dataset(dataset_id)
@@ -559,13 +602,14 @@ class Journal:
         marks = ",".join("?" * len(skip))
         rows = self._rows(
             # INDEXED BY: the planner would take files_queue and step over every unhashed file.
-            "SELECT f.* FROM files f INDEXED BY files_due JOIN datasets d ON d.id = f.dataset_id"  # noqa: S608
+            f"SELECT {FILE_COLUMNS_F} FROM files f INDEXED BY files_due"  # noqa: S608
+            " JOIN datasets d ON d.id = f.dataset_id"
             " WHERE f.status = 'waiting' AND f.sha256 IS NOT NULL AND f.next_attempt_at <= ?"
             f" AND d.state IN ('collecting', 'ready') AND f.id NOT IN ({marks})"
             " ORDER BY f.next_attempt_at, f.id LIMIT ?",
             (now, *skip, limit),
         )
-        return [self._file(r) for r in rows]
+        return [FileRow(*r) for r in rows]
 
     def next_due(self) -> float | None:
         """When the earliest parked file becomes due again (None: nothing parked)."""

@@ -183,6 +183,7 @@ class Hasher:
             sha256=hashed.sha256,
             duplicate_scope=self._scope_of(target),
             now=self._clock.time(),
+            current=row,
         )
         if spool is not None:
             copy = os.fsencode(spool.path_for(row.id))

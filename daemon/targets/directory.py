@@ -39,7 +39,7 @@ from daemon.errors import (
     SourceError,
     TransientTargetError,
 )
-from daemon.hashing import CHUNK, open_regular
+from daemon.hashing import CHUNK, chunk_buffer, open_regular
 from daemon.targets.base import DatasetRef, ProcessingStatus, Transfer, UploadItem
 
 # Errors the operator must fix (permissions, read-only share, bad names): retrying won't help.
@@ -208,8 +208,7 @@ class DirectoryTarget:
 
     @staticmethod
     def _pump(src: int, out: int, item: UploadItem, tmp: Path, transfer: Transfer) -> str:
-        # One reused buffer: a fresh 1 MiB allocation per chunk costs page faults (limits.md).
-        buffer = bytearray(CHUNK)
+        buffer = chunk_buffer()  # the thread's own: a fresh 1 MiB per file costs page faults
         view = memoryview(buffer)
         digest = hashlib.sha256()
         while True:

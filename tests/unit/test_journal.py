@@ -371,3 +371,44 @@ def test_a_kill_loses_only_the_open_group(path: Path) -> None:
     assert again.integrity_ok()
     assert again.file(first).status == "waiting"  # sent again; the target knows it has it
     again.close()
+
+
+def test_the_daemon_sees_each_change_of_a_dataset_it_keeps_in_memory(journal: Journal) -> None:
+    journal.group_commits()  # the daemon's mode: dataset rows are kept between reads
+    ds = dataset(journal, "m1")
+    assert journal.dataset(ds).state == "collecting"
+    journal.touch_dataset(ds, NOW + 50)
+    journal.set_dataset_detail(ds, "signed out")
+    journal.set_dataset_settings(ds, auto_process=False, quiet_s=7)
+    journal.set_dataset_state(ds, "ready")
+    seen = journal.dataset(ds)
+    assert (seen.last_activity_at, seen.detail, seen.auto_process, seen.quiet_s, seen.state) == (
+        NOW + 50,
+        None,  # a state change clears the detail
+        False,
+        7,
+        "ready",
+    )
+    assert seen == next(d for d in journal.datasets() if d.id == ds)  # what the table holds
+
+    def fail_halfway() -> None:
+        with journal.transaction():
+            journal.set_dataset_detail(ds, "this change is undone")
+            assert journal.dataset(ds).detail == "this change is undone"  # read, so kept
+            add(journal, ds, b"a.jpg", "a" * 64)
+            add(journal, ds, b"a.jpg", "a" * 64)  # same path twice: UNIQUE constraint
+
+    with pytest.raises(JournalError, match="UNIQUE"):
+        fail_halfway()
+    assert journal.dataset(ds).detail is None
+
+
+def test_a_hash_recorded_again_changes_only_what_differs(journal: Journal) -> None:
+    ds = dataset(journal, "m1")
+    fid = add(journal, ds, b"a.jpg", "d" * 64)
+    journal.mark_failed(fid, "read error")
+    row = journal.record_hash(
+        fid, dataset_id=ds, size=10, mtime_ns=1, sha256="d" * 64, duplicate_scope="target", now=NOW
+    )
+    assert (row.status, row.last_error, row.attempts) == ("waiting", None, 0)
+    assert row == journal.file(fid)  # the row returned is the row stored
