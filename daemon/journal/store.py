@@ -284,11 +284,32 @@ class Journal:
                 self._conn.execute("ROLLBACK")
 
     def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
-        try:
-            with self.transaction():
+        if self._depth:  # inside transaction(): its savepoint covers this statement
+            try:
                 return self._conn.execute(sql, tuple(params))
+            except sqlite3.Error as exc:
+                raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
+        # One statement on its own needs no savepoint: SQLite undoes a failed statement and
+        # keeps the transaction, unless the failure (a full disk) ends the transaction too,
+        # which is said as for a group. Two statements fewer per file status change.
+        try:
+            if not self._conn.in_transaction:
+                self._conn.execute("BEGIN IMMEDIATE")
+            cursor = self._conn.execute(sql, tuple(params))
         except sqlite3.Error as exc:
+            self._forget_datasets()
+            if not self._grouping:
+                self._rollback()
+            elif not self._conn.in_transaction and self._pending:
+                self._pending = 0
+                raise JournalError(
+                    f"{self.path}: cannot write the journal: {exc}; the last changes were lost"
+                ) from exc
             raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
+        self._pending += 1
+        if not self._grouping or self._pending >= GROUP_MAX:
+            self.flush()
+        return cursor
 
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         return self._conn.execute(sql, tuple(params)).fetchall()

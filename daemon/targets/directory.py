@@ -28,18 +28,19 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from daemon.config import DirectoryTargetConfig
 from daemon.durable import DURABILITY
 from daemon.errors import (
     FileChangedError,
     PermanentTargetError,
-    SourceError,
     TransientTargetError,
 )
-from daemon.hashing import CHUNK, chunk_buffer, open_regular
+from daemon.hashing import CHUNK, open_regular, read_chunks
 from daemon.targets.base import DatasetRef, ProcessingStatus, Transfer, UploadItem
 
 # Errors the operator must fix (permissions, read-only share, bad names): retrying won't help.
@@ -47,6 +48,7 @@ _PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG,
 # link() refusals that mean "this filesystem pair cannot share a file": copy instead.
 _NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES}
 MAX_NAME_TRIES = 1000
+T = TypeVar("T")
 # Runs process_command: first records its own pid in a file ($1), so a daemon killed while
 # starting it never starts a second one; then records the command's exit code in a file ($0),
 # so a daemon restarted while the command ran (in its own session) still learns how it ended.
@@ -106,6 +108,7 @@ class DirectoryTarget:
         self.log_dir = log_dir
         self._runs: dict[int, _Run] = {}
         self._can_link = True  # until link() from the spool is refused once
+        self._folders: set[Path] = set()  # folders made (or found) by this process
 
     def dataset_dir(self, dataset: DatasetRef) -> Path:
         """The folder that receives this dataset."""
@@ -142,10 +145,8 @@ class DirectoryTarget:
 
         False if another file took the name meanwhile.
         """
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _target_error(dest.parent, exc) from exc
+        if dest.parent not in self._folders:  # one mkdir per folder, not per file
+            self._make_folder(dest.parent)
         if item.spooled and self._can_link:
             linked = self._link_spooled(item, dest, transfer)
             if linked is not None:
@@ -164,6 +165,23 @@ class DirectoryTarget:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def _make_folder(self, folder: Path) -> None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _target_error(folder, exc) from exc
+        self._folders.add(folder)
+
+    def _again_in_new_folder(self, dest: Path, call: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """``call``, once more after making ``dest``'s folder if someone removed it meanwhile."""
+        try:
+            return call(*args, **kw)
+        except FileNotFoundError:
+            if dest.parent.is_dir():
+                raise  # the source is what is missing
+            self._make_folder(dest.parent)
+            return call(*args, **kw)
+
     def _link_spooled(self, item: UploadItem, dest: Path, transfer: Transfer) -> bool | None:
         """Hard-link the spool's copy to ``dest``; None when this filesystem cannot."""
         src, info = open_regular(item.path)
@@ -171,7 +189,7 @@ class DirectoryTarget:
             if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
                 raise FileChangedError(f"{item.path}: changed since it was hashed")
             try:
-                os.link(item.path, dest, follow_symlinks=False)
+                self._again_in_new_folder(dest, os.link, item.path, dest, follow_symlinks=False)
             except FileExistsError:
                 return False
             except OSError as exc:
@@ -190,8 +208,9 @@ class DirectoryTarget:
         try:
             if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
                 raise FileChangedError(f"{item.path}: changed since it was hashed")
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
             try:
-                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                out = self._again_in_new_folder(tmp, os.open, tmp, flags, 0o644)
             except OSError as exc:
                 raise _target_error(tmp, exc) from exc
             try:
@@ -208,24 +227,17 @@ class DirectoryTarget:
 
     @staticmethod
     def _pump(src: int, out: int, item: UploadItem, tmp: Path, transfer: Transfer) -> str:
-        buffer = chunk_buffer()  # the thread's own: a fresh 1 MiB per file costs page faults
-        view = memoryview(buffer)
         digest = hashlib.sha256()
-        while True:
-            try:
-                count = os.readv(src, [buffer])
-            except OSError as exc:
-                raise SourceError(f"{item.path}: read error: {exc.strerror}") from exc
-            if not count:
-                return digest.hexdigest()
-            digest.update(view[:count])
+        for chunk in read_chunks(src, item.size, item.path):
+            digest.update(chunk)
             written = 0
-            while written < count:
+            while written < len(chunk):
                 try:
-                    written += os.write(out, view[written:count])
+                    written += os.write(out, chunk[written:])
                 except OSError as exc:
                     raise _target_error(tmp, exc) from exc
-            transfer.progress(count)
+            transfer.progress(len(chunk))
+        return digest.hexdigest()
 
     async def start_processing(self, dataset: DatasetRef, keys: list[bytes]) -> str:
         """Start ``process_command`` (if configured) for the dataset's folder."""

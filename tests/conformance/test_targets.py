@@ -353,6 +353,23 @@ def test_a_part_file_left_by_a_killed_run_is_cleaned_up(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
+def test_a_dataset_folder_removed_from_the_archive_is_made_again(tmp_path: Path) -> None:
+    import shutil  # noqa: PLC0415
+
+    target = _directory(tmp_path)
+    run(target.ensure_dataset(DS))
+    first = source(tmp_path, "a.jpg", b"first")
+    assert run(target.upload(DS, item_for(first, b"DCIM/a.jpg"), Transfer())) == b"DCIM/a.jpg"
+    shutil.rmtree(target.dataset_dir(DS))  # someone tidies the archive while a card is in
+    second = item_for(source(tmp_path, "b.jpg", b"second"), b"DCIM/b.jpg")
+    assert run(target.upload(DS, second, Transfer())) == b"DCIM/b.jpg"
+    assert stored(target, b"DCIM/b.jpg") == b"second"
+    shutil.rmtree(target.dataset_dir(DS))  # and the same for a copy linked from the spool
+    spooled = _spooled(tmp_path, tmp_path / "spool", b"third")
+    assert run(target.upload(DS, spooled, Transfer())) == b"DCIM/a.jpg"
+    assert stored(target, b"DCIM/a.jpg") == b"third"
+
+
 def _spooled(tmp_path: Path, spool_dir: Path, data: bytes) -> UploadItem:
     """A file as the hasher leaves it in the spool, and the item the engine makes of it."""
     spool_dir.mkdir(parents=True, exist_ok=True)
