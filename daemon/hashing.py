@@ -118,12 +118,13 @@ def hash_file(path: Path, size: int, mtime_ns: int) -> Hashed:
     return Hashed(digest.hexdigest(), size, mtime_ns)
 
 
-def spool_file(path: Path, size: int, mtime_ns: int, dest: Path) -> Hashed:
+def spool_file(path: Path, size: int, mtime_ns: int, dest: Path, *, durable: bool = True) -> Hashed:
     """Copy ``path`` to ``dest`` while hashing it: one read of the card for both.
 
     The copy is written to ``dest.part`` and renamed into place only when the source was the
     same file (size, mtime) before and after the read, so ``dest`` always holds exactly the
-    bytes the returned hash describes; it is on the disk, name included, when this returns.
+    bytes the returned hash describes. It is on the disk, name included, when this returns,
+    unless ``durable`` is false: then the caller makes it durable (with other copies).
     """
     fd, before = open_regular(path)
     part = dest.with_name(dest.name + ".part")
@@ -144,7 +145,8 @@ def spool_file(path: Path, size: int, mtime_ns: int, dest: Path) -> Hashed:
             os.utime(out, ns=(mtime_ns, mtime_ns))
             os.replace(part, dest)
             try:
-                DURABILITY.make_durable(out)
+                if durable:
+                    DURABILITY.make_durable(out)
             except OSError as exc:
                 raise SpoolError(f"{dest}: cannot write the spool: {exc.strerror}") from exc
         finally:

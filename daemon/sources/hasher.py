@@ -3,12 +3,15 @@
 Recording decides the file's fate: a duplicate of content already sent (pointer to the
 original), or waiting for upload. A file that moved while being read goes back to the gate.
 In spool mode the same read also copies the file into the spool; when the spool has no room,
-the file waits (on the card) until uploads free some.
+the file waits (on the card) until uploads free some. Copies are made durable together: a
+hashing thread goes on to the next file, and one ``syncfs`` covers every copy finished
+meanwhile before any of them is recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,11 +55,14 @@ class Hasher:
         self._deferred: dict[int, Candidate] = {}
         self._queued: dict[int, Candidate] = {}
         self._limit = workers * 4
+        self._unsynced: list[tuple[Candidate, Hashed, Spool]] = []  # copied, not yet durable
+        self._syncing: asyncio.Task[None] | None = None
         self.files_read = 0  # files hashed (or copied into the spool) by this session
 
     def busy_datasets(self) -> set[int]:
         """Datasets with a file being hashed right now, or waiting for a hashing thread."""
         waiting = {c.dataset_id for c in self._queued.values()}
+        waiting |= {c.dataset_id for c, _, _ in self._unsynced}
         return waiting | {self._journal.file(i).dataset_id for i in self._inflight}
 
     def submit(self, candidate: Candidate) -> None:
@@ -90,9 +96,10 @@ class Hasher:
                 self._pool, hash_file, path, candidate.size, candidate.mtime_ns
             )
         else:
+            copy = functools.partial(spool_file, durable=False)  # synced with others: _sync
             dest = spool.path_for(candidate.file_id)
             future = loop.run_in_executor(
-                self._pool, spool_file, path, candidate.size, candidate.mtime_ns, dest
+                self._pool, copy, path, candidate.size, candidate.mtime_ns, dest
             )
         self._inflight[candidate.file_id] = future
         future.add_done_callback(lambda f: self._done(candidate, f, spool))
@@ -119,13 +126,40 @@ class Hasher:
                 spool.unreserve(candidate.size)
             return
         self.files_read += 1
+        if spool is not None and future.exception() is None:
+            self._unsynced.append((candidate, future.result(), spool))
+            if self._syncing is None or self._syncing.done():
+                self._syncing = asyncio.get_running_loop().create_task(self._sync())
+            return
         try:
             self._record(candidate, future, spool)
         except DronesyncError as exc:
-            # A done-callback has nobody to raise to: say it, and let the next scan retry.
-            log.error(  # noqa: TRY400 (one line for an expected error)
-                "cannot record hash", file=os.fsdecode(candidate.path), error=str(exc)
-            )
+            self._cannot_record(candidate, exc)
+
+    async def _sync(self) -> None:
+        """Make the spool's new copies durable, one ``syncfs`` for all, then record them."""
+        while self._unsynced:
+            batch, self._unsynced = self._unsynced, []
+            error: SpoolError | None = None
+            try:
+                await asyncio.to_thread(batch[0][2].make_durable)
+            except OSError as exc:
+                error = SpoolError(f"{batch[0][2].folder}: cannot write the spool: {exc.strerror}")
+            for candidate, hashed, spool in batch:
+                try:
+                    row = self._journal.file(candidate.file_id)
+                    if error is None:
+                        self._apply(candidate, row, hashed, spool)
+                    else:
+                        spool.unreserve(candidate.size)
+                        self._not_hashed(candidate, row, error)
+                except DronesyncError as exc:
+                    self._cannot_record(candidate, exc)
+
+    @staticmethod
+    def _cannot_record(candidate: Candidate, exc: DronesyncError) -> None:
+        # A callback has nobody to raise to: say it, and let the next scan retry.
+        log.error("cannot record hash", file=os.fsdecode(candidate.path), error=str(exc))
 
     def _record(
         self, candidate: Candidate, future: asyncio.Future[Hashed], spool: Spool | None
@@ -206,4 +240,6 @@ class Hasher:
         """Stop taking work; running hashes finish in their threads."""
         for future in self._inflight.values():
             future.cancel()
+        if self._syncing is not None:
+            self._syncing.cancel()  # unrecorded copies are dropped by the spool at next start
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from daemon.config import SpoolSettings
+from daemon.durable import DURABILITY
 from daemon.journal import Journal
 
 log = structlog.get_logger("dronesync.spool")
@@ -63,6 +64,14 @@ class Spool:
     def used(self) -> int:
         """Bytes held or reserved in the spool."""
         return self._used
+
+    def make_durable(self) -> None:
+        """Copies made so far, and their names, are on the disk (blocks: call in a thread)."""
+        fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            DURABILITY.make_durable(fd)
+        finally:
+            os.close(fd)
 
     def reserve(self, size: int) -> bool:
         """Room for a copy of ``size`` bytes? Reserves it when there is."""
