@@ -1,9 +1,9 @@
-"""Content identity: SHA-256, streamed in chunks into one reused buffer.
+"""Content identity: SHA-256, read in chunks into one reused buffer per thread.
 
-:func:`hash_stream` is pure and works on any binary file object; :func:`hash_file` adds the
-checks that make the hash trustworthy for a file that might still be changing: it refuses
-anything that is not a regular file, and compares size and mtime before and after reading.
-hashlib releases the GIL, so worker threads hash in parallel with the event loop.
+:func:`hash_file` makes the hash trustworthy for a file that might still be changing: it
+refuses anything that is not a regular file, reads exactly the size the stability gate saw,
+and compares size and mtime before and after reading. hashlib releases the GIL, so worker
+threads hash in parallel with the event loop.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from daemon.durable import DURABILITY
 from daemon.errors import FileChangedError, SourceError, SpoolError
@@ -44,17 +43,6 @@ class Hashed:
     sha256: str
     size: int
     mtime_ns: int
-
-
-def hash_stream(stream: BinaryIO, chunk: int = CHUNK) -> str:
-    """SHA-256 hex digest of everything left in ``stream``."""
-    digest = hashlib.sha256()
-    view = memoryview(chunk_buffer() if chunk == CHUNK else bytearray(chunk))
-    while True:
-        count = stream.readinto(view)  # type: ignore[attr-defined]
-        if not count:
-            return digest.hexdigest()
-        digest.update(view[:count])
 
 
 def open_regular(path: Path) -> tuple[int, os.stat_result]:

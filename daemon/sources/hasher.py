@@ -55,7 +55,7 @@ class Hasher:
         self._deferred: dict[int, Candidate] = {}
         self._queued: dict[int, Candidate] = {}
         self._limit = workers * 4
-        self._unsynced: list[tuple[Candidate, Hashed, Spool]] = []  # copied, not yet durable
+        self._unsynced: list[tuple[Candidate, Hashed, Spool]] = []  # spooled, not yet durable
         self._syncing: asyncio.Task[None] | None = None
         self.files_read = 0  # files hashed (or copied into the spool) by this session
 
@@ -140,12 +140,13 @@ class Hasher:
         """Make the spool's new copies durable, one ``syncfs`` for all, then record them."""
         while self._unsynced:
             batch, self._unsynced = self._unsynced, []
+            spool = batch[0][2]  # the daemon has one spool
             error: SpoolError | None = None
             try:
-                await asyncio.to_thread(batch[0][2].make_durable)
+                await asyncio.to_thread(spool.make_durable)
             except OSError as exc:
-                error = SpoolError(f"{batch[0][2].folder}: cannot write the spool: {exc.strerror}")
-            for candidate, hashed, spool in batch:
+                error = SpoolError(f"{spool.folder}: cannot write the spool: {exc.strerror}")
+            for candidate, hashed, _ in batch:
                 try:
                     row = self._journal.file(candidate.file_id)
                     if error is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import random
 from pathlib import Path
@@ -11,24 +10,20 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import FileChangedError, SourceError
-from daemon.hashing import CHUNK, hash_file, hash_stream
-
-
-@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5])
-def test_hash_stream_equals_hashlib(size: int) -> None:
-    data = random.Random(size).randbytes(size)
-    assert hash_stream(io.BytesIO(data)) == hashlib.sha256(data).hexdigest()
-
-
-def test_hash_stream_with_a_small_chunk() -> None:
-    data = b"0123456789" * 100
-    assert hash_stream(io.BytesIO(data), chunk=7) == hashlib.sha256(data).hexdigest()
+from daemon.hashing import CHUNK, hash_file
 
 
 def _file(tmp_path: Path, data: bytes) -> tuple[Path, os.stat_result]:
     path = tmp_path / "DJI_0001.JPG"
     path.write_bytes(data)
     return path, path.stat()
+
+
+@pytest.mark.parametrize("size", [1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5])
+def test_hash_file_equals_hashlib_across_chunk_boundaries(tmp_path: Path, size: int) -> None:
+    data = random.Random(size).randbytes(size)
+    path, info = _file(tmp_path, data)
+    assert hash_file(path, size, info.st_mtime_ns).sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_hash_file_gives_digest_size_and_mtime(tmp_path: Path) -> None:
