@@ -88,13 +88,15 @@ class FileRow:
 FILE_COLUMNS = ", ".join(f.name for f in fields(FileRow))
 FILE_COLUMNS_F = ", ".join(f"f.{f.name}" for f in fields(FileRow))  # in a join, as ``files f``
 DATASET_COLUMNS = ", ".join(f.name for f in fields(DatasetRow))
+KNOWN_COLUMNS = "relpath, id, dataset_id, size, mtime_ns, sha256 IS NOT NULL, status"
 
 
 class Known(NamedTuple):
-    """What the scanner needs to know about a file it meets again (the hash cache).
+    """What the scanner needs to know about a file with work left, or one it meets changed.
 
-    A named tuple: a restart builds one per file of a card (100,000 of them), fast; it keeps
-    whether the file was hashed, not the hash (64 characters a file the scanner never reads).
+    Files with nothing left to do are held more compactly (:meth:`Journal.settled_files`); a
+    record is read for one of them only when it changes. It keeps whether the file was hashed,
+    not the hash (64 characters the scanner never reads).
     """
 
     id: int
@@ -489,15 +491,38 @@ class Journal:
 
     # -- files -----------------------------------------------------------------------------
 
-    def known_files(self, volume: str) -> dict[bytes, Known]:
-        """The hash cache of one volume: relative path to what was recorded for it."""
+    def settled_files(self, volume: str) -> dict[bytes, tuple[int, int]]:
+        """The hash cache of one volume, for files with nothing left to do: (size, mtime_ns).
+
+        Hashed and no longer waiting (uploaded, duplicate, skipped, failed): a scan passes over
+        such a file while its size and mtime are these. Three columns, not the whole record:
+        at 100,000 files this is the larger part of a restart's scan.
+        """
         rows = self._conn.execute(
-            "SELECT relpath, id, dataset_id, size, mtime_ns, sha256 IS NOT NULL, status FROM files"
-            " WHERE volume = ?",
+            "SELECT relpath, size, mtime_ns FROM files"
+            " WHERE volume = ? AND sha256 IS NOT NULL AND status != 'waiting'",
             (volume,),
+        )
+        return {relpath: (size, mtime_ns) for relpath, size, mtime_ns in rows}
+
+    def open_files(self, volume: str) -> dict[bytes, Known]:
+        """The volume's files with work left (waiting, or never hashed), by relative path."""
+        rows = self._conn.execute(
+            f"SELECT {KNOWN_COLUMNS} FROM files INDEXED BY files_queue"  # noqa: S608
+            " WHERE status = 'waiting' AND volume = ?"
+            f" UNION ALL SELECT {KNOWN_COLUMNS} FROM files INDEXED BY files_hash"
+            " WHERE sha256 IS NULL AND status != 'waiting' AND volume = ?",
+            (volume, volume),
         ).fetchall()
-        make = Known._make
-        return {bytes(r[0]): make(r[1:]) for r in rows}
+        return {r[0]: Known._make(r[1:]) for r in rows}
+
+    def known_file(self, volume: str, relpath: bytes) -> Known | None:
+        """What was recorded for one file of the volume, if anything."""
+        row = self._conn.execute(
+            f"SELECT {KNOWN_COLUMNS} FROM files WHERE volume = ? AND relpath = ?",  # noqa: S608
+            (volume, relpath),
+        ).fetchone()
+        return None if row is None else Known._make(row[1:])
 
     def file(self, file_id: int) -> FileRow:
         """The file with this id."""

@@ -47,7 +47,8 @@ class Root:
     path: Path
     mapper: DatasetMapper
     filter: FileFilter
-    index: dict[bytes, Known] = field(default_factory=dict)
+    index: dict[bytes, Known] = field(default_factory=dict)  # files with work left, or met
+    settled: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # the rest: size, mtime
     online: bool = False
     next_rescan: float = 0.0
     scanning: bool = False
@@ -231,7 +232,8 @@ class SourceManager:
         log.info("source online", source=root.volume)
         # Read before the first walk, which skips every file it already knows as settled.
         # (Reading it while the walk ran gained nothing: both need the GIL.)
-        root.index = self._journal.known_files(root.volume)
+        root.settled = self._journal.settled_files(root.volume)
+        root.index = self._journal.open_files(root.volume)
         root.next_rescan = 0.0  # scan at once
         for dataset in self._journal.datasets():
             if dataset.volume == root.volume and dataset.state == "paused":
@@ -320,17 +322,10 @@ class SourceManager:
         unchanged) are passed over before the include/exclude filter and without an entry:
         a restart over 100,000 uploaded files costs little more than the walk itself.
         """
-        index = root.index  # read only here; the loop may replace entries meanwhile
+        known = root.settled  # read only here; the loop may drop entries meanwhile
 
         def settled(relpath: bytes, size: int, mtime_ns: int) -> bool:
-            known = index.get(relpath)
-            return (
-                known is not None
-                and known.hashed
-                and known.status != "waiting"
-                and known.size == size
-                and known.mtime_ns == mtime_ns
-            )
+            return known.get(relpath) == (size, mtime_ns)
 
         def on_error(path: bytes, exc: OSError) -> None:
             log.warning("cannot read", path=os.fsdecode(path), error=exc.strerror)
@@ -351,7 +346,7 @@ class SourceManager:
                     self._gone(root, relpath, known)
 
     def _reconcile(self, root: Root, entry: Entry, *, rehash: bool = False) -> None:
-        known = root.index.get(entry.relpath)
+        known = self._known(root, entry.relpath)
         now = self._clock.time()
         if known is None:
             placement = root.mapper.place(entry.relpath, entry.mtime_ns)
@@ -388,6 +383,15 @@ class SourceManager:
                 stable_s=root.config.stable_s,
             )
         )
+
+    def _known(self, root: Root, relpath: bytes) -> Known | None:
+        """The record of a file; one the compact cache held as settled is read in full."""
+        known = root.index.get(relpath)
+        if known is None and root.settled.pop(relpath, None) is not None:
+            known = self._journal.known_file(root.volume, relpath)
+            if known is not None:
+                root.index[relpath] = known
+        return known
 
     def _gone(self, root: Root, relpath: bytes, known: Known) -> None:
         self.gate.discard(known.id)
@@ -470,6 +474,7 @@ class SourceManager:
         if root is None:
             return
         relpath = candidate.path[len(os.fsencode(root.path)) + 1 :]
+        root.settled.pop(relpath, None)
         root.index[relpath] = Known(
             candidate.file_id,
             candidate.dataset_id,

@@ -243,7 +243,10 @@ def test_names_that_are_not_utf8_round_trip_as_bytes(journal: Journal, path: Pat
         row = reader.files(ds)[0]
         assert row.relpath == rel
         assert row.dspath == b"caf\xe9 \xff\n.jpg"
-        assert reader.known_files("/srv/inbox")[rel].id == fid
+        assert reader.settled_files("/srv/inbox")[rel] == (10, 1)
+        known = reader.known_file("/srv/inbox", rel)
+        assert known is not None
+        assert known.id == fid
         assert reader.uploaded_keys(ds) == [b"caf\xe9 \xff\n.jpg"]
         assert reader.dataset(ds).folder == folder
     finally:
@@ -412,3 +415,28 @@ def test_a_hash_recorded_again_changes_only_what_differs(journal: Journal) -> No
     )
     assert (row.status, row.last_error, row.attempts) == ("waiting", None, 0)
     assert row == journal.file(fid)  # the row returned is the row stored
+
+
+def test_the_hash_cache_splits_settled_files_from_files_with_work_left(journal: Journal) -> None:
+    ds = dataset(journal, "m1")
+    done = add(journal, ds, b"done.jpg", "e" * 64)
+    journal.mark_uploaded(done, b"done.jpg", NOW)
+    waiting = add(journal, ds, b"waiting.jpg", "f" * 64)
+    unhashed = journal.add_file(
+        dataset_id=ds, volume="/srv/inbox", relpath=b"new.jpg", dspath=b"new.jpg", size=3,
+        mtime_ns=2, now=NOW,
+    )  # fmt: skip
+    unreadable = journal.add_file(
+        dataset_id=ds, volume="/srv/inbox", relpath=b"bad.jpg", dspath=b"bad.jpg", size=4,
+        mtime_ns=2, now=NOW,
+    )  # fmt: skip
+    journal.mark_failed(unreadable, "read error")  # failed before it was ever hashed
+    assert journal.settled_files("/srv/inbox") == {b"done.jpg": (10, 1)}
+    open_files = journal.open_files("/srv/inbox")
+    assert {rel: k.id for rel, k in open_files.items()} == {
+        b"waiting.jpg": waiting,
+        b"new.jpg": unhashed,
+        b"bad.jpg": unreadable,
+    }
+    assert journal.open_files("/elsewhere") == {}
+    assert journal.known_file("/srv/inbox", b"missing.jpg") is None
