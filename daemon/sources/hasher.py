@@ -55,14 +55,16 @@ class Hasher:
         self._deferred: dict[int, Candidate] = {}
         self._queued: dict[int, Candidate] = {}
         self._limit = workers * 4
-        self._unsynced: list[tuple[Candidate, Hashed, Spool]] = []  # spooled, not yet durable
+        # Copied into the spool, not yet durable (nor recorded), by file id.
+        self._unsynced: dict[int, tuple[Candidate, Hashed, Spool]] = {}
+        self._after_sync: dict[int, Candidate] = {}  # changed while its copy was unsynced
         self._syncing: asyncio.Task[None] | None = None
         self.files_read = 0  # files hashed (or copied into the spool) by this session
 
     def busy_datasets(self) -> set[int]:
         """Datasets with a file being hashed right now, or waiting for a hashing thread."""
         waiting = {c.dataset_id for c in self._queued.values()}
-        waiting |= {c.dataset_id for c, _, _ in self._unsynced}
+        waiting |= {c.dataset_id for c, _, _ in self._unsynced.values()}
         return waiting | {self._journal.file(i).dataset_id for i in self._inflight}
 
     def submit(self, candidate: Candidate) -> None:
@@ -72,6 +74,14 @@ class Hasher:
         of 100,000 files costs 100,000 small records, not 100,000 pending futures.
         """
         if candidate.file_id in self._inflight:
+            return
+        copied = self._unsynced.get(candidate.file_id)
+        if copied is not None:
+            # Its copy waits for the spool's sync (a rescan met it meanwhile): the same file
+            # is not read twice; a changed one is read again once that copy is recorded.
+            seen = copied[0]
+            if (seen.size, seen.mtime_ns) != (candidate.size, candidate.mtime_ns):
+                self._after_sync[candidate.file_id] = candidate
             return
         if len(self._inflight) >= self._limit:
             self._queued[candidate.file_id] = candidate
@@ -84,6 +94,14 @@ class Hasher:
             self._start(self._queued.pop(file_id))
 
     def _start(self, candidate: Candidate) -> None:
+        row = self._journal.file(candidate.file_id)
+        if row.sha256 is not None and (row.size, row.mtime_ns) == (
+            candidate.size,
+            candidate.mtime_ns,
+        ):
+            # Recorded while this candidate waited (a watcher event met the file in the
+            # gate as it was being hashed): the same file is not read twice.
+            return
         loop = asyncio.get_running_loop()
         path = Path(os.fsdecode(candidate.path))
         spool = self._spool if self._sources.spools(candidate.path) else None
@@ -127,7 +145,7 @@ class Hasher:
             return
         self.files_read += 1
         if spool is not None and future.exception() is None:
-            self._unsynced.append((candidate, future.result(), spool))
+            self._unsynced[candidate.file_id] = (candidate, future.result(), spool)
             if self._syncing is None or self._syncing.done():
                 self._syncing = asyncio.get_running_loop().create_task(self._sync())
             return
@@ -139,7 +157,7 @@ class Hasher:
     async def _sync(self) -> None:
         """Make the spool's new copies durable, one ``syncfs`` for all, then record them."""
         while self._unsynced:
-            batch, self._unsynced = self._unsynced, []
+            batch = list(self._unsynced.values())  # stay there until recorded: see submit
             spool = batch[0][2]  # the daemon has one spool
             error: SpoolError | None = None
             try:
@@ -147,6 +165,7 @@ class Hasher:
             except OSError as exc:
                 error = SpoolError(f"{spool.folder}: cannot write the spool: {exc.strerror}")
             for candidate, hashed, _ in batch:
+                del self._unsynced[candidate.file_id]
                 try:
                     row = self._journal.file(candidate.file_id)
                     if error is None:
@@ -156,6 +175,9 @@ class Hasher:
                         self._not_hashed(candidate, row, error)
                 except DronesyncError as exc:
                     self._cannot_record(candidate, exc)
+                changed = self._after_sync.pop(candidate.file_id, None)
+                if changed is not None:
+                    self.submit(changed)
 
     @staticmethod
     def _cannot_record(candidate: Candidate, exc: DronesyncError) -> None:

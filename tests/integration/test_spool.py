@@ -34,6 +34,10 @@ def _configure(box: Box, cards: Path, spool: Path, *, max_gb: float, extra: str 
     )
 
 
+def _uploaded(box: Box) -> int:
+    return sum(d["files"]["uploaded"] for d in box.status()["datasets"])
+
+
 def _archived(box: Box) -> list[str]:
     return sorted(
         hashlib.sha256(p.read_bytes()).hexdigest() for p in box.archive.rglob("*") if p.is_file()
@@ -126,3 +130,36 @@ def test_a_lost_spool_copy_fails_its_file_and_retry_reads_the_card(
     )
     assert _archived(box) == expected
     assert box.stop(proc) == 0
+
+
+def test_folders_moved_in_whole_are_read_once(box: Box, tmp_path: Path) -> None:
+    """Watcher events that meet files whose copies wait for the spool's sync read nothing again.
+
+    Each folder moved in brings a rescan and an event per file while its first files are
+    being copied; a copy waiting for the spool's sync is not made a second time.
+    """
+    spool = tmp_path / "spool"
+    box.write_config(
+        source="spool = true\n",
+        extra=f'[spool]\ndir = "{spool}"\nmax_gb = 1\nmin_free_gb = 0\n',
+    )
+    # Released at once, so copies are made while the watcher still reports the folder's files.
+    text = box.config.read_text(encoding="utf-8")
+    box.config.write_text(text.replace("stable_s = 0.3", "stable_s = 0"), encoding="utf-8")
+    proc = box.start()
+    count = 0
+    for flight in range(4):
+        staging = tmp_path / f"flight-{flight}" / "mission"
+        staging.mkdir(parents=True)
+        for n in range(300):
+            (staging / f"DJI_{n:04d}.JPG").write_bytes(random.randbytes(65536))
+        count += 300
+        staging.parent.rename(box.inbox / f"flight-{flight}")
+        wait_until(
+            lambda: _uploaded(box) == count,  # noqa: B023 (waited for within this pass)
+            timeout=60,
+            what="every file uploaded",
+        )
+    assert box.stop(proc) == 0
+    stopped = [line for line in box.log().splitlines() if '"stopped"' in line][-1]
+    assert f'"files_hashed": {count},' in stopped, stopped
