@@ -106,7 +106,7 @@ def _run(path: Path, settings: Settings) -> int:
     problems = runtime_problems(path, settings)
     if problems:
         raise ConfigError(problems)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, final=True)
     # Every object alive now (modules, classes, the configuration) lives as long as the
     # process: freezing them keeps the cyclic collector's full passes off them, which took
     # a seventh of the daemon's CPU on a card of small files. The larger first generation
