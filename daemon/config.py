@@ -135,6 +135,12 @@ class DirectoryTargetConfig(_Model):
         description='"target": content already sent to this target is a duplicate; "dataset":'
         " only within the same dataset.",
     )
+    staging: bool = Field(
+        True,
+        description="Copy each new image into .dronesync-staging in this folder while it is"
+        " hashed, then link it into place: the card is read once, not twice (needs hard links;"
+        " without them, or when false, images are hashed, then copied).",
+    )
 
     _path_ok = field_validator("path", mode="before")(_not_blank)
 

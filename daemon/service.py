@@ -21,7 +21,7 @@ import structlog
 
 from daemon import control
 from daemon.clock import Clock, SystemClock, wait_event
-from daemon.config import Settings, load_config, runtime_problems
+from daemon.config import DirectoryTargetConfig, Settings, load_config, runtime_problems
 from daemon.errors import ConfigError, DronesyncError, JournalError, UsageError
 from daemon.journal import DatasetRow, FileRow, Journal
 from daemon.journal.store import GROUP_COMMIT_S
@@ -83,6 +83,36 @@ async def _commit_groups(journal: Journal) -> None:
     finally:
         with contextlib.suppress(JournalError):
             journal.flush()
+
+
+def _staging_spools(settings: Settings, journal: Journal) -> dict[str, Spool]:
+    """The staging spool of each directory target whose filesystem has hard links."""
+    staging: dict[str, Spool] = {}
+    for name, config in settings.targets.items():
+        if isinstance(config, DirectoryTargetConfig) and config.staging:
+            spool = Spool.for_archive(config.path, journal)
+            if spool is not None:
+                spool.recover()
+                staging[name] = spool
+    return staging
+
+
+def _copy_remover(
+    spool: Spool | None, staging: dict[str, Spool], hasher: Hasher
+) -> Callable[[FileRow], None]:
+    """What frees an uploaded file's copy in the spool or in a staging folder."""
+    spools = {os.fsencode(s.folder) + b"/": s for s in [spool, *staging.values()] if s}
+
+    def uploaded(row: FileRow) -> None:
+        if row.spool_path is None:
+            return
+        holder = spools.get(row.spool_path.rpartition(b"/")[0] + b"/")
+        if holder is not None:
+            holder.remove(row.id, row.spool_path, row.size)
+            if holder is spool:
+                hasher.space_freed()  # files waiting for room in the spool may go
+
+    return uploaded
 
 
 def _file_path(row: FileRow) -> Path:
@@ -205,6 +235,7 @@ class Daemon:
         spool = Spool(settings.spool, journal) if settings.spool.dir is not None else None
         if spool is not None:
             spool.recover()
+        staging = _staging_spools(settings, journal)
         sources = SourceManager(
             settings.sources,
             journal,
@@ -230,12 +261,8 @@ class Daemon:
             ),
             on_recorded=lambda: engine.wake(),  # noqa: PLW0108 (engine is built next)
             spool=spool,
+            staging=lambda dataset_id: staging.get(journal.dataset(dataset_id).target),
         )
-
-        def uploaded(row: FileRow) -> None:
-            if spool is not None and row.spool_path is not None:
-                spool.remove(row.id, row.spool_path, row.size)
-                hasher.space_freed()
 
         engine = UploadEngine(
             journal,
@@ -248,7 +275,7 @@ class Daemon:
             on_attention=lambda ds, message: notifier.send(
                 Event("needs_attention", ds.name, ds.target, ds.state, message)
             ),
-            on_uploaded=uploaded,
+            on_uploaded=_copy_remover(spool, staging, hasher),
         )
         processing = ProcessingController(
             journal,

@@ -43,6 +43,7 @@ class Hasher:
         scope_of: Callable[[str], str],
         on_recorded: Callable[[], None],
         spool: Spool | None = None,
+        staging: Callable[[int], Spool | None] = lambda dataset_id: None,
     ) -> None:
         self._journal = journal
         self._sources = sources
@@ -52,6 +53,8 @@ class Hasher:
         self._on_recorded = on_recorded
         self._inflight: dict[int, asyncio.Future[Hashed]] = {}
         self._spool = spool
+        self._staging = staging  # a dataset's target's staging spool, if it has one
+        self._unstaged: set[int] = set()  # files whose staging copy failed: hashed without
         self._deferred: dict[int, Candidate] = {}
         self._queued: dict[int, Candidate] = {}
         self._limit = workers * 4
@@ -104,10 +107,17 @@ class Hasher:
             return
         loop = asyncio.get_running_loop()
         path = Path(os.fsdecode(candidate.path))
-        spool = self._spool if self._sources.spools(candidate.path) else None
-        if spool is not None and not spool.reserve(candidate.size):
-            self._deferred[candidate.file_id] = candidate  # stays on the card, waiting
-            return
+        if self._sources.spools(candidate.path):
+            spool = self._spool
+            if spool is not None and not spool.reserve(candidate.size):
+                self._deferred[candidate.file_id] = candidate  # stays on the card, waiting
+                return
+        else:
+            spool = None
+            if candidate.file_id not in self._unstaged:
+                spool = self._staging(candidate.dataset_id)
+            if spool is not None and not spool.reserve(candidate.size):
+                spool = None  # the archive's disk is short of room: hashed without a copy
         self._deferred.pop(candidate.file_id, None)
         if spool is None:
             future = loop.run_in_executor(
@@ -158,21 +168,24 @@ class Hasher:
         """Make the spool's new copies durable, one ``syncfs`` for all, then record them."""
         while self._unsynced:
             batch = list(self._unsynced.values())  # stay there until recorded: see submit
-            spool = batch[0][2]  # the daemon has one spool
-            error: SpoolError | None = None
-            try:
-                await asyncio.to_thread(spool.make_durable)
-            except OSError as exc:
-                error = SpoolError(f"{spool.folder}: cannot write the spool: {exc.strerror}")
-            for candidate, hashed, _ in batch:
+            errors: dict[Spool, SpoolError] = {}
+            for spool in {spool for _, _, spool in batch}:  # the spool, staging folders
+                try:
+                    await asyncio.to_thread(spool.make_durable)
+                except OSError as exc:
+                    errors[spool] = SpoolError(
+                        f"{spool.folder}: cannot write the spool: {exc.strerror}"
+                    )
+            for candidate, hashed, spool in batch:
                 del self._unsynced[candidate.file_id]
+                error = errors.get(spool)
                 try:
                     row = self._journal.file(candidate.file_id)
                     if error is None:
                         self._apply(candidate, row, hashed, spool)
                     else:
                         spool.unreserve(candidate.size)
-                        self._not_hashed(candidate, row, error)
+                        self._not_hashed(candidate, row, error, spool)
                 except DronesyncError as exc:
                     self._cannot_record(candidate, exc)
                 changed = self._after_sync.pop(candidate.file_id, None)
@@ -193,15 +206,24 @@ class Hasher:
         except (FileChangedError, SourceError, SpoolError) as exc:
             if spool is not None:
                 spool.unreserve(candidate.size)
-            self._not_hashed(candidate, row, exc)
+            self._not_hashed(candidate, row, exc, spool)
             return
         self._apply(candidate, row, hashed, spool)
 
     def _not_hashed(
-        self, candidate: Candidate, row: FileRow, exc: FileChangedError | SourceError | SpoolError
+        self,
+        candidate: Candidate,
+        row: FileRow,
+        exc: FileChangedError | SourceError | SpoolError,
+        spool: Spool | None,
     ) -> None:
         if isinstance(exc, FileChangedError):
             self._sources.offer_again(row.id, row.volume, row.relpath)
+        elif isinstance(exc, SpoolError) and spool is not None and spool.staging:
+            # Staging is a shortcut, not a promise: the file is hashed without a copy.
+            log.warning("cannot stage a copy; hashing without one", error=str(exc))
+            self._unstaged.add(candidate.file_id)
+            self.submit(candidate)
         elif isinstance(exc, SpoolError):
             log.warning(
                 "cannot copy into the spool; waiting",

@@ -398,7 +398,14 @@ class SourceManager:
         if not known.hashed:
             self._journal.forget_unhashed(known.id)
             del root.index[relpath]
-        else:
+            return
+        row = self._journal.file(known.id)
+        if row.status != "waiting":
+            # Uploaded (or settled otherwise) since the cache was last told: nothing is lost.
+            root.index[relpath] = Known(
+                known.id, known.dataset_id, known.size, known.mtime_ns, True, row.status
+            )
+        elif row.spool_path is None:  # a copy in the spool or in staging is what gets uploaded
             self._journal.mark_failed(known.id, "file disappeared from the source before upload")
             root.index[relpath] = Known(
                 known.id, known.dataset_id, known.size, known.mtime_ns, True, "failed"

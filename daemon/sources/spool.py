@@ -6,6 +6,13 @@ hashed (``hashing.spool_file``), and the upload reads the copy. The spool is bou
 with a clear message and the file stays on the card, waiting; nothing is dropped. A copy is
 deleted once its file is uploaded or found to be a duplicate. Copies are named by the
 journal's file id, so no card name (hostile or not) ever becomes a local path.
+
+A directory target on a filesystem with hard links gets a spool of its own without asking:
+its *staging* folder, ``.dronesync-staging`` in the target's folder. Files of sources without
+spool mode are copied there while they are hashed and linked into their dataset folder by the
+upload, so the card is read once instead of twice (once to hash, once to copy), and the bytes
+the archive keeps are the ones that were hashed. Staging takes no more room than the archive
+needs anyway; when the disk is short of it, files are hashed without a copy, as before.
 """
 
 from __future__ import annotations
@@ -24,19 +31,40 @@ from daemon.journal import Journal
 log = structlog.get_logger("dronesync.spool")
 
 GB = 1024**3
+STAGING = ".dronesync-staging"
+STAGING_MIN_FREE = GB  # staging stops well before the archive's disk is full
 
 
 class Spool:
     """The spool folder and the space it may use."""
 
-    def __init__(self, settings: SpoolSettings, journal: Journal) -> None:
+    def __init__(self, settings: SpoolSettings, journal: Journal, *, staging: bool = False) -> None:
         assert settings.dir is not None  # noqa: S101 (built only when configured)
         self.folder = settings.dir
         self._max = int(settings.max_gb * GB)
         self._min_free = int(settings.min_free_gb * GB)
         self._journal = journal
         self._used = 0
+        self.staging = staging  # a directory target's own: when full, files go unstaged
         self.full_message: str | None = None
+
+    @classmethod
+    def for_archive(cls, archive: Path, journal: Journal) -> Spool | None:
+        """The staging spool of a directory target at ``archive``; None if it cannot link."""
+        folder = archive / STAGING
+        probe, linked = folder / "link-probe", folder / "link-probe.linked"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe.touch()
+            try:
+                os.link(probe, linked)
+            finally:
+                probe.unlink()
+            linked.unlink()
+        except OSError:
+            return None  # a share without hard links (or not writable yet): uploads copy
+        settings = SpoolSettings(dir=folder, max_gb=100_000, min_free_gb=STAGING_MIN_FREE / GB)
+        return cls(settings, journal, staging=True)
 
     def path_for(self, file_id: int) -> Path:
         """Where the copy of journal file ``file_id`` goes."""
@@ -46,7 +74,10 @@ class Spool:
         """At start: drop copies no longer needed or never recorded; count the rest."""
         self.folder.mkdir(parents=True, exist_ok=True)
         wanted: set[str] = set()
+        mine = os.fsencode(self.folder) + b"/"
         for file_id, path, size, status in self._journal.spooled():
+            if not path.startswith(mine):
+                continue  # another spool's copy
             if status in ("uploaded", "duplicate") or not os.path.exists(path):
                 self._journal.set_spool(file_id, None)
                 with contextlib.suppress(OSError):
@@ -58,7 +89,8 @@ class Spool:
             if entry.path not in wanted:  # a .part of a copy cut short, or never recorded
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
-        log.info("spool ready", folder=str(self.folder), used_bytes=self._used)
+        if not self.staging:
+            log.info("spool ready", folder=str(self.folder), used_bytes=self._used)
 
     @property
     def used(self) -> int:
@@ -80,6 +112,8 @@ class Spool:
         except OSError:
             free = 0
         if self._used + size > self._max or free - size < self._min_free:
+            if self.staging:
+                return False  # hashed without a copy: nothing waits for staging
             message = (
                 f"spool full ({self._used / GB:.1f} of {self._max / GB:.1f} GB used,"
                 f" {free / GB:.1f} GB free on its disk): copying off cards waits for uploads"

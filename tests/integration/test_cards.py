@@ -77,6 +77,7 @@ def test_a_card_pulled_with_work_left_pauses_and_resumes_without_sending_twice(
         upload="bandwidth_limit = 200000\nconcurrency = 1",
         source_path=f"{cards}/*",
         source='require_mount = true\nlayout = "dcim"\ndataset = "{uuid}-{folder}"\n',
+        target="staging = false",  # with staging, every image is off the card at once
     )
     proc = box.start()
     assert box.datasets() == {}  # the empty mount point is not a card

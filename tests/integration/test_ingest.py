@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import threading
@@ -318,8 +319,9 @@ def test_polling_source_and_hostile_names(box: Box) -> None:
 
 
 def test_a_source_that_goes_away_pauses_and_resumes_without_resending(box: Box) -> None:
-    # About 8 s of uploading at this rate: a wide window to pull the card in.
-    box.write_config(upload="bandwidth_limit = 100000\nconcurrency = 1")
+    # About 8 s of uploading at this rate: a wide window to pull the card in. Without staging:
+    # staged images are off the card at once, and nothing would wait for it.
+    box.write_config(upload="bandwidth_limit = 100000\nconcurrency = 1", target="staging = false")
     rng = random.Random(8)
     _images(box.inbox / "card", 12, rng)
     sources = {hashlib.sha256(p.read_bytes()).hexdigest() for p in box.inbox.rglob("*.JPG")}
@@ -360,4 +362,27 @@ def test_a_target_removed_from_the_configuration_parks_its_files(box: Box) -> No
     box.config.write_text(original)
     proc.send_signal(signal.SIGHUP)
     wait_until(lambda: box.datasets()["m"]["state"] == "processed", what="processed")
+    assert box.stop(proc) == 0
+
+
+def test_a_folder_deleted_after_its_upload_stays_uploaded(box: Box) -> None:
+    # Without staging the archive's copies come from the folder itself, read at upload time.
+    box.write_config(target="staging = false")
+    rng = random.Random(21)
+    _images(box.inbox / "first", 3, rng)
+    proc = box.start()
+    wait_until(
+        lambda: box.datasets().get("first", {}).get("state") == "processed",
+        what="first processed",
+    )
+    shutil.rmtree(box.inbox / "first")  # the pilot clears the inbox
+    # A folder moved in makes the daemon scan the inbox again; it finds "first" gone.
+    _images(box.root / "second", 1, rng)
+    (box.root / "second").rename(box.inbox / "second")
+    wait_until(
+        lambda: box.datasets().get("second", {}).get("files", {}).get("uploaded") == 1,
+        what="the rescan that found the second folder",
+    )
+    files = box.datasets()["first"]["files"]
+    assert (files["uploaded"], files["failed"]) == (3, 0), files
     assert box.stop(proc) == 0

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.sources.spool import STAGING
 from tests.conftest import Box, wait_until
 from tests.fakes.pix4dcloud import FakePix4DCloud
 from tests.reliability.soak import Flight, SoakOptions, configure_pix4d, pix4d_landing
@@ -120,7 +121,12 @@ def _kill_repeatedly(
 
 
 def _archived(box: Box) -> Iterator[Path]:
-    return (p for p in box.archive.rglob("*") if p.is_file())
+    """Files in the archive, less the daemon's staging folder (its copies before upload)."""
+    return (
+        p
+        for p in box.archive.rglob("*")
+        if p.is_file() and STAGING not in p.relative_to(box.archive).parts
+    )
 
 
 def _archive_matches_sources(box: Box) -> None:
@@ -152,6 +158,7 @@ def test_a_dozen_kills_during_an_ingest_into_a_folder_lose_nothing_and_copy_noth
     _archive_matches_sources(box)
     leftovers = [p.name for p in _archived(box) if "~" in p.name or p.name.startswith(".")]
     assert leftovers == [], "no second copy, no temporary file left behind"
+    assert list((box.archive / STAGING).iterdir()) == [], "no staged copy left behind"
     assert sorted(box.processed_runs()) == sorted(f.name for f in flights), "processed once each"
 
 
