@@ -86,11 +86,11 @@ async def _commit_groups(journal: Journal) -> None:
 
 
 def _staging_spools(settings: Settings, journal: Journal) -> dict[str, Spool]:
-    """The staging spool of each directory target whose filesystem has hard links."""
+    """Each directory target's staging spool, by target name (see ``Spool.for_archive``)."""
     staging: dict[str, Spool] = {}
     for name, config in settings.targets.items():
-        if isinstance(config, DirectoryTargetConfig) and config.staging:
-            spool = Spool.for_archive(config.path, journal)
+        if isinstance(config, DirectoryTargetConfig):
+            spool = Spool.for_archive(config.path, journal, stage=config.staging)
             if spool is not None:
                 spool.recover()
                 staging[name] = spool

@@ -116,8 +116,8 @@ class Hasher:
             spool = None
             if candidate.file_id not in self._unstaged:
                 spool = self._staging(candidate.dataset_id)
-            if spool is not None and not spool.reserve(candidate.size):
-                spool = None  # the archive's disk is short of room: hashed without a copy
+            if spool is not None and not (spool.accepting and spool.reserve(candidate.size)):
+                spool = None  # staging off, or the disk short of room: hashed without a copy
         self._deferred.pop(candidate.file_id, None)
         if spool is None:
             future = loop.run_in_executor(

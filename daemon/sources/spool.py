@@ -46,25 +46,26 @@ class Spool:
         self._journal = journal
         self._used = 0
         self.staging = staging  # a directory target's own: when full, files go unstaged
+        self.accepting = True  # takes new copies (a retired staging folder only drains)
         self.full_message: str | None = None
 
     @classmethod
-    def for_archive(cls, archive: Path, journal: Journal) -> Spool | None:
-        """The staging spool of a directory target at ``archive``; None if it cannot link."""
+    def for_archive(cls, archive: Path, journal: Journal, *, stage: bool) -> Spool | None:
+        """The staging spool of a directory target at ``archive``.
+
+        With ``stage`` and hard links on that filesystem it takes new copies. Otherwise it
+        only serves the copies staged before (staging turned off since): None if there are
+        none.
+        """
         folder = archive / STAGING
-        probe, linked = folder / "link-probe", folder / "link-probe.linked"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe.touch()
-            try:
-                os.link(probe, linked)
-            finally:
-                probe.unlink()
-            linked.unlink()
-        except OSError:
-            return None  # a share without hard links (or not writable yet): uploads copy
         settings = SpoolSettings(dir=folder, max_gb=100_000, min_free_gb=STAGING_MIN_FREE / GB)
-        return cls(settings, journal, staging=True)
+        if stage and _links(folder):
+            return cls(settings, journal, staging=True)
+        if not folder.is_dir():
+            return None
+        spool = cls(settings, journal, staging=True)
+        spool.accepting = False
+        return spool
 
     def path_for(self, file_id: int) -> Path:
         """Where the copy of journal file ``file_id`` goes."""
@@ -138,3 +139,19 @@ class Spool:
         with contextlib.suppress(OSError):
             os.unlink(path)
         self.unreserve(size)
+
+
+def _links(folder: Path) -> bool:
+    """Whether ``folder`` can be made and its filesystem has hard links (a probe)."""
+    first, linked = folder / "link-probe", folder / "link-probe.linked"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        first.touch()
+        try:
+            os.link(first, linked)
+        finally:
+            first.unlink()
+        linked.unlink()
+    except OSError:
+        return False  # a share without hard links (or not writable yet): uploads copy
+    return True

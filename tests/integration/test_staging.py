@@ -99,3 +99,29 @@ def test_staged_images_are_uploaded_after_the_folder_is_gone(box: Box, tmp_path:
     assert _archived(box) == expected
     assert list(staging.iterdir()) == []
     assert box.stop(proc) == 0
+
+
+def test_copies_staged_before_staging_is_turned_off_are_uploaded_and_freed(
+    box: Box, tmp_path: Path
+) -> None:
+    box.write_config(upload="bandwidth_limit = 150000\nconcurrency = 1")
+    proc = box.start()
+    expected = _flight(tmp_path / "flight", 10, 120_000)
+    (tmp_path / "flight").rename(box.inbox / "flight")
+    staging = box.archive / ".dronesync-staging"
+    wait_until(
+        lambda: len(list(staging.glob("*.img"))) + _uploaded(box) == 10,
+        what="every image staged",
+    )
+    assert box.stop(proc) == 0
+    assert _uploaded(box) < 10, "stopped with staged copies waiting"
+    box.write_config(target="staging = false")
+    proc = box.start()
+    wait_until(
+        lambda: box.datasets()["flight"]["state"] == "processed",
+        timeout=60,
+        what="the staged copies uploaded",
+    )
+    assert _archived(box) == expected
+    assert list(staging.iterdir()) == []
+    assert box.stop(proc) == 0
