@@ -529,6 +529,11 @@ class Journal:
         row = self._rows(f"SELECT {FILE_COLUMNS} FROM files WHERE id = ?", (file_id,))[0]  # noqa: S608
         return FileRow(*row)
 
+    def find_file(self, file_id: int) -> FileRow | None:
+        """The file with this id, or None once it is forgotten (it vanished unhashed)."""
+        rows = self._rows(f"SELECT {FILE_COLUMNS} FROM files WHERE id = ?", (file_id,))  # noqa: S608
+        return FileRow(*rows[0]) if rows else None
+
     def files(self, dataset_id: int) -> list[FileRow]:
         """Every file of a dataset, in path order."""
         rows = self._rows(

@@ -97,7 +97,9 @@ class Hasher:
             self._start(self._queued.pop(file_id))
 
     def _start(self, candidate: Candidate) -> None:
-        row = self._journal.file(candidate.file_id)
+        row = self._journal.find_file(candidate.file_id)
+        if row is None:
+            return  # it vanished from the source while it waited here
         if row.sha256 is not None and (row.size, row.mtime_ns) == (
             candidate.size,
             candidate.mtime_ns,
@@ -180,8 +182,10 @@ class Hasher:
                 del self._unsynced[candidate.file_id]
                 error = errors.get(spool)
                 try:
-                    row = self._journal.file(candidate.file_id)
-                    if error is None:
+                    row = self._journal.find_file(candidate.file_id)
+                    if row is None:
+                        self._vanished(candidate, spool)
+                    elif error is None:
                         self._apply(candidate, row, hashed, spool)
                     else:
                         spool.unreserve(candidate.size)
@@ -193,6 +197,13 @@ class Hasher:
                     self.submit(changed)
 
     @staticmethod
+    def _vanished(candidate: Candidate, spool: Spool | None) -> None:
+        """The file left the source while it was read, and the journal forgot it."""
+        if spool is not None:
+            copy = os.fsencode(spool.path_for(candidate.file_id))
+            spool.remove(candidate.file_id, copy, candidate.size)
+
+    @staticmethod
     def _cannot_record(candidate: Candidate, exc: DronesyncError) -> None:
         # A callback has nobody to raise to: say it, and let the next scan retry.
         log.error("cannot record hash", file=os.fsdecode(candidate.path), error=str(exc))
@@ -200,7 +211,10 @@ class Hasher:
     def _record(
         self, candidate: Candidate, future: asyncio.Future[Hashed], spool: Spool | None
     ) -> None:
-        row = self._journal.file(candidate.file_id)
+        row = self._journal.find_file(candidate.file_id)
+        if row is None:
+            self._vanished(candidate, spool)
+            return
         try:
             hashed = future.result()
         except (FileChangedError, SourceError, SpoolError) as exc:

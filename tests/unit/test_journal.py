@@ -440,3 +440,26 @@ def test_the_hash_cache_splits_settled_files_from_files_with_work_left(journal: 
     }
     assert journal.open_files("/elsewhere") == {}
     assert journal.known_file("/srv/inbox", b"missing.jpg") is None
+
+
+def test_a_file_that_vanished_before_its_hash_is_forgotten_and_found_no_more(
+    journal: Journal,
+) -> None:
+    ds = dataset(journal, "a")
+    unhashed = journal.add_file(
+        dataset_id=ds,
+        volume="/srv/inbox",
+        relpath=b"a/x.jpg",
+        dspath=b"x.jpg",
+        size=10,
+        mtime_ns=1,
+        now=NOW,
+    )
+    hashed = add(journal, ds, b"a/y.jpg", "1" * 64)
+    assert journal.find_file(unhashed) == journal.file(unhashed)
+    journal.forget_unhashed(unhashed)
+    journal.forget_unhashed(hashed)  # a hashed file is kept: it is in a plan
+    assert journal.find_file(unhashed) is None
+    found = journal.find_file(hashed)
+    assert found is not None
+    assert found.sha256 == "1" * 64
