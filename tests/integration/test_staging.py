@@ -77,10 +77,11 @@ def test_without_staging_each_image_is_read_twice(box: Box, tmp_path: Path) -> N
     assert box.stop(proc) == 0
 
 
-def test_staged_images_are_uploaded_after_the_folder_is_gone(box: Box, tmp_path: Path) -> None:
-    # About 8 s of uploading at this rate: the folder goes long before the last upload.
+def _staged_ahead_of_uploads(box: Box, tmp_path: Path) -> tuple[list[str], Path]:
+    """A flight of 10 images, all staged while most still wait for their (slow) upload."""
+    # About 8 s of uploading at this rate: staging is done long before the last upload.
     box.write_config(upload="bandwidth_limit = 150000\nconcurrency = 1")
-    proc = box.start()
+    box.start()
     expected = _flight(tmp_path / "flight", 10, 120_000)
     (tmp_path / "flight").rename(box.inbox / "flight")
     staging = box.archive / ".dronesync-staging"
@@ -89,6 +90,12 @@ def test_staged_images_are_uploaded_after_the_folder_is_gone(box: Box, tmp_path:
         what="every image staged",
     )
     assert _uploaded(box) < 10, "staged before the uploads ended"
+    return expected, staging
+
+
+def test_staged_images_are_uploaded_after_the_folder_is_gone(box: Box, tmp_path: Path) -> None:
+    expected, staging = _staged_ahead_of_uploads(box, tmp_path)
+    proc = box.procs[-1]
     (box.inbox / "flight").rename(tmp_path / "gone")
     wait_until(
         lambda: box.datasets()["flight"]["state"] == "processed",
@@ -104,17 +111,8 @@ def test_staged_images_are_uploaded_after_the_folder_is_gone(box: Box, tmp_path:
 def test_copies_staged_before_staging_is_turned_off_are_uploaded_and_freed(
     box: Box, tmp_path: Path
 ) -> None:
-    box.write_config(upload="bandwidth_limit = 150000\nconcurrency = 1")
-    proc = box.start()
-    expected = _flight(tmp_path / "flight", 10, 120_000)
-    (tmp_path / "flight").rename(box.inbox / "flight")
-    staging = box.archive / ".dronesync-staging"
-    wait_until(
-        lambda: len(list(staging.glob("*.img"))) + _uploaded(box) == 10,
-        what="every image staged",
-    )
-    assert box.stop(proc) == 0
-    assert _uploaded(box) < 10, "stopped with staged copies waiting"
+    expected, staging = _staged_ahead_of_uploads(box, tmp_path)
+    assert box.stop(box.procs[-1]) == 0
     box.write_config(target="staging = false")
     proc = box.start()
     wait_until(
