@@ -525,9 +525,11 @@ class Journal:
         return None if row is None else Known._make(row[1:])
 
     def file(self, file_id: int) -> FileRow:
-        """The file with this id."""
-        row = self._rows(f"SELECT {FILE_COLUMNS} FROM files WHERE id = ?", (file_id,))[0]  # noqa: S608
-        return FileRow(*row)
+        """The file with this id (IndexError if the journal has none)."""
+        row = self.find_file(file_id)
+        if row is None:
+            raise IndexError(f"no file {file_id} in the journal")
+        return row
 
     def find_file(self, file_id: int) -> FileRow | None:
         """The file with this id, or None once it is forgotten (it vanished unhashed)."""
