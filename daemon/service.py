@@ -108,7 +108,7 @@ def _copy_remover(
             return
         holder = spools.get(row.spool_path.rpartition(b"/")[0] + b"/")
         if holder is not None:
-            holder.remove(row.id, row.spool_path, row.size)
+            holder.discard(row.spool_path, row.size)  # mark_uploaded forgot it
             if holder is spool:
                 hasher.space_freed()  # files waiting for room in the spool may go
 

@@ -536,6 +536,19 @@ class Journal:
         rows = self._rows(f"SELECT {FILE_COLUMNS} FROM files WHERE id = ?", (file_id,))  # noqa: S608
         return FileRow(*rows[0]) if rows else None
 
+    def find_files(self, file_ids: list[int]) -> dict[int, FileRow]:
+        """The files with these ids that the journal still has, in one query per 500."""
+        found: dict[int, FileRow] = {}
+        for start in range(0, len(file_ids), 500):
+            chunk = file_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for row in self._rows(
+                f"SELECT {FILE_COLUMNS} FROM files WHERE id IN ({marks})",  # noqa: S608
+                chunk,
+            ):
+                found[row[0]] = FileRow(*row)
+        return found
+
     def files(self, dataset_id: int) -> list[FileRow]:
         """Every file of a dataset, in path order."""
         rows = self._rows(
@@ -575,13 +588,15 @@ class Journal:
         duplicate_scope: str,
         now: float,
         current: FileRow | None = None,
+        spool_path: bytes | None = None,
     ) -> FileRow:
         """Store the content hash of a stable file and decide whether it is a duplicate.
 
         A file already uploaded with the same content only gets its new size and mtime (a FAT
         card's times shift with the time zone). Changed content re-opens it as waiting, in the
         dataset that now takes the folder's files. ``current`` is the file's row when the
-        caller has just read it.
+        caller has just read it; ``spool_path``, the copy made while hashing, is kept when
+        the file waits for upload (the caller deletes it otherwise).
         """
         with self.transaction():
             if current is None:
@@ -596,6 +611,7 @@ class Journal:
                 mtime_ns=mtime_ns,
                 sha256=sha256,
                 status="duplicate" if original else "waiting",
+                spool_path=spool_path if spool_path and not original else current.spool_path,
                 duplicate_of=original,
                 attempts=0,
                 last_error=None,
@@ -674,18 +690,43 @@ class Journal:
         ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
-    def mark_uploading(self, file_id: int) -> None:
-        """A worker took the file."""
-        self._write(
-            "UPDATE files SET status = 'uploading', attempts = attempts + 1 WHERE id = ?",
-            (file_id,),
+    def mark_uploading(self, file_id: int, *, expect: FileRow | None = None) -> bool:
+        """A worker took the file; False (and nothing written) if it was not ``expect``.
+
+        With ``expect``, the file is taken only while it is still waiting as that row shows
+        it (same dataset, hash, size, mtime and copy): a row read a moment ago is checked in
+        the same statement that claims it, not read a second time.
+        """
+        if expect is None:
+            self._write(
+                "UPDATE files SET status = 'uploading', attempts = attempts + 1 WHERE id = ?",
+                (file_id,),
+            )
+            return True
+        cursor = self._write(
+            "UPDATE files SET status = 'uploading', attempts = attempts + 1"
+            " WHERE id = ? AND status = 'waiting' AND dataset_id = ? AND sha256 = ?"
+            " AND size = ? AND mtime_ns = ? AND spool_path IS ?",
+            (
+                file_id,
+                expect.dataset_id,
+                expect.sha256,
+                expect.size,
+                expect.mtime_ns,
+                expect.spool_path,
+            ),
         )
+        return cursor.rowcount == 1
 
     def mark_uploaded(self, file_id: int, remote_key: bytes, now: float) -> None:
-        """The target confirmed the file."""
+        """The target confirmed the file (and made it durable): its copy is no longer needed.
+
+        The copy in the spool or staging is forgotten here, in the same write; the caller
+        deletes the file (a copy left by a crash is deleted at the next start).
+        """
         self._write(
             "UPDATE files SET status = 'uploaded', remote_key = ?, uploaded_at = ?,"
-            " last_error = NULL WHERE id = ?",
+            " last_error = NULL, spool_path = NULL WHERE id = ?",
             (remote_key, now, file_id),
         )
 

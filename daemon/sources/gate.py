@@ -61,6 +61,12 @@ class StabilityGate:
         """Stop watching a file."""
         self._pending.pop(file_id, None)
 
+    def settled(self, hashed: Candidate) -> None:
+        """``hashed`` was read and recorded: a candidate still here for it, unchanged, goes."""
+        known = self._pending.get(hashed.file_id)
+        if known is not None and (known.size, known.mtime_ns) == (hashed.size, hashed.mtime_ns):
+            del self._pending[hashed.file_id]
+
     def discard_where(self, keep: Callable[[Candidate], bool]) -> None:
         """Drop every candidate for which ``keep`` is false."""
         self._pending = {k: c for k, c in self._pending.items() if keep(c)}

@@ -97,16 +97,8 @@ class Hasher:
             self._start(self._queued.pop(file_id))
 
     def _start(self, candidate: Candidate) -> None:
-        row = self._journal.find_file(candidate.file_id)
-        if row is None:
-            return  # it vanished from the source while it waited here
-        if row.sha256 is not None and (row.size, row.mtime_ns) == (
-            candidate.size,
-            candidate.mtime_ns,
-        ):
-            # Recorded while this candidate waited (a watcher event met the file in the
-            # gate as it was being hashed): the same file is not read twice.
-            return
+        # A second candidate for a file being read waits in the gate; recording the first
+        # one drops it there (SourceManager.note_hashed): the same file is not read twice.
         loop = asyncio.get_running_loop()
         path = Path(os.fsdecode(candidate.path))
         if self._sources.spools(candidate.path):
@@ -178,11 +170,12 @@ class Hasher:
                     errors[spool] = SpoolError(
                         f"{spool.folder}: cannot write the spool: {exc.strerror}"
                     )
+            rows = self._journal.find_files([candidate.file_id for candidate, _, _ in batch])
             for candidate, hashed, spool in batch:
                 del self._unsynced[candidate.file_id]
                 error = errors.get(spool)
                 try:
-                    row = self._journal.find_file(candidate.file_id)
+                    row = rows.get(candidate.file_id)
                     if row is None:
                         self._vanished(candidate, spool)
                     elif error is None:
@@ -268,6 +261,7 @@ class Hasher:
         if not unchanged and self._journal.dataset(dataset_id).state in CLOSED_STATES:
             dataset_id = self._sources.open_dataset_for(candidate)
         target = self._journal.dataset(dataset_id).target
+        copy = None if spool is None else os.fsencode(spool.path_for(row.id))
         recorded = self._journal.record_hash(
             row.id,
             dataset_id=dataset_id,
@@ -277,13 +271,10 @@ class Hasher:
             duplicate_scope=self._scope_of(target),
             now=self._clock.time(),
             current=row,
+            spool_path=copy,
         )
-        if spool is not None:
-            copy = os.fsencode(spool.path_for(row.id))
-            if recorded.status == "waiting":
-                self._journal.set_spool(row.id, copy)
-            else:
-                spool.remove(row.id, copy, candidate.size)  # nothing to send: no copy kept
+        if spool is not None and copy is not None and recorded.status != "waiting":
+            spool.discard(copy, candidate.size)  # nothing to send: no copy kept
         self._sources.note_hashed(candidate, recorded.status)
         if recorded.status == "duplicate" and not unchanged:
             original = self._journal.file(recorded.duplicate_of or 0)

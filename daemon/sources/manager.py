@@ -477,6 +477,9 @@ class SourceManager:
 
     def note_hashed(self, candidate: Candidate, status: str) -> None:
         """Keep the in-memory hash cache in step with what the journal recorded."""
+        # A second candidate for the same file, offered while it was being read, has nothing
+        # new to show: it leaves the gate instead of being read again.
+        self.gate.settled(candidate)
         root = self._root_for_path(candidate.path)
         if root is None:
             return

@@ -134,8 +134,12 @@ class Spool:
         self._used = max(0, self._used - size)
 
     def remove(self, file_id: int, path: bytes, size: int) -> None:
-        """The copy is no longer needed: delete it and free its space."""
+        """The copy is no longer needed: forget it in the journal, delete it, free its space."""
         self._journal.set_spool(file_id, None)
+        self.discard(path, size)
+
+    def discard(self, path: bytes, size: int) -> None:
+        """Delete a copy the journal no longer names, and free its space."""
         with contextlib.suppress(OSError):
             os.unlink(path)
         self.unreserve(size)

@@ -167,6 +167,14 @@ class Target(Protocol):
         storing a second copy.
         """
 
+    async def make_durable(self) -> None:
+        """Make every upload that has returned so far safe from a crash or a power cut.
+
+        The engine calls it for each batch of returned uploads before it records any of them
+        as uploaded, so a target that writes to a disk syncs once per batch, not per file. A
+        target whose server stored each file before answering has nothing to do.
+        """
+
     async def start_processing(self, dataset: DatasetRef, keys: list[bytes]) -> str:
         """Register ``keys`` and start processing; returns a handle for polling."""
 

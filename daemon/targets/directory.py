@@ -11,8 +11,10 @@ A file copied into the spool (spool mode) was written by the daemon from the sam
 hashed it and is never changed afterwards; when the spool is on the archive's filesystem it is
 hard-linked into place instead of copied, so the card's bytes are read once and written once.
 
-Nothing is called uploaded before it is on the disk: concurrent uploads share one ``syncfs``
-(:mod:`daemon.durable`) instead of two ``fsync`` calls per file.
+Nothing is called uploaded before it is on the disk, but an upload does not wait for that on
+its own: the engine calls :meth:`DirectoryTarget.make_durable` once for every batch of
+finished uploads, and one ``syncfs`` (:mod:`daemon.durable`) covers them all instead of two
+``fsync`` calls per file.
 
 Processing runs ``process_command`` once per dataset; its output goes to
 ``<state_dir>/processing/<dataset>.log`` and its exit code decides processed or failed.
@@ -109,6 +111,8 @@ class DirectoryTarget:
         self._runs: dict[int, _Run] = {}
         self._can_link = True  # until link() from the spool is refused once
         self._folders: set[Path] = set()  # folders made (or found) by this process
+        # A folder on each other filesystem mounted inside the archive that received files.
+        self._mounted: dict[int, Path] = {}
 
     def dataset_dir(self, dataset: DatasetRef) -> Path:
         """The folder that receives this dataset."""
@@ -140,8 +144,16 @@ class DirectoryTarget:
                 return key
         raise PermanentTargetError(f"{dataset.name}: no free name for {item.key!r}")
 
+    async def make_durable(self) -> None:
+        """Put every file uploaded so far on the disk, names included: one sync per filesystem."""
+        await asyncio.to_thread(self._sync)
+
+    def _sync(self) -> None:
+        for folder in [self.root, *self._mounted.values()]:
+            _make_durable(folder)
+
     def _copy_into_place(self, item: UploadItem, dest: Path, transfer: Transfer) -> bool:
-        """Copy (or link), verify and make durable ``item`` at ``dest``.
+        """Copy (or link) and verify ``item`` at ``dest``; :meth:`make_durable` makes it safe.
 
         False if another file took the name meanwhile.
         """
@@ -160,7 +172,6 @@ class DirectoryTarget:
                 return False
             except OSError as exc:
                 raise _target_error(dest, exc) from exc
-            _make_durable(dest.parent)
             return True
         finally:
             tmp.unlink(missing_ok=True)
@@ -168,6 +179,9 @@ class DirectoryTarget:
     def _make_folder(self, folder: Path) -> None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            device = folder.stat().st_dev
+            if device != self.root.stat().st_dev:  # another filesystem mounted in the archive
+                self._mounted.setdefault(device, folder)
         except OSError as exc:
             raise _target_error(folder, exc) from exc
         self._folders.add(folder)
@@ -199,7 +213,6 @@ class DirectoryTarget:
                 return None
         finally:
             os.close(src)
-        _make_durable(dest.parent)
         transfer.progress(item.size)
         return True
 

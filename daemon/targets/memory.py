@@ -34,6 +34,9 @@ class MemoryTarget:
         """Remember the dataset."""
         self.datasets.add(dataset.name)
 
+    async def make_durable(self) -> None:
+        """Nothing to do: the objects are stored once ``upload`` returns."""
+
     async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
         """Read the file into memory, verify it, store it once under its key."""
         if self.fail_next:

@@ -256,6 +256,9 @@ class NodeODMTarget:
 
     # -- uploads ----------------------------------------------------------------------------
 
+    async def make_durable(self) -> None:
+        """Nothing to do: the node stored each file before answering."""
+
     async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
         """Send one image into the dataset's task; its key is the dataset key."""
         name = node_name(item.key)

@@ -225,6 +225,9 @@ class Pix4DCloudTarget:
         """Create the dataset's project (once; a restart resumes into it)."""
         await self._project(dataset)
 
+    async def make_durable(self) -> None:
+        """Nothing to do: S3 stored each part before answering, and the upload is complete."""
+
     async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
         """Put one image under the project's prefix; returns the dataset key."""
         project = await self._project(dataset)

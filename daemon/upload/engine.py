@@ -5,6 +5,12 @@ quick in-process retries (tier 1), then parks it in the journal with ``next_atte
 (tier 2) or marks it failed when attempts are spent or the error is permanent. A transfer with
 no progress for ``stall_s`` is aborted and counts as a transient failure. Stopping (or
 cancelling a dataset) puts in-flight files back to waiting without counting the attempt.
+
+An upload the target has returned *lands*: its worker goes on to the next file, and the files
+that landed meanwhile are made durable together (:meth:`Target.make_durable`, one ``syncfs``
+for the directory target) before any of them is recorded as uploaded. A file is therefore
+never called uploaded before it is safe, and small images do not each wait for a sync of
+their own while holding one of the ``concurrency`` slots.
 """
 
 from __future__ import annotations
@@ -37,6 +43,20 @@ log = structlog.get_logger("dronesync.upload")
 IDLE_WAIT_S = 5.0
 # A paused target (sign-in needed) is tried again this often, or at once after a reload.
 PAUSE_S = 60.0
+# The most uploads that may wait for durability at once: the dispatcher hands out no more.
+LANDED_MAX = 256
+
+
+@dataclass(slots=True)
+class _Landed:
+    """An upload the target returned, waiting for the next durability batch to be recorded."""
+
+    row: FileRow
+    dataset: DatasetRow
+    item: UploadItem
+    target: Target
+    key: bytes
+    attempts: int
 
 
 @dataclass(slots=True)
@@ -99,6 +119,8 @@ class UploadEngine:
         self._queue: asyncio.Queue[FileRow] = asyncio.Queue(settings.concurrency)
         self._claimed: set[int] = set()
         self._flights: dict[int, _Flight] = {}
+        self._landed: list[_Landed] = []
+        self._landing = asyncio.Event()
         self._paused: dict[int, str] = {}
         self.last_tick = clock.monotonic()  # the watchdog's proof that this loop turns
         self._ensured: set[int] = set()
@@ -115,6 +137,9 @@ class UploadEngine:
         for flight in self._flights.values():
             ds = flight.row.dataset_id
             result[ds] = result.get(ds, 0) + flight.transfer.sent
+        for landed in self._landed:
+            ds = landed.row.dataset_id
+            result[ds] = result.get(ds, 0) + landed.item.size
         return result
 
     def cancel_dataset(self, dataset_id: int, reason: str) -> None:
@@ -129,6 +154,7 @@ class UploadEngine:
         """Dispatch and upload until cancelled."""
         async with asyncio.TaskGroup() as group:
             group.create_task(self._dispatch())
+            group.create_task(self._settle_landed())
             for _ in range(self._settings.concurrency):
                 group.create_task(self._worker())
 
@@ -136,9 +162,10 @@ class UploadEngine:
         while True:
             self.last_tick = self._clock.monotonic()
             self._wake.clear()
-            room = self._settings.concurrency * 2 - len(self._claimed)
+            landed = len(self._landed)
+            room = self._settings.concurrency * 2 - (len(self._claimed) - landed)
             rows = []
-            if room > 0:
+            if room > 0 and landed < LANDED_MAX:
                 rows = self._journal.next_uploads(self._clock.time(), room, self._claimed)
             for row in rows:
                 self._claimed.add(row.id)
@@ -156,28 +183,32 @@ class UploadEngine:
     async def _worker(self) -> None:
         while True:
             row = await self._queue.get()
+            landed = False
             try:
-                await self._upload(row)
+                landed = await self._upload(row)
             finally:
-                self._claimed.discard(row.id)
+                if not landed:  # a landed file stays claimed until it is recorded
+                    self._claimed.discard(row.id)
                 self._flights.pop(row.id, None)
                 self._wake.set()
 
-    async def _upload(self, row: FileRow) -> None:
+    async def _upload(self, row: FileRow) -> bool:
+        """Upload one file; True if it landed (see :meth:`_settle_landed`)."""
         dataset = self._journal.dataset(row.dataset_id)
-        current = self._journal.file(row.id)
-        if dataset.state not in ("collecting", "ready") or current.status != "waiting":
-            return
-        row = current
+        if dataset.state not in ("collecting", "ready"):
+            return False
+        if not self._journal.mark_uploading(row.id, expect=row):
+            return False  # changed since the dispatcher read it (rehashed, retried, moved)
         target = self._targets.get(dataset.target)
         if target is None:
             # The configuration no longer names this dataset's target: wait for it to return.
+            self._journal.release(row.id)
             self._journal.mark_retry(
                 row.id,
                 f"target {dataset.target!r} is not in the configuration",
                 self._clock.time() + 60,
             )
-            return
+            return False
         ref = DatasetRef(dataset.id, dataset.name)
         item = UploadItem(
             path=self._locate(row),
@@ -187,17 +218,21 @@ class UploadEngine:
             sha256=row.sha256 or "",
             spooled=row.spool_path is not None,
         )
-        await self._upload_loop(row, dataset, target, ref, item)
+        return await self._upload_loop(row, dataset, target, ref, item)
 
     async def _upload_loop(
         self, row: FileRow, dataset: DatasetRow, target: Target, ref: DatasetRef, item: UploadItem
-    ) -> None:
-        """Attempts of one file: quick retries here, then parked in the journal."""
+    ) -> bool:
+        """Attempts of one file: quick retries here, then parked in the journal.
+
+        True once the target returned it (it landed); False when it was parked or failed.
+        """
         failures = 0
         attempts = row.attempts
         while True:
             attempts += 1
-            self._journal.mark_uploading(row.id)
+            if failures:  # the first attempt was claimed by _upload
+                self._journal.mark_uploading(row.id)
             try:
                 key = await self._attempt(target, ref, row, item)
             except asyncio.CancelledError:
@@ -205,41 +240,102 @@ class UploadEngine:
                 raise
             except (SourceError, PermanentTargetError, TargetPausedError, _CancelledError) as exc:
                 self._settle(row, dataset, item, exc, attempts)
-                return
+                return False
             except TargetError as exc:
                 failures += 1
                 if attempts >= self._settings.attempts:
                     self._fail(row, dataset.name, item, str(exc), attempts)
-                    return
+                    return False
                 delay = self._backoff.delay(max(attempts, 1), exc.retry_after)
                 if failures > self._settings.quick_retries:
-                    self._journal.mark_retry(row.id, str(exc), self._clock.time() + delay)
-                    log.info(
-                        "upload parked",
-                        dataset=dataset.name,
-                        file=str(item.path),
-                        attempt=attempts,
-                        retry_in_s=round(delay, 1),
-                        error=str(exc),
-                    )
-                    return
+                    self._park(row, dataset.name, item, exc, attempts, delay)
+                    return False
                 self._journal.mark_retry(row.id, str(exc), 0)
                 await asyncio.sleep(delay)
                 continue
-            self._journal.mark_uploaded(row.id, key, self._clock.time())
-            if self._paused.pop(dataset.id, None) is not None:
-                self._journal.set_dataset_detail(dataset.id, None)  # signed in again
-            self._on_uploaded(row)
-            log.info(
-                "file uploaded",
-                dataset=dataset.name,
-                file=str(item.path),
-                sha256=item.sha256,
-                bytes=item.size,
-                attempt=attempts,
-                key=os.fsdecode(key),
-            )
+            self._landed.append(_Landed(row, dataset, item, target, key, attempts))
+            self._landing.set()
+            return True
+
+    async def _settle_landed(self) -> None:
+        """Make the files that landed durable, a batch at a time, then record them uploaded.
+
+        Files landing while a batch is made durable wait for the next one, so under load a
+        batch holds as many files as the workers finish in one sync.
+        """
+        try:
+            while True:
+                await self._landing.wait()
+                self._landing.clear()
+                while self._landed:
+                    await self._settle_batch(list(self._landed))
+        except asyncio.CancelledError:
+            for landed in self._landed:  # stopping: the next start sends them again
+                self._journal.release(landed.row.id)
+            raise
+
+    async def _settle_batch(self, batch: list[_Landed]) -> None:
+        """One durability batch: every file in it returned before make_durable was called."""
+        errors: dict[str, TargetError] = {}
+        for target in {landed.target.name: landed.target for landed in batch}.values():
+            try:
+                await target.make_durable()
+            except TargetError as exc:
+                errors[target.name] = exc
+        del self._landed[: len(batch)]
+        for landed in batch:
+            self._claimed.discard(landed.row.id)
+            error = errors.get(landed.target.name)
+            if error is None:
+                self._uploaded(landed)
+            else:
+                self._not_durable(landed, error)
+        self._wake.set()
+
+    def _uploaded(self, landed: _Landed) -> None:
+        row, dataset, item = landed.row, landed.dataset, landed.item
+        self._journal.mark_uploaded(row.id, landed.key, self._clock.time())
+        if self._paused.pop(dataset.id, None) is not None:
+            self._journal.set_dataset_detail(dataset.id, None)  # signed in again
+        self._on_uploaded(row)
+        log.info(
+            "file uploaded",
+            dataset=dataset.name,
+            file=str(item.path),
+            sha256=item.sha256,
+            bytes=item.size,
+            attempt=landed.attempts,
+            key=os.fsdecode(landed.key),
+        )
+
+    def _not_durable(self, landed: _Landed, exc: TargetError) -> None:
+        """The target could not make a batch durable: its files count a failed attempt."""
+        row, dataset, item = landed.row, landed.dataset, landed.item
+        if isinstance(exc, PermanentTargetError) or landed.attempts >= self._settings.attempts:
+            self._fail(row, dataset.name, item, str(exc), landed.attempts)
             return
+        delay = self._backoff.delay(max(landed.attempts, 1), exc.retry_after)
+        self._park(row, dataset.name, item, exc, landed.attempts, delay)
+
+    def _park(
+        self,
+        row: FileRow,
+        dataset: str,
+        item: UploadItem,
+        exc: TargetError,
+        attempts: int,
+        delay: float,
+    ) -> None:
+        """A transient failure: the file waits in the journal for ``delay`` seconds."""
+        self._journal.mark_retry(row.id, str(exc), self._clock.time() + delay)
+        log.info(
+            "upload parked",
+            dataset=dataset,
+            file=str(item.path),
+            attempt=attempts,
+            retry_in_s=round(delay, 1),
+            error=str(exc),
+        )
 
     def _settle(
         self,
