@@ -99,16 +99,20 @@ def _staging_spools(settings: Settings, journal: Journal) -> dict[str, Spool]:
 
 def _copy_remover(
     spool: Spool | None, staging: dict[str, Spool], hasher: Hasher
-) -> Callable[[FileRow], None]:
-    """What frees an uploaded file's copy in the spool or in a staging folder."""
+) -> Callable[[list[FileRow]], None]:
+    """What frees uploaded files' copies in the spool or in a staging folder."""
     spools = {os.fsencode(s.folder) + b"/": s for s in [spool, *staging.values()] if s}
 
-    def uploaded(row: FileRow) -> None:
-        if row.spool_path is None:
-            return
-        holder = spools.get(row.spool_path.rpartition(b"/")[0] + b"/")
-        if holder is not None:
-            holder.discard(row.spool_path, row.size)  # mark_uploaded forgot it
+    def uploaded(rows: list[FileRow]) -> None:
+        copies: dict[Spool, list[tuple[bytes, int]]] = {}
+        for row in rows:
+            if row.spool_path is None:
+                continue
+            holder = spools.get(row.spool_path.rpartition(b"/")[0] + b"/")
+            if holder is not None:
+                copies.setdefault(holder, []).append((row.spool_path, row.size))
+        for holder, held in copies.items():
+            holder.discard_all(held)  # mark_uploaded forgot them
             if holder is spool:
                 hasher.space_freed()  # files waiting for room in the spool may go
 

@@ -140,6 +140,10 @@ class Journal:
         self._grouping = False
         self._pending = 0  # writes in the open group
         self._datasets: dict[int, DatasetRow] | None = None  # the one writer's cache of rows
+        self._latest: dict[tuple[str, bytes], int] = {}  # (volume, folder) -> newest dataset
+        # Dataset activity not yet written (group commits): one write per dataset per group
+        # instead of one per file added; written before any read of dataset rows.
+        self._touched: dict[int, float] = {}
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -210,7 +214,10 @@ class Journal:
 
     def flush(self) -> None:
         """Commit the open group of writes, if any."""
-        if self._depth or not self._conn.in_transaction:
+        if self._depth:
+            return
+        self._write_touches()
+        if not self._conn.in_transaction:
             return
         try:
             self._conn.execute("COMMIT")
@@ -328,11 +335,13 @@ class Journal:
         if self._datasets is not None:
             if dataset_id is None:
                 self._datasets.clear()
+                self._latest.clear()  # a generation it names may have been undone
             else:
                 self._datasets.pop(dataset_id, None)
 
     def datasets(self) -> list[DatasetRow]:
         """Every dataset, oldest first."""
+        self._write_touches()
         rows = self._rows(f"SELECT {DATASET_COLUMNS} FROM datasets ORDER BY id")  # noqa: S608
         return [self._dataset(r) for r in rows]
 
@@ -340,6 +349,7 @@ class Journal:
         """The dataset with this id."""
         if self._datasets is not None and (cached := self._datasets.get(dataset_id)):
             return cached
+        self._write_touches()
         rows = self._rows(f"SELECT {DATASET_COLUMNS} FROM datasets WHERE id = ?", (dataset_id,))  # noqa: S608
         dataset = self._dataset(rows[0])
         if self._datasets is not None:
@@ -348,6 +358,7 @@ class Journal:
 
     def dataset_by_name(self, name: str) -> DatasetRow | None:
         """The dataset with this name, if any."""
+        self._write_touches()
         rows = self._rows(f"SELECT {DATASET_COLUMNS} FROM datasets WHERE name = ?", (name,))  # noqa: S608
         return self._dataset(rows[0]) if rows else None
 
@@ -376,15 +387,10 @@ class Journal:
         Once a dataset's processing has started it takes no more files: a later file opens
         the next generation, named ``NAME-2``, ``NAME-3``, ... (see README "Datasets").
         """
-        rows = self._rows(
-            f"SELECT {DATASET_COLUMNS} FROM datasets"  # noqa: S608
-            " WHERE volume = ? AND folder = ? ORDER BY generation DESC LIMIT 1",
-            (volume, folder),
-        )
+        latest = self._latest_dataset(volume, folder)
         generation = 1
         base = name
-        if rows:
-            latest = self._dataset(rows[0])
+        if latest is not None:
             closed = latest.state in CLOSED_STATES and latest.processing_started_at is not None
             if not closed:
                 return latest
@@ -407,7 +413,32 @@ class Journal:
                 now,
             ),
         )
-        return self.dataset(int(cursor.lastrowid or 0))
+        dataset_id = int(cursor.lastrowid or 0)
+        if self._datasets is not None:
+            self._latest[(volume, folder)] = dataset_id
+        return self.dataset(dataset_id)
+
+    def _latest_dataset(self, volume: str, folder: bytes) -> DatasetRow | None:
+        """The newest generation of the folder's dataset, if it has one.
+
+        The daemon asks for every file it meets; only :meth:`open_dataset` adds a generation,
+        so the answer is kept (the row itself comes from the dataset cache).
+        """
+        known = self._latest.get((volume, folder))
+        if known is not None and self._datasets is not None:
+            return self.dataset(known)
+        self._write_touches()
+        rows = self._rows(
+            f"SELECT {DATASET_COLUMNS} FROM datasets"  # noqa: S608
+            " WHERE volume = ? AND folder = ? ORDER BY generation DESC LIMIT 1",
+            (volume, folder),
+        )
+        if not rows:
+            return None
+        latest = self._dataset(rows[0])
+        if self._datasets is not None:
+            self._latest[(volume, folder)] = latest.id
+        return latest
 
     def follow_up(self, dataset: DatasetRow, now: float) -> DatasetRow:
         """The dataset that takes the folder's files once ``dataset`` is processing."""
@@ -443,14 +474,25 @@ class Journal:
 
     def touch_dataset(self, dataset_id: int, now: float) -> None:
         """A file of this dataset was added or changed: the quiet period starts again."""
-        self._write(
-            "UPDATE datasets SET last_activity_at = max(last_activity_at, ?) WHERE id = ?",
-            (now, dataset_id),
-        )
-        if self._datasets is not None and (cached := self._datasets.get(dataset_id)):
-            # Once per file added: keep the row rather than read it again at the next step.
+        if self._datasets is None:
+            self._write(
+                "UPDATE datasets SET last_activity_at = max(last_activity_at, ?) WHERE id = ?",
+                (now, dataset_id),
+            )
+            return
+        # Once per file added: the write waits for the group, the cached row changes now.
+        self._touched[dataset_id] = max(self._touched.get(dataset_id, now), now)
+        if cached := self._datasets.get(dataset_id):
             latest = max(cached.last_activity_at, now)
             self._datasets[dataset_id] = replace(cached, last_activity_at=latest)
+
+    def _write_touches(self) -> None:
+        touched, self._touched = self._touched, {}
+        for dataset_id, now in touched.items():
+            self._write(
+                "UPDATE datasets SET last_activity_at = max(last_activity_at, ?) WHERE id = ?",
+                (now, dataset_id),
+            )
 
     def set_dataset_settings(self, dataset_id: int, *, auto_process: bool, quiet_s: float) -> None:
         """Apply the current source settings (after a reload) to an open dataset."""

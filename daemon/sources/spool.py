@@ -17,6 +17,7 @@ needs anyway; when the disk is short of it, files are hashed without a copy, as 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -33,6 +34,10 @@ log = structlog.get_logger("dronesync.spool")
 GB = 1024**3
 STAGING = ".dronesync-staging"
 STAGING_MIN_FREE = GB  # staging stops well before the archive's disk is full
+# The disk's free space is asked again after this much was reserved (or when near the
+# margin), not for every copy: a statvfs per small image costs the event loop more than
+# the copy's bookkeeping.
+RECHECK_BYTES = 64 * 1024**2
 
 
 class Spool:
@@ -45,6 +50,8 @@ class Spool:
         self._min_free = int(settings.min_free_gb * GB)
         self._journal = journal
         self._used = 0
+        self._free = 0  # free bytes on the disk at the last look, less what was reserved since
+        self._since_look = RECHECK_BYTES  # bytes reserved since that look: look at once
         self.staging = staging  # a directory target's own: when full, files go unstaged
         self.accepting = True  # takes new copies (a retired staging folder only drains)
         self.full_message: str | None = None
@@ -108,10 +115,7 @@ class Spool:
 
     def reserve(self, size: int) -> bool:
         """Room for a copy of ``size`` bytes? Reserves it when there is."""
-        try:
-            free = shutil.disk_usage(self.folder).free
-        except OSError:
-            free = 0
+        free = self._free_space(size)
         if self._used + size > self._max or free - size < self._min_free:
             if self.staging:
                 return False  # hashed without a copy: nothing waits for staging
@@ -127,7 +131,19 @@ class Spool:
             log.info("spool has room again", folder=str(self.folder))
             self.full_message = None
         self._used += size
+        self._free -= size
+        self._since_look += size
         return True
+
+    def _free_space(self, size: int) -> int:
+        """Free bytes on the spool's disk, looked up again when the estimate may be stale."""
+        if self._since_look >= RECHECK_BYTES or self._free - size < self._min_free:
+            try:
+                self._free = shutil.disk_usage(self.folder).free
+            except OSError:
+                self._free = 0
+            self._since_look = 0
+        return self._free
 
     def unreserve(self, size: int) -> None:
         """A reserved copy was not made (the file changed, a read failed)."""
@@ -143,6 +159,23 @@ class Spool:
         with contextlib.suppress(OSError):
             os.unlink(path)
         self.unreserve(size)
+
+    def discard_all(self, copies: list[tuple[bytes, int]]) -> None:
+        """:meth:`discard` for many copies, deleted by a worker thread (off the event loop).
+
+        Their room counts as free at once; a copy left by a stop before its thread ran is
+        deleted at the next start (:meth:`recover`).
+        """
+        for _, size in copies:
+            self.unreserve(size)
+        paths = [path for path, _ in copies]
+        asyncio.get_running_loop().run_in_executor(None, _unlink_all, paths)
+
+
+def _unlink_all(paths: list[bytes]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _links(folder: Path) -> bool:

@@ -103,7 +103,7 @@ class UploadEngine:
         on_changed: Callable[[FileRow], None],
         backoff: Backoff | None = None,
         on_attention: Callable[[DatasetRow, str], None] | None = None,
-        on_uploaded: Callable[[FileRow], None] | None = None,
+        on_uploaded: Callable[[list[FileRow]], None] | None = None,
     ) -> None:
         self._journal = journal
         self._targets = targets
@@ -113,7 +113,7 @@ class UploadEngine:
         self._source_online = source_online
         self._on_changed = on_changed
         self._on_attention = on_attention or (lambda dataset, message: None)
-        self._on_uploaded = on_uploaded or (lambda row: None)
+        self._on_uploaded = on_uploaded or (lambda rows: None)
         self._backoff = backoff or Backoff.from_settings(settings)
         self._throttle = TokenBucket(settings.bandwidth_limit) if settings.bandwidth_limit else None
         self._queue: asyncio.Queue[FileRow] = asyncio.Queue(settings.concurrency)
@@ -162,10 +162,12 @@ class UploadEngine:
         while True:
             self.last_tick = self._clock.monotonic()
             self._wake.clear()
-            landed = len(self._landed)
-            room = self._settings.concurrency * 2 - (len(self._claimed) - landed)
+            # Rows are read a window at a time, once at least ``concurrency`` of them fit: one
+            # query per few files, not one per file finished.
+            concurrency = self._settings.concurrency
+            room = concurrency * 4 - len(self._claimed)
             rows = []
-            if room > 0 and landed < LANDED_MAX:
+            if room >= concurrency and len(self._landed) < LANDED_MAX:
                 rows = self._journal.next_uploads(self._clock.time(), room, self._claimed)
             for row in rows:
                 self._claimed.add(row.id)
@@ -183,22 +185,21 @@ class UploadEngine:
     async def _worker(self) -> None:
         while True:
             row = await self._queue.get()
-            landed = False
             try:
-                landed = await self._upload(row)
+                await self._upload(row)
             finally:
-                if not landed:  # a landed file stays claimed until it is recorded
-                    self._claimed.discard(row.id)
+                # A landed file is 'uploading' in the journal until it is recorded: the
+                # dispatcher does not meet it again.
+                self._claimed.discard(row.id)
                 self._flights.pop(row.id, None)
                 self._wake.set()
 
-    async def _upload(self, row: FileRow) -> bool:
-        """Upload one file; True if it landed (see :meth:`_settle_landed`)."""
+    async def _upload(self, row: FileRow) -> None:
         dataset = self._journal.dataset(row.dataset_id)
         if dataset.state not in ("collecting", "ready"):
-            return False
+            return
         if not self._journal.mark_uploading(row.id, expect=row):
-            return False  # changed since the dispatcher read it (rehashed, retried, moved)
+            return  # changed since the dispatcher read it (rehashed, retried, moved)
         target = self._targets.get(dataset.target)
         if target is None:
             # The configuration no longer names this dataset's target: wait for it to return.
@@ -208,7 +209,7 @@ class UploadEngine:
                 f"target {dataset.target!r} is not in the configuration",
                 self._clock.time() + 60,
             )
-            return False
+            return
         ref = DatasetRef(dataset.id, dataset.name)
         item = UploadItem(
             path=self._locate(row),
@@ -218,14 +219,14 @@ class UploadEngine:
             sha256=row.sha256 or "",
             spooled=row.spool_path is not None,
         )
-        return await self._upload_loop(row, dataset, target, ref, item)
+        await self._upload_loop(row, dataset, target, ref, item)
 
     async def _upload_loop(
         self, row: FileRow, dataset: DatasetRow, target: Target, ref: DatasetRef, item: UploadItem
-    ) -> bool:
+    ) -> None:
         """Attempts of one file: quick retries here, then parked in the journal.
 
-        True once the target returned it (it landed); False when it was parked or failed.
+        A file the target returned lands: :meth:`_settle_landed` records it.
         """
         failures = 0
         attempts = row.attempts
@@ -240,22 +241,22 @@ class UploadEngine:
                 raise
             except (SourceError, PermanentTargetError, TargetPausedError, _CancelledError) as exc:
                 self._settle(row, dataset, item, exc, attempts)
-                return False
+                return
             except TargetError as exc:
                 failures += 1
                 if attempts >= self._settings.attempts:
                     self._fail(row, dataset.name, item, str(exc), attempts)
-                    return False
+                    return
                 delay = self._backoff.delay(max(attempts, 1), exc.retry_after)
                 if failures > self._settings.quick_retries:
                     self._park(row, dataset.name, item, exc, attempts, delay)
-                    return False
+                    return
                 self._journal.mark_retry(row.id, str(exc), 0)
                 await asyncio.sleep(delay)
                 continue
             self._landed.append(_Landed(row, dataset, item, target, key, attempts))
             self._landing.set()
-            return True
+            return
 
     async def _settle_landed(self) -> None:
         """Make the files that landed durable, a batch at a time, then record them uploaded.
@@ -283,13 +284,16 @@ class UploadEngine:
             except TargetError as exc:
                 errors[target.name] = exc
         del self._landed[: len(batch)]
+        uploaded = []
         for landed in batch:
-            self._claimed.discard(landed.row.id)
             error = errors.get(landed.target.name)
             if error is None:
                 self._uploaded(landed)
+                uploaded.append(landed.row)
             else:
                 self._not_durable(landed, error)
+        if uploaded:
+            self._on_uploaded(uploaded)
         self._wake.set()
 
     def _uploaded(self, landed: _Landed) -> None:
@@ -297,7 +301,6 @@ class UploadEngine:
         self._journal.mark_uploaded(row.id, landed.key, self._clock.time())
         if self._paused.pop(dataset.id, None) is not None:
             self._journal.set_dataset_detail(dataset.id, None)  # signed in again
-        self._on_uploaded(row)
         log.info(
             "file uploaded",
             dataset=dataset.name,
