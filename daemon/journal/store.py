@@ -136,6 +136,7 @@ class Journal:
         self._conn = conn
         self.path = path
         self._depth = 0
+        self._opened = False  # the outermost transaction's savepoint was opened
         self.commits = 0  # for the "stopped" line: proof that writes are batched
         self._grouping = False
         self._pending = 0  # writes in the open group
@@ -252,20 +253,31 @@ class Journal:
 
     @contextmanager
     def _savepoint(self) -> Iterator[None]:
-        try:
-            if not self._conn.in_transaction:
-                self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute("SAVEPOINT write")
-        except sqlite3.Error as exc:
-            raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
+        """The savepoint of an outermost transaction, opened by its first write.
+
+        In the daemon (group commits: the journal's one writer), a unit that writes nothing,
+        such as a scan that meets only known files, costs no statement: each statement is a
+        hand-over of the GIL, and the event loop makes thousands. Otherwise the write lock is
+        taken at once, so the unit's reads see no other writer's changes before its writes.
+        """
         self._depth = 1
+        self._opened = False
+        if not self._grouping:
+            try:
+                self._open_savepoint()
+            except JournalError:
+                self._depth = 0
+                raise
         try:
             yield
         except BaseException:
             self._depth = 0
-            self._undo_savepoint()
+            if self._opened:
+                self._undo_savepoint()
             raise
         self._depth = 0
+        if not self._opened:
+            return
         try:
             self._conn.execute("RELEASE write")
         except sqlite3.Error as exc:
@@ -274,6 +286,15 @@ class Journal:
         self._pending += 1
         if self._pending >= GROUP_MAX:
             self.flush()
+
+    def _open_savepoint(self) -> None:
+        try:
+            if not self._conn.in_transaction:
+                self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("SAVEPOINT write")
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
+        self._opened = True
 
     def _undo_savepoint(self) -> None:
         """Undo one write of the group; if SQLite dropped the whole group (a full disk), say so."""
@@ -294,6 +315,8 @@ class Journal:
 
     def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         if self._depth:  # inside transaction(): its savepoint covers this statement
+            if not self._opened:
+                self._open_savepoint()
             try:
                 return self._conn.execute(sql, tuple(params))
             except sqlite3.Error as exc:
@@ -640,12 +663,14 @@ class Journal:
         caller has just read it; ``spool_path``, the copy made while hashing, is kept when
         the file waits for upload (the caller deletes it otherwise).
         """
-        with self.transaction():
-            if current is None:
-                current = self.file(file_id)
-            if current.sha256 == sha256 and current.status in DONE_STATUSES:
-                return self._update_file(current, size=size, mtime_ns=mtime_ns)
-            original = self._original_of(file_id, sha256, dataset_id, duplicate_scope)
+        if current is None:
+            current = self.file(file_id)
+        if current.sha256 == sha256 and current.status in DONE_STATUSES:
+            return self._update_file(current, size=size, mtime_ns=mtime_ns)
+        original = self._original_of(file_id, sha256, dataset_id, duplicate_scope)
+        changed = current.sha256 is not None and current.sha256 != sha256
+        # One write, unless changed content also restarts the dataset's quiet period.
+        with self.transaction() if changed else contextlib.nullcontext():
             recorded = self._update_file(
                 current,
                 dataset_id=dataset_id,
@@ -661,7 +686,7 @@ class Journal:
                 remote_key=None,
                 uploaded_at=None,
             )
-            if current.sha256 is not None and current.sha256 != sha256:
+            if changed:
                 self.touch_dataset(dataset_id, now)
             return recorded
 
