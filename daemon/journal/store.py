@@ -797,6 +797,24 @@ class Journal:
             (remote_key, now, file_id),
         )
 
+    def mark_all_uploaded(self, uploads: list[tuple[FileRow, bytes]], now: float) -> None:
+        """:meth:`mark_uploaded` for a batch of (file, remote key), in few statements.
+
+        Files stored under their own path (nearly all) take one statement per 500.
+        """
+        own = [row.id for row, key in uploads if key == row.dspath]
+        for start in range(0, len(own), 500):
+            chunk = own[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            self._write(
+                "UPDATE files SET status = 'uploaded', remote_key = dspath, uploaded_at = ?,"  # noqa: S608
+                f" last_error = NULL, spool_path = NULL WHERE id IN ({marks})",
+                (now, *chunk),
+            )
+        for row, key in uploads:
+            if key != row.dspath:  # renamed on the target (NAME~2.JPG)
+                self.mark_uploaded(row.id, key, now)
+
     def mark_retry(self, file_id: int, error: str, next_attempt_at: float) -> None:
         """A transient failure: park the file until ``next_attempt_at``."""
         self._write(

@@ -13,6 +13,7 @@ import asyncio
 import glob
 import os
 import random
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,11 +443,12 @@ class SourceManager:
             if known is not None and known.status == "waiting" and not known.hashed:
                 self._gone(root, relpath, known)
             return
-        if os.path.isdir(full) and not os.path.islink(full):
+        # One lstat answers every question (a symlink is neither a folder nor a file here).
+        if stat.S_ISDIR(info.st_mode):
             assert self._hints is not None  # noqa: S101 (set in run)
             self._hints.request_rescan(root.key)
             return
-        if not os.path.isfile(full) or os.path.islink(full) or not root.wanted(relpath):
+        if not stat.S_ISREG(info.st_mode) or not root.wanted(relpath):
             return
         with self._journal.transaction():
             self._reconcile(root, Entry(relpath, info.st_size, info.st_mtime_ns), rehash=rehash)
