@@ -154,3 +154,71 @@ def test_a_stalled_transfer_is_aborted_and_retried(tmp_path: Path) -> None:
     asyncio.run(_run_until(_engine(journal, target, stall_s=0.3), journal, ids, {"uploaded"}))
     assert target.stalls == 1
     assert journal.file(ids[0]).attempts == 2
+
+
+class SlowDiskTarget(MemoryTarget):
+    """A target whose durability step waits until the test lets it go, or fails once."""
+
+    def __init__(self) -> None:
+        super().__init__("disk")
+        self.syncs = 0
+        self.released = asyncio.Event()
+        self.fail_sync: list[TransientTargetError] = []
+
+    async def make_durable(self) -> None:
+        self.syncs += 1
+        await self.released.wait()
+        if self.fail_sync:
+            raise self.fail_sync.pop()
+
+
+def test_no_file_is_called_uploaded_before_its_batch_is_durable(tmp_path: Path) -> None:
+    target = SlowDiskTarget()
+    journal, ids = _journal_with_files(tmp_path, target.name, 6)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(_engine(journal, target).run())
+        deadline = time.monotonic() + 20
+        while len(target.puts) < 6:  # every file stored; none can be durable yet
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert {journal.file(i).status for i in ids} == {"uploading"}
+        target.released.set()
+        while {journal.file(i).status for i in ids} != {"uploaded"}:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    # Six files, stored while the first sync hung: far fewer syncs than files.
+    assert target.syncs <= 2
+
+
+def test_a_batch_that_cannot_be_made_durable_is_sent_again(tmp_path: Path) -> None:
+    target = SlowDiskTarget()
+    target.released.set()
+    target.fail_sync.append(TransientTargetError("writeback error: EIO"))
+    journal, ids = _journal_with_files(tmp_path, target.name, 2)
+    asyncio.run(_run_until(_engine(journal, target), journal, ids, {"uploaded"}))
+    assert target.syncs >= 2
+    assert [journal.file(i).attempts for i in ids] == [2, 2]  # the failed sync counted
+
+
+def test_files_waiting_for_durability_go_back_to_waiting_when_stopped(tmp_path: Path) -> None:
+    target = SlowDiskTarget()  # never released: the sync hangs until the engine stops
+    journal, ids = _journal_with_files(tmp_path, target.name, 3)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(_engine(journal, target).run())
+        deadline = time.monotonic() + 20
+        while len(target.puts) < 3:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    rows = [journal.file(i) for i in ids]
+    assert {row.status for row in rows} == {"waiting"}
+    assert {row.attempts for row in rows} == {0}  # a stop is not the file's fault

@@ -463,3 +463,54 @@ def test_a_file_that_vanished_before_its_hash_is_forgotten_and_found_no_more(
     found = journal.find_file(hashed)
     assert found is not None
     assert found.sha256 == "1" * 64
+
+
+def test_a_batch_of_uploads_is_recorded_with_each_files_own_key(journal: Journal) -> None:
+    journal.group_commits()
+    ds = dataset(journal, "m1")
+    same = add(journal, ds, b"a.jpg", "a" * 64)
+    renamed = add(journal, ds, b"b.jpg", "b" * 64)
+    journal.set_spool(same, b"/spool/1.img")
+    rows = [journal.file(same), journal.file(renamed)]
+    journal.mark_all_uploaded([(rows[0], b"a.jpg"), (rows[1], b"b~2.jpg")], NOW)
+    after = {f.id: f for f in journal.files(ds)}
+    assert after[same].remote_key == b"a.jpg"
+    assert after[renamed].remote_key == b"b~2.jpg"  # taken a free name on the target
+    assert {f.status for f in after.values()} == {"uploaded"}
+    assert after[same].spool_path is None  # the copy is no longer needed
+
+
+def test_a_file_changed_since_it_was_read_is_not_taken_for_upload(journal: Journal) -> None:
+    ds = dataset(journal, "m1")
+    fid = add(journal, ds, b"a.jpg", "a" * 64)
+    seen = journal.file(fid)
+    journal.rehash(fid, "changed on the card")  # between the dispatcher's read and the worker
+    assert not journal.mark_uploading(fid, expect=seen)
+    assert journal.file(fid).status == "waiting"
+    assert journal.file(fid).attempts == 0
+
+
+def test_activity_kept_in_memory_is_written_before_datasets_are_read(
+    journal: Journal, path: Path
+) -> None:
+    journal.group_commits()
+    ds = dataset(journal, "m1")
+    journal.touch_dataset(ds, NOW + 5)
+    journal.touch_dataset(ds, NOW + 9)
+    assert journal.dataset(ds).last_activity_at == NOW + 9  # the daemon's own view
+    assert next(d for d in journal.datasets() if d.id == ds).last_activity_at == NOW + 9
+    journal.flush()
+    reader = Journal.open(path, readonly=True)
+    assert reader.dataset(ds).last_activity_at == NOW + 9  # and what others read
+    reader.close()
+
+
+def test_a_unit_of_work_that_writes_nothing_commits_nothing(journal: Journal) -> None:
+    journal.group_commits()
+    dataset(journal, "m1")
+    journal.flush()
+    before = journal.commits
+    with journal.transaction():
+        journal.datasets()  # a scan that met only known files
+    journal.flush()
+    assert journal.commits == before

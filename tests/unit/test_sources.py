@@ -294,6 +294,20 @@ def test_offering_the_same_file_again_keeps_its_clock(tmp_path: Path) -> None:
     assert [c.file_id for c in gate.tick(3.0).ready] == [1]
 
 
+def test_a_file_hashed_meanwhile_leaves_the_gate_unless_it_changed(tmp_path: Path) -> None:
+    same, grown = tmp_path / "same.jpg", tmp_path / "grown.jpg"
+    same.write_bytes(b"x")
+    grown.write_bytes(b"x")
+    gate = StabilityGate(open_check=nobody_writes)
+    hashed_same, hashed_grown = _candidate(same, 0.0, 1), _candidate(grown, 0.0, 2)
+    gate.offer(_candidate(same, 1.0, 1))  # a watcher event met both while they were read
+    grown.write_bytes(b"xy")
+    gate.offer(_candidate(grown, 1.0, 2))
+    gate.settled(hashed_same)
+    gate.settled(hashed_grown)
+    assert [c.file_id for c in gate.tick(9.0).ready] == [2]  # only the changed one is read
+
+
 def test_a_file_that_vanishes_or_is_replaced_by_a_folder_is_reported(tmp_path: Path) -> None:
     gone = tmp_path / "gone.jpg"
     gone.write_bytes(b"x")
