@@ -5,8 +5,9 @@ the disk. Doing that with ``fsync`` on the file and on its folder costs two jour
 the filesystem per file: for small images that, not the copying, is what bounds the rate.
 Here every thread that needs its writes durable waits for one ``syncfs`` that *started after*
 its writes ended; while one runs, the threads that arrive queue for the next, which covers all
-of them. With four upload workers that is one sync for up to four files, and a sync of a
-filesystem with nothing dirty is nearly free.
+of them. The callers ask once per batch, not per file: the upload engine for the uploads that
+landed meanwhile, the hasher for the spool or staging copies it made, each gathering for up
+to :data:`GATHER_S` first. A sync of a filesystem with nothing dirty is nearly free.
 
 ``syncfs`` reports a writeback error of the filesystem (Linux ≥ 5.8 per open file), so a
 failed sync fails every file that waited for it.
@@ -20,6 +21,13 @@ import errno
 import os
 import threading
 from collections.abc import Callable
+
+# Writers that can wait a moment (copies not yet recorded, uploads not yet called uploaded)
+# gather for up to GATHER_S, or until GATHER_FILES are ready, before they ask for a sync: each
+# sync makes the filesystem commit its journal, and every file created or linked meanwhile
+# waits for that commit, so a sync per few files slows the copying it is meant to protect.
+GATHER_S = 0.05
+GATHER_FILES = 64
 
 
 def _load_syncfs() -> ctypes._NamedFuncPointer | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from daemon.clock import Clock
+from daemon.durable import GATHER_FILES, GATHER_S
 from daemon.errors import DronesyncError, FileChangedError, SourceError, SpoolError
 from daemon.hashing import Hashed, hash_file, spool_file
 from daemon.journal import FileRow, Journal
@@ -27,7 +28,6 @@ from daemon.journal.store import CLOSED_STATES, DONE_STATUSES
 from daemon.sources.gate import Candidate
 from daemon.sources.manager import SourceManager
 from daemon.sources.spool import Spool
-from daemon.upload.engine import LANDED_BATCH, LANDED_GATHER_S
 
 log = structlog.get_logger("dronesync.hasher")
 
@@ -162,8 +162,8 @@ class Hasher:
     async def _sync(self) -> None:
         """Make the spool's new copies durable, one ``syncfs`` for all, then record them."""
         while self._unsynced:
-            if len(self._unsynced) < LANDED_BATCH:
-                await asyncio.sleep(LANDED_GATHER_S)  # gather more copies: see LANDED_GATHER_S
+            if len(self._unsynced) < GATHER_FILES:
+                await asyncio.sleep(GATHER_S)  # let more copies join this sync
             batch = list(self._unsynced.values())  # stay there until recorded: see submit
             errors: dict[Spool, SpoolError] = {}
             for spool in {spool for _, _, spool in batch}:  # the spool, staging folders

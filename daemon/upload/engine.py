@@ -25,6 +25,7 @@ import structlog
 
 from daemon.clock import Clock, wait_event
 from daemon.config import UploadSettings
+from daemon.durable import GATHER_FILES, GATHER_S
 from daemon.errors import (
     FileChangedError,
     PermanentTargetError,
@@ -45,11 +46,6 @@ IDLE_WAIT_S = 5.0
 PAUSE_S = 60.0
 # The most uploads that may wait for durability at once: the dispatcher hands out no more.
 LANDED_MAX = 256
-# A batch gathers files for up to this long, unless it holds LANDED_BATCH already: a sync
-# makes the filesystem commit its journal, and every file created or linked meanwhile waits
-# for that commit, so a sync per few files slows the copying it is meant to protect.
-LANDED_GATHER_S = 0.05
-LANDED_BATCH = 64
 
 
 @dataclass(slots=True)
@@ -272,8 +268,8 @@ class UploadEngine:
         try:
             while True:
                 await self._landing.wait()
-                if len(self._landed) < LANDED_BATCH:
-                    await asyncio.sleep(LANDED_GATHER_S)
+                if len(self._landed) < GATHER_FILES:
+                    await asyncio.sleep(GATHER_S)
                 self._landing.clear()
                 while self._landed:
                     await self._settle_batch(list(self._landed))
