@@ -281,11 +281,18 @@ class UploadEngine:
     async def _settle_batch(self, batch: list[_Landed]) -> None:
         """One durability batch: every file in it returned before make_durable was called."""
         errors: dict[str, TargetError] = {}
+        stall = self._settings.stall_s
         for target in {landed.target.name: landed.target for landed in batch}.values():
             try:
-                await target.make_durable()
+                # A share that hangs in its sync stalls the batch as a transfer would.
+                await asyncio.wait_for(target.make_durable(), stall)
             except TargetError as exc:
                 errors[target.name] = exc
+            except TimeoutError:
+                errors[target.name] = _StalledError(
+                    f"stalled: {target.name} did not confirm the files were stored"
+                    f" within {stall:g} s"
+                )
         del self._landed[: len(batch)]
         uploaded = [landed for landed in batch if landed.target.name not in errors]
         self._journal.mark_all_uploaded(

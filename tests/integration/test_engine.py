@@ -222,3 +222,24 @@ def test_files_waiting_for_durability_go_back_to_waiting_when_stopped(tmp_path: 
     rows = [journal.file(i) for i in ids]
     assert {row.status for row in rows} == {"waiting"}
     assert {row.attempts for row in rows} == {0}  # a stop is not the file's fault
+
+
+def test_a_sync_that_hangs_parks_its_files_and_they_go_once_it_returns(tmp_path: Path) -> None:
+    target = SlowDiskTarget()  # a share whose sync does not return
+    journal, ids = _journal_with_files(tmp_path, target.name, 2)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(_engine(journal, target, stall_s=0.3).run())
+        deadline = time.monotonic() + 20
+        while not all((journal.file(i).last_error or "").startswith("stalled") for i in ids):
+            assert time.monotonic() < deadline, [journal.file(i).status for i in ids]
+            await asyncio.sleep(0.01)
+        assert "uploaded" not in {journal.file(i).status for i in ids}  # parked, sent again
+        target.released.set()
+        while {journal.file(i).status for i in ids} != {"uploaded"}:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
