@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from daemon.clock import SystemClock
@@ -78,6 +79,13 @@ def _locate(row: FileRow) -> Path:
     return Path(row.volume) / os.fsdecode(row.relpath)
 
 
+async def _until(condition: Callable[[], bool], deadline: float) -> None:
+    """Wait until ``condition`` holds; fail the test at ``deadline`` (``time.monotonic``)."""
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 async def _run_until(
     engine: UploadEngine,
     journal: Journal,
@@ -88,9 +96,7 @@ async def _run_until(
     task = asyncio.create_task(engine.run())
     deadline = time.monotonic() + limit_s
     try:
-        while {journal.file(i).status for i in ids} - statuses:
-            assert time.monotonic() < deadline, [journal.file(i).status for i in ids]
-            await asyncio.sleep(0.02)
+        await _until(lambda: not {journal.file(i).status for i in ids} - statuses, deadline)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -179,14 +185,10 @@ def test_no_file_is_called_uploaded_before_its_batch_is_durable(tmp_path: Path) 
     async def scenario() -> None:
         task = asyncio.create_task(_engine(journal, target).run())
         deadline = time.monotonic() + 20
-        while len(target.puts) < 6:  # every file stored; none can be durable yet
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await _until(lambda: len(target.puts) == 6, deadline)  # stored, none durable yet
         assert {journal.file(i).status for i in ids} == {"uploading"}
         target.released.set()
-        while {journal.file(i).status for i in ids} != {"uploaded"}:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await _until(lambda: {journal.file(i).status for i in ids} == {"uploaded"}, deadline)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -212,9 +214,7 @@ def test_files_waiting_for_durability_go_back_to_waiting_when_stopped(tmp_path: 
     async def scenario() -> None:
         task = asyncio.create_task(_engine(journal, target).run())
         deadline = time.monotonic() + 20
-        while len(target.puts) < 3:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await _until(lambda: len(target.puts) == 3, deadline)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -231,14 +231,14 @@ def test_a_sync_that_hangs_parks_its_files_and_they_go_once_it_returns(tmp_path:
     async def scenario() -> None:
         task = asyncio.create_task(_engine(journal, target, stall_s=0.3).run())
         deadline = time.monotonic() + 20
-        while not all((journal.file(i).last_error or "").startswith("stalled") for i in ids):
-            assert time.monotonic() < deadline, [journal.file(i).status for i in ids]
-            await asyncio.sleep(0.01)
+
+        def parked_as_stalled() -> bool:
+            return all((journal.file(i).last_error or "").startswith("stalled") for i in ids)
+
+        await _until(parked_as_stalled, deadline)
         assert "uploaded" not in {journal.file(i).status for i in ids}  # parked, sent again
         target.released.set()
-        while {journal.file(i).status for i in ids} != {"uploaded"}:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await _until(lambda: {journal.file(i).status for i in ids} == {"uploaded"}, deadline)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
