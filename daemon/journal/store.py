@@ -505,9 +505,9 @@ class Journal:
             return
         # Once per file added: the write waits for the group, the cached row changes now.
         self._touched[dataset_id] = max(self._touched.get(dataset_id, now), now)
-        if cached := self._datasets.get(dataset_id):
-            latest = max(cached.last_activity_at, now)
-            self._datasets[dataset_id] = replace(cached, last_activity_at=latest)
+        cached = self._datasets.get(dataset_id)
+        if cached is not None and now > cached.last_activity_at:
+            self._datasets[dataset_id] = replace(cached, last_activity_at=now)
 
     def _write_touches(self) -> None:
         touched, self._touched = self._touched, {}

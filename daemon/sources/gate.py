@@ -16,16 +16,27 @@ from daemon.sources.openfiles import FileId, open_for_writing
 
 @dataclass(slots=True)
 class Candidate:
-    """A file waiting to become stable."""
+    """A file waiting to become stable.
+
+    Its path is kept in two parts, the source's folder (one ``bytes`` shared by all its
+    files) and the path inside it (the same object as the source's index key): a card of
+    100,000 files then costs no path of its own per file while they wait.
+    """
 
     file_id: int
     dataset_id: int
-    path: bytes
+    base: bytes  # the source's folder, with a trailing slash
+    relpath: bytes
     size: int
     mtime_ns: int
     stable_since: float
     stable_s: float
     dev_ino: FileId = (0, 0)
+
+    @property
+    def path(self) -> bytes:
+        """The file's full path."""
+        return self.base + self.relpath
 
 
 @dataclass(frozen=True, slots=True)

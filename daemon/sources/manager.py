@@ -34,6 +34,7 @@ from daemon.sources.watcher import Hints, Watcher
 log = structlog.get_logger("dronesync.sources")
 
 TICK_S = 0.2
+SCAN_CHUNK = 1000  # files a scan hands from its walk to the loop at a time
 CARD_CHECK_S = 1.0
 ACTIVE_STATES = ("collecting", "ready")
 
@@ -46,6 +47,7 @@ class Root:
     source_index: int
     config: SourceConfig
     path: Path
+    base: bytes  # path as bytes, with a trailing slash: the prefix of its files' paths
     mapper: DatasetMapper
     filter: FileFilter
     index: dict[bytes, Known] = field(default_factory=dict)  # files with work left, or met
@@ -106,6 +108,7 @@ class SourceManager:
         self._on_removable = on_removable or (lambda root: None)
         self._cards_checked_at = 0.0
         self.last_tick = clock.monotonic()  # the watchdog's proof that this loop turns
+        self._ticked_at = 0.0  # the gate's last tick (monotonic)
         self._mount_sources = any(c.require_mount for c in sources)
         self._mounts: dict[str, Mount] = read_mounts(mountinfo) if self._mount_sources else {}
 
@@ -213,6 +216,7 @@ class SourceManager:
             source_index=index,
             config=config,
             path=path,
+            base=os.fsencode(path) + b"/",
             mapper=DatasetMapper(config, path, card_of(path, self._mounts)),
             filter=FileFilter(config.include, config.exclude),
         )
@@ -247,7 +251,7 @@ class SourceManager:
         root.files_left = -1
         if self._watcher is not None:
             self._watcher.unwatch(root.key)
-        self.gate.discard_where(lambda c: not c.path.startswith(os.fsencode(root.path) + b"/"))
+        self.gate.discard_where(lambda c: c.base != root.base)
         # Files safe in the spool do not need the card: their datasets go on uploading.
         left = self._journal.left_on(root.volume, failed=False)
         for dataset in self._journal.datasets():
@@ -316,12 +320,13 @@ class SourceManager:
             log.info("first scan done", files_pending=len(self.gate))
 
     @staticmethod
-    def _walk(root: Root) -> list[Entry]:
-        """The root's files that need a look (in a worker thread).
+    def _walk(root: Root, hand_over: Callable[[list[Entry]], bool]) -> None:
+        """Walk the root in a worker thread, handing its files over in chunks.
 
-        Files the hash cache holds as settled (hashed, nothing left to send, size and mtime
-        unchanged) are passed over before the include/exclude filter and without an entry:
-        a restart over 100,000 uploaded files costs little more than the walk itself.
+        Only files that need a look are handed over: those the hash cache holds as settled
+        (hashed, nothing left to send, size and mtime unchanged) are passed over before the
+        include/exclude filter and without an entry, so a restart over 100,000 uploaded files
+        costs little more than the walk itself. ``hand_over`` returns false to stop the walk.
         """
         known = root.settled  # read only here; the loop may drop entries meanwhile
 
@@ -331,24 +336,67 @@ class SourceManager:
         def on_error(path: bytes, exc: OSError) -> None:
             log.warning("cannot read", path=os.fsdecode(path), error=exc.strerror)
 
-        return list(walk(os.fsencode(root.path), root.wanted, on_error, settled))
+        chunk: list[Entry] = []
+        for entry in walk(os.fsencode(root.path), root.wanted, on_error, settled):
+            chunk.append(entry)
+            if len(chunk) >= SCAN_CHUNK:
+                if not hand_over(chunk):
+                    return
+                chunk = []
+        if chunk:
+            hand_over(chunk)
 
     async def _scan(self, root: Root) -> None:
-        entries = await asyncio.to_thread(self._walk, root)
+        """Walk the root and bring the journal in step, a chunk at a time.
+
+        Each chunk is reconciled in a transaction of its own as soon as the walk hands it
+        over, and the gate is ticked between chunks: the first images of a big card are
+        hashed while the rest of it is still being walked, and the walk's entries are never
+        all held at once. Files missing from the walk are judged only once it is complete.
+        """
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[list[Entry] | None] = asyncio.Queue()
+        stopped = False  # set when this scan is cancelled: the thread stops at its next chunk
+
+        def hand_over(chunk: list[Entry] | None) -> bool:  # in the walk's thread
+            if stopped:
+                return False
+            loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            return True
+
+        def walk_all() -> None:
+            try:
+                self._walk(root, hand_over)
+            finally:
+                hand_over(None)
+
+        # Files waiting to be read that the walk does not meet are gone. Only those known
+        # before the walk can be: a first scan of a new card keeps no set of what it met.
+        unseen = {relpath for relpath, known in root.index.items() if known.status == "waiting"}
+        walker = asyncio.ensure_future(asyncio.to_thread(walk_all))
+        try:
+            while (chunk := await chunks.get()) is not None:
+                with self._journal.transaction():
+                    now = self._clock.time()
+                    for entry in chunk:
+                        unseen.discard(entry.relpath)
+                        self._reconcile(root, entry, now)
+                if self._clock.monotonic() - self._ticked_at >= TICK_S:
+                    self._gate_tick()
+                await asyncio.sleep(0)  # hashes done meanwhile are recorded between chunks
+            await walker  # its error, if any
+        finally:
+            stopped = True
         if not root.path.is_dir():
             return  # vanished during the walk: what is missing is not deleted
-        present: set[bytes] = set()
         with self._journal.transaction():
-            for entry in entries:
-                present.add(entry.relpath)
-                self._reconcile(root, entry)
-            for relpath, known in list(root.index.items()):
-                if relpath not in present and known.status == "waiting":
+            for relpath in unseen:
+                known = root.index.get(relpath)
+                if known is not None and known.status == "waiting":
                     self._gone(root, relpath, known)
 
-    def _reconcile(self, root: Root, entry: Entry, *, rehash: bool = False) -> None:
+    def _reconcile(self, root: Root, entry: Entry, now: float, *, rehash: bool = False) -> None:
         known = self._known(root, entry.relpath)
-        now = self._clock.time()
         if known is None:
             placement = root.mapper.place(entry.relpath, entry.mtime_ns)
             if placement is None:
@@ -377,7 +425,8 @@ class SourceManager:
             Candidate(
                 file_id=known.id,
                 dataset_id=known.dataset_id,
-                path=os.fsencode(root.path) + b"/" + entry.relpath,
+                base=root.base,
+                relpath=entry.relpath,
                 size=entry.size,
                 mtime_ns=entry.mtime_ns,
                 stable_since=now,
@@ -426,7 +475,7 @@ class SourceManager:
             root = roots.get(key)
             if root is None or not root.online:
                 continue
-            base = os.fsencode(root.path) + b"/"
+            base = root.base
             if not path.startswith(base):
                 self._hints.request_rescan(key)
                 continue
@@ -435,7 +484,7 @@ class SourceManager:
     def _look_at(self, root: Root, relpath: bytes, *, rehash: bool = False) -> None:
         if any(is_litter(part) for part in relpath.split(b"/")):
             return
-        full = os.fsencode(root.path) + b"/" + relpath
+        full = root.base + relpath
         try:
             info = os.stat(full, follow_symlinks=False)
         except OSError:
@@ -451,29 +500,36 @@ class SourceManager:
         if not stat.S_ISREG(info.st_mode) or not root.wanted(relpath):
             return
         with self._journal.transaction():
-            self._reconcile(root, Entry(relpath, info.st_size, info.st_mtime_ns), rehash=rehash)
+            entry = Entry(relpath, info.st_size, info.st_mtime_ns)
+            self._reconcile(root, entry, self._clock.time(), rehash=rehash)
 
     # -- the gate --------------------------------------------------------------------------
 
     def _gate_tick(self) -> None:
+        self._ticked_at = self._clock.monotonic()
         verdict = self.gate.tick(self._clock.time())
         now = self._clock.time()
         for candidate in verdict.changed:
             self._journal.touch_dataset(candidate.dataset_id, now)
         for candidate in verdict.vanished:
-            root = self._root_for_path(candidate.path)
+            root = self._root_of(candidate)
             if root is None or not root.online:
                 continue
-            relpath = candidate.path[len(os.fsencode(root.path)) + 1 :]
-            known = root.index.get(relpath)
+            known = root.index.get(candidate.relpath)
             if known is not None and not known.hashed:
-                self._gone(root, relpath, known)
+                self._gone(root, candidate.relpath, known)
         for candidate in verdict.ready:
             self._on_ready(candidate)
 
     def _root_for_path(self, path: bytes) -> Root | None:
         for root in self._roots.values():
-            if path.startswith(os.fsencode(root.path) + b"/"):
+            if path.startswith(root.base):
+                return root
+        return None
+
+    def _root_of(self, candidate: Candidate) -> Root | None:
+        for root in self._roots.values():
+            if root.base == candidate.base:
                 return root
         return None
 
@@ -482,10 +538,10 @@ class SourceManager:
         # A second candidate for the same file, offered while it was being read, has nothing
         # new to show: it leaves the gate instead of being read again.
         self.gate.settled(candidate)
-        root = self._root_for_path(candidate.path)
+        root = self._root_of(candidate)
         if root is None:
             return
-        relpath = candidate.path[len(os.fsencode(root.path)) + 1 :]
+        relpath = candidate.relpath
         root.settled.pop(relpath, None)
         root.index[relpath] = Known(
             candidate.file_id,
@@ -498,11 +554,10 @@ class SourceManager:
 
     def open_dataset_for(self, candidate: Candidate) -> int:
         """The dataset that takes this file now (a later generation once processing began)."""
-        root = self._root_for_path(candidate.path)
+        root = self._root_of(candidate)
         if root is None:
             return candidate.dataset_id
-        relpath = candidate.path[len(os.fsencode(root.path)) + 1 :]
-        placement = root.mapper.place(relpath, candidate.mtime_ns)
+        placement = root.mapper.place(candidate.relpath, candidate.mtime_ns)
         if placement is None:
             return candidate.dataset_id
         return self._open_dataset(root, placement, self._clock.time()).id

@@ -79,6 +79,11 @@ class _Handler(FileSystemEventHandler):
         self._source = source
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_synthetic:
+            # watchdog walks a folder created or moved in and reports everything in it. The
+            # folder's own event below asks for a rescan, which finds all of it: a look per
+            # file on top would read a card of 10,000 images' metadata twice.
+            return
         paths = [event.src_path]
         if isinstance(event, FileSystemMovedEvent):
             paths.append(event.dest_path)

@@ -247,7 +247,8 @@ def _candidate(path: Path, now: float, file_id: int = 1, stable_s: float = 3.0) 
     return Candidate(
         file_id=file_id,
         dataset_id=7,
-        path=os.fsencode(path),
+        base=os.fsencode(path.parent) + b"/",
+        relpath=os.fsencode(path.name),
         size=info.st_size,
         mtime_ns=info.st_mtime_ns,
         stable_since=now,

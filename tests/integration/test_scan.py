@@ -1,0 +1,142 @@
+"""Scans and watcher hints in process: real folders, real SQLite, real watchdog, the real clock."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.clock import SystemClock
+from daemon.config import SourceConfig
+from daemon.journal import Journal
+from daemon.sources import manager as manager_module
+from daemon.sources.gate import Candidate
+from daemon.sources.manager import SourceManager
+from daemon.sources.watcher import Hints, Watcher
+from tests.conftest import DEADLINE_S
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    opened = Journal.open(tmp_path / "state" / "journal.sqlite3")
+    yield opened
+    opened.close()
+
+
+def _images(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (folder / f"DJI_{i:04d}.JPG").write_bytes(b"\xff\xd8" + i.to_bytes(4, "big") * 64)
+
+
+def _known_files(journal: Journal) -> set[str]:
+    return {
+        os.fsdecode(row.relpath) for ds in journal.datasets() for row in journal.files(ds.id)
+    }
+
+
+def _run(manager: SourceManager, until: Callable[[], bool]) -> None:
+    """Run the manager's loop until ``until()`` holds (or fail after the deadline)."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(manager.run(stop))
+        deadline = time.monotonic() + DEADLINE_S
+        while not until():
+            if task.done():
+                task.result()  # its error, if it failed
+                pytest.fail("the source manager stopped on its own")
+            if time.monotonic() > deadline:
+                pytest.fail("timed out waiting for the source manager")
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+
+
+def test_a_big_folder_is_hashed_while_the_rest_is_still_being_walked(
+    tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manager_module, "SCAN_CHUNK", 10)
+    inbox = tmp_path / "inbox"
+    _images(inbox / "flight-1", 50)
+    released: list[Candidate] = []
+    known_at_first_release: list[int] = []
+
+    def ready(candidate: Candidate) -> None:
+        if not released:
+            known_at_first_release.append(len(_known_files(journal)))
+        released.append(candidate)
+
+    config = SourceConfig(path=inbox, target="archive", stable_s=0)
+    manager = SourceManager([config], journal, SystemClock(), ready)
+    _run(manager, lambda: len(released) >= 50 and manager.first_scan_done.is_set())
+
+    # The first files went on before the last ones were even in the journal...
+    assert known_at_first_release[0] < 50
+    # ...and every file went on exactly once.
+    assert sorted(c.relpath for c in released) == [
+        f"flight-1/DJI_{i:04d}.JPG".encode() for i in range(50)
+    ]
+    assert len(_known_files(journal)) == 50
+
+
+def test_a_file_gone_while_the_daemon_was_stopped_is_forgotten_after_a_scan_in_chunks(
+    tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manager_module, "SCAN_CHUNK", 10)
+    inbox = tmp_path / "inbox"
+    _images(inbox / "flight-1", 35)
+    # Not stable for an hour: every file stays waiting, never hashed.
+    config = SourceConfig(path=inbox, target="archive", stable_s=3600)
+    first = SourceManager([config], journal, SystemClock(), lambda c: None)
+    _run(first, first.first_scan_done.is_set)
+    assert len(_known_files(journal)) == 35
+
+    (inbox / "flight-1" / "DJI_0003.JPG").unlink()  # while no daemon ran
+    again = SourceManager([config], journal, SystemClock(), lambda c: None)
+    _run(again, again.first_scan_done.is_set)
+
+    expected = {f"flight-1/DJI_{i:04d}.JPG" for i in range(35)} - {"flight-1/DJI_0003.JPG"}
+    assert _known_files(journal) == expected  # the others, in every chunk, are kept
+
+
+def test_a_folder_moved_in_whole_is_one_rescan_not_a_look_per_file(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    flight = tmp_path / "flight-1"
+    _images(flight, 200)
+
+    async def main() -> list[bytes]:
+        hints = Hints(asyncio.get_running_loop())
+        watcher = Watcher(hints)
+        watcher.watch(1, inbox, None)
+        try:
+            flight.rename(inbox / "flight-1")
+            # Events come in order: once the marker's is here, the folder's have all come.
+            (inbox / "marker.JPG").write_bytes(b"\xff\xd8")
+            marker = os.fsencode(inbox / "marker.JPG")
+            paths: list[bytes] = []
+            deadline = time.monotonic() + DEADLINE_S
+            while marker not in paths:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"no event for the marker; got {paths[:5]}")
+                try:
+                    paths.append((await asyncio.wait_for(hints.queue.get(), 0.5))[1])
+                except TimeoutError:
+                    continue
+            return paths
+        finally:
+            watcher.close()
+
+    paths = asyncio.run(main())
+    moved = os.fsencode(inbox / "flight-1")
+    # The folder itself (which asks for a rescan), and not one hint per image in it.
+    assert moved in paths
+    assert b"" in paths  # the rescan
+    assert not [p for p in paths if p.startswith(moved + b"/")]
