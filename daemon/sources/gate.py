@@ -31,7 +31,6 @@ class Candidate:
     mtime_ns: int
     stable_since: float
     stable_s: float
-    dev_ino: FileId = (0, 0)
 
     @property
     def path(self) -> bytes:
@@ -91,6 +90,9 @@ class StabilityGate:
         ready: list[Candidate] = []
         vanished: list[Candidate] = []
         changed: list[Candidate] = []
+        # Device and inode of the files ready to go, for the open-for-writing check. Kept
+        # here, not on the candidates: those wait on until hashed, 100,000 of them at times.
+        file_ids: dict[int, FileId] = {}
         for candidate in list(self._pending.values()):
             try:
                 info = os.stat(candidate.path, follow_symlinks=False)
@@ -107,15 +109,15 @@ class StabilityGate:
                 candidate.stable_since = now
                 changed.append(candidate)
                 continue
-            candidate.dev_ino = (info.st_dev, info.st_ino)
             if now - candidate.stable_since >= candidate.stable_s:
                 ready.append(candidate)
+                file_ids[candidate.file_id] = (info.st_dev, info.st_ino)
         if ready:
-            still_open = self._open_check({c.dev_ino for c in ready})
-            held = [c for c in ready if c.dev_ino in still_open]
+            still_open = self._open_check(set(file_ids.values()))
+            held = [c for c in ready if file_ids[c.file_id] in still_open]
             for candidate in held:
                 candidate.stable_since = now
-            ready = [c for c in ready if c.dev_ino not in still_open]
+            ready = [c for c in ready if file_ids[c.file_id] not in still_open]
         for candidate in ready:
             del self._pending[candidate.file_id]
         return Verdict(ready, vanished, changed)
