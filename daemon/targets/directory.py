@@ -29,6 +29,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from daemon.durable import DURABILITY
 from daemon.errors import (
     FileChangedError,
     PermanentTargetError,
+    SourceError,
     TransientTargetError,
 )
 from daemon.hashing import CHUNK, open_regular, read_chunks
@@ -135,7 +137,20 @@ class DirectoryTarget:
         for n in range(1, MAX_NAME_TRIES + 1):
             key = _alternative(item.key, n)
             dest = Path(os.fsdecode(folder + b"/" + key))
+            if dest.parent not in self._folders:  # one mkdir per folder, not per file
+                self._make_folder(dest.parent)
+            if item.spooled and self._can_link:
+                # A link costs less than a look before it: the name is looked at only when
+                # taken (by a copy a killed run left, or by another file).
+                linked = self._link_spooled(item, dest, transfer)
+                if linked:
+                    return key
+                if linked is False:
+                    if _same_content(dest, item.sha256, item.size):
+                        return key
+                    continue
             if dest.exists():
+                # Looked at first here: a copy that a killed run left is not copied again.
                 if _same_content(dest, item.sha256, item.size):
                     _part_name(dest, item).unlink(missing_ok=True)  # left by a killed run
                     return key
@@ -157,12 +172,6 @@ class DirectoryTarget:
 
         False if another file took the name meanwhile.
         """
-        if dest.parent not in self._folders:  # one mkdir per folder, not per file
-            self._make_folder(dest.parent)
-        if item.spooled and self._can_link:
-            linked = self._link_spooled(item, dest, transfer)
-            if linked is not None:
-                return linked
         tmp = _part_name(dest, item)
         try:
             self._copy(item, tmp, transfer)
@@ -197,22 +206,28 @@ class DirectoryTarget:
             return call(*args, **kw)
 
     def _link_spooled(self, item: UploadItem, dest: Path, transfer: Transfer) -> bool | None:
-        """Hard-link the spool's copy to ``dest``; None when this filesystem cannot."""
-        src, info = open_regular(item.path)
+        """Hard-link the spool's copy to ``dest``.
+
+        False if the name is taken, None when this filesystem cannot link.
+        """
         try:
-            if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
-                raise FileChangedError(f"{item.path}: changed since it was hashed")
-            try:
-                self._again_in_new_folder(dest, os.link, item.path, dest, follow_symlinks=False)
-            except FileExistsError:
-                return False
-            except OSError as exc:
-                if exc.errno not in _NO_LINK_ERRNOS:
-                    raise _target_error(dest, exc) from exc
-                self._can_link = False  # another filesystem (or a share without links)
-                return None
-        finally:
-            os.close(src)
+            # The copy is the daemon's own: one lstat checks it (no open, fstat and close).
+            info = os.stat(item.path, follow_symlinks=False)
+        except OSError as exc:
+            raise SourceError(f"{item.path}: cannot open: {exc.strerror}") from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise SourceError(f"{item.path}: not a regular file")
+        if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
+            raise FileChangedError(f"{item.path}: changed since it was hashed")
+        try:
+            self._again_in_new_folder(dest, os.link, item.path, dest, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_LINK_ERRNOS:
+                raise _target_error(dest, exc) from exc
+            self._can_link = False  # another filesystem (or a share without links)
+            return None
         transfer.progress(item.size)
         return True
 

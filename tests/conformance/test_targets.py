@@ -396,6 +396,23 @@ def test_a_spooled_file_on_the_same_filesystem_is_linked_not_written_again(
     assert copies(target) == 1
 
 
+def test_a_spooled_file_whose_name_is_taken_is_linked_under_the_next_free_one(
+    tmp_path: Path,
+) -> None:
+    target = _directory(tmp_path)
+    run(target.ensure_dataset(DS))
+    folder = target.dataset_dir(DS) / "DCIM"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"someone else's file")
+    item = _spooled(tmp_path, tmp_path / "spool", b"ours")
+    assert run(target.upload(DS, item, Transfer())) == b"DCIM/a~2.jpg"
+    assert (folder / "a.jpg").read_bytes() == b"someone else's file"
+    assert (folder / "a~2.jpg").stat().st_ino == item.path.stat().st_ino
+    # a retry (the upload was done, its record lost to a kill) finds its own copy
+    assert run(target.upload(DS, item, Transfer())) == b"DCIM/a~2.jpg"
+    assert sorted(p.name for p in folder.iterdir()) == ["a.jpg", "a~2.jpg"]
+
+
 def test_a_spooled_file_that_changed_is_refused_like_any_other(tmp_path: Path) -> None:
     target = _directory(tmp_path)
     run(target.ensure_dataset(DS))
