@@ -709,8 +709,12 @@ class Journal:
         dataset = self.dataset(dataset_id)
         where = "d.target = ?" if scope == "target" else "f.dataset_id = ?"
         param: Any = dataset.target if scope == "target" else dataset_id
+        # Through the hash's index, named: with a dataset's scope the planner would rather
+        # take files_counts (dataset, status), and read every file of the dataset for each
+        # hash recorded: 5 ms a file at 20,000 files, a card's ingest quadratic in its size.
         row = self._conn.execute(
-            "SELECT f.id FROM files f JOIN datasets d ON d.id = f.dataset_id"  # noqa: S608
+            "SELECT f.id FROM files f INDEXED BY files_hash"  # noqa: S608
+            " JOIN datasets d ON d.id = f.dataset_id"
             f" WHERE f.sha256 = ? AND f.id != ? AND f.duplicate_of IS NULL AND {where}"
             " AND f.status IN ('waiting', 'uploading', 'uploaded') AND d.state != 'cancelled'"
             " ORDER BY f.status = 'uploaded' DESC, f.id LIMIT 1",

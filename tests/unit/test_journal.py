@@ -514,3 +514,42 @@ def test_a_unit_of_work_that_writes_nothing_commits_nothing(journal: Journal) ->
         journal.datasets()  # a scan that met only known files
     journal.flush()
     assert journal.commits == before
+
+
+@pytest.mark.parametrize("scope", ["dataset", "target"])
+def test_recording_a_hash_costs_no_more_in_a_big_dataset_than_in_a_small_one(
+    journal: Journal, scope: str
+) -> None:
+    """The duplicate check looks the hash up; it does not read through the dataset's files.
+
+    (It did with a dataset's scope, the default of NodeODM and PIX4Dcloud targets: the
+    ingest of a card was quadratic in its number of images.)
+    """
+
+    def steps_to_record(count: int) -> int:
+        ds = dataset(journal, f"{scope}-{count}")
+        with journal.transaction():
+            for i in range(count):
+                add(journal, ds, b"%d/%d" % (count, i), f"{count:08x}{i:056x}", scope)
+        fid = journal.add_file(
+            dataset_id=ds, volume="/srv/inbox", relpath=b"%d/new" % count, dspath=b"new", size=10,
+            mtime_ns=1, now=NOW,
+        )  # fmt: skip
+        steps = [0]
+
+        def count_steps() -> int:
+            steps[0] += 1
+            return 0  # go on
+
+        journal._conn.set_progress_handler(count_steps, 100)  # every 100 SQLite VM steps
+        try:
+            journal.record_hash(
+                fid, dataset_id=ds, size=10, mtime_ns=1, sha256="f" * 64,
+                duplicate_scope=scope, now=NOW,
+            )  # fmt: skip
+        finally:
+            journal._conn.set_progress_handler(None, 0)
+        return steps[0]
+
+    small, big = steps_to_record(50), steps_to_record(2000)
+    assert big <= 2 * small + 2, (small, big)
