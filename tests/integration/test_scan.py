@@ -34,9 +34,7 @@ def _images(folder: Path, count: int) -> None:
 
 
 def _known_files(journal: Journal) -> set[str]:
-    return {
-        os.fsdecode(row.relpath) for ds in journal.datasets() for row in journal.files(ds.id)
-    }
+    return {os.fsdecode(row.relpath) for ds in journal.datasets() for row in journal.files(ds.id)}
 
 
 def _run(manager: SourceManager, until: Callable[[], bool]) -> None:
