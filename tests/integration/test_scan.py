@@ -27,6 +27,12 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
     opened.close()
 
 
+@pytest.fixture
+def chunks_of_ten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scans hand their files on ten at a time: a few dozen files make several chunks."""
+    monkeypatch.setattr(manager_module, "SCAN_CHUNK", 10)
+
+
 def _images(folder: Path, count: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
@@ -57,10 +63,10 @@ def _run(manager: SourceManager, until: Callable[[], bool]) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.usefixtures("chunks_of_ten")
 def test_a_big_folder_is_hashed_while_the_rest_is_still_being_walked(
-    tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, journal: Journal
 ) -> None:
-    monkeypatch.setattr(manager_module, "SCAN_CHUNK", 10)
     inbox = tmp_path / "inbox"
     _images(inbox / "flight-1", 50)
     released: list[Candidate] = []
@@ -84,10 +90,10 @@ def test_a_big_folder_is_hashed_while_the_rest_is_still_being_walked(
     assert len(_known_files(journal)) == 50
 
 
+@pytest.mark.usefixtures("chunks_of_ten")
 def test_a_file_gone_while_the_daemon_was_stopped_is_forgotten_after_a_scan_in_chunks(
-    tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, journal: Journal
 ) -> None:
-    monkeypatch.setattr(manager_module, "SCAN_CHUNK", 10)
     inbox = tmp_path / "inbox"
     _images(inbox / "flight-1", 35)
     # Not stable for an hour: every file stays waiting, never hashed.
