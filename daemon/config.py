@@ -255,6 +255,13 @@ class Pix4DCloudTargetConfig(_Model):
         64, ge=5, le=5000, description="Files larger than this go to S3 in parts."
     )
     part_size_mb: int = Field(16, ge=5, le=512, description="Size of each part of those files.")
+    parallel_parts: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="Parts of those files sent at once, across all uploads; each is held in"
+        " memory until S3 has it (at most parallel_parts * part_size_mb).",
+    )
     duplicate_scope: Literal["target", "dataset"] = Field(
         "dataset",
         description='"dataset": a project gets every image of its folder even if sent before in'

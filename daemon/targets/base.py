@@ -124,6 +124,7 @@ class Transfer:
     sent: int = 0
     last_progress: float = -1.0
     _aborted: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     abort_reason: str = ""
 
     def __post_init__(self) -> None:
@@ -133,7 +134,8 @@ class Transfer:
         """Record ``nbytes`` more sent; raise if the transfer was aborted."""
         if self._aborted.is_set():
             raise TransientTargetError(self.abort_reason or "transfer aborted")
-        self.sent += nbytes
+        with self._lock:  # the parts of one file are sent from several threads
+            self.sent += nbytes
         self.last_progress = self.clock()
         if self.on_bytes is not None:
             self.on_bytes(nbytes)

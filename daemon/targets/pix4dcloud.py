@@ -39,7 +39,7 @@ from daemon.errors import (
 from daemon.targets.base import DatasetRef, ProcessingStatus, TargetState, Transfer, UploadItem
 from daemon.targets.http import json_body, status_error, transport_error
 from daemon.targets.oauth import TokenSource
-from daemon.targets.s3upload import CredentialsExpiredError, put_file
+from daemon.targets.s3upload import CredentialsExpiredError, PartSenders, put_file
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -131,6 +131,7 @@ class Pix4DCloudTarget:
             response_checksum_validation="when_required",
             max_pool_connections=32,
         )
+        self._parts = PartSenders(config.parallel_parts)
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -244,6 +245,7 @@ class Pix4DCloudTarget:
                     transfer,
                     threshold=self.config.multipart_threshold_mb * _MB,
                     part_size=self.config.part_size_mb * _MB,
+                    senders=self._parts,
                 )
             except CredentialsExpiredError:
                 if attempt == 2:
@@ -329,6 +331,7 @@ class Pix4DCloudTarget:
     async def aclose(self) -> None:
         """Close the API connections and the S3 clients."""
         await self._http.aclose()
+        self._parts.close()
         for creds in self._credentials.values():
             creds.client.close()
 

@@ -25,6 +25,12 @@ What is verified, and by whom:
   CompleteMultipartUpload would refuse only after every part had been sent again; beside
   the parts (the threshold is tens of MiB) the HEAD costs nothing.
 
+The parts of a large file go several at a time (:class:`PartSenders`): the file is read and
+hashed in order in the upload's thread while earlier parts are on the wire, each part hashed
+for its checksum header in the thread that sends it. A part is held in memory from its read
+until S3 has it, so the number in flight, shared by every upload of the target, bounds the
+memory: ``parallel_parts * part_size``.
+
 Signing, retries of our own and multipart bookkeeping stay with botocore; its own retries are
 off, because the upload engine owns retry and backoff.
 """
@@ -35,7 +41,9 @@ import base64
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -184,6 +192,7 @@ def put_file(
     *,
     threshold: int,
     part_size: int,
+    senders: PartSenders,
 ) -> Stored:
     """Store ``item`` under ``key`` and verify it; raises the project's errors only."""
     fd, info = open_regular(item.path)
@@ -204,7 +213,7 @@ def put_file(
             already = _already_stored(s3, bucket, key, item)
             if already is not None:
                 return already  # sent before a crash or a lost reply: never sent twice
-            stored, sha = _put_parts(s3, bucket, key, fd, item, transfer, part_size)
+            stored, sha = _put_parts(s3, bucket, key, fd, item, transfer, part_size, senders)
         after = os.fstat(fd)
     finally:
         os.close(fd)
@@ -273,6 +282,7 @@ def _put_parts(
     item: UploadItem,
     transfer: Transfer,
     part_size: int,
+    senders: PartSenders,
 ) -> tuple[Stored, str]:
     upload_id = str(
         _call(
@@ -286,37 +296,23 @@ def _put_parts(
         )["UploadId"]
     )
     whole = hashlib.sha256()
-    digests = b""  # the parts' SHA-256, for the checksum of checksums S3 may name
-    parts: list[dict[str, Any]] = []
+    sending: list[Future[_Part]] = []
     try:
         offset = 0
-        number = 0
         while offset < item.size:
-            number += 1
             size = min(part_size, item.size - offset)
-            data = _read_part(fd, item, transfer, size)
-            whole.update(data)
-            digest = hashlib.sha256(data).digest()
-            digests += digest
-            checksum = _b64(digest)
-            reply = _call(
-                f"UploadPart {number}",
-                s3.upload_part,
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=data,
-                ContentLength=size,
-                ChecksumSHA256=checksum,
-            )
-            named = _checksum_differs(reply, checksum)
-            if named is not None:
-                raise TransientTargetError(
-                    f"S3 UploadPart {number} of {key}: checksum {named}, sent {checksum}"
-                )
-            parts.append({"ETag": reply["ETag"], "PartNumber": number, "ChecksumSHA256": checksum})
+            senders.take(transfer, sending)
+            try:
+                data = _read_part(fd, item, size)
+                whole.update(data)
+                part = _PartBody(len(sending) + 1, data, transfer)
+                future = senders.send(_send_part, s3, bucket, key, upload_id, part)
+            except BaseException:
+                senders.give_back()
+                raise
+            sending.append(future)
             offset += size
+        parts = [future.result() for future in sending]  # in order: the first failure raises
         if whole.hexdigest() != item.sha256:
             raise FileChangedError(f"{item.path}: content differs from its recorded hash")
         reply_done = _call(
@@ -325,17 +321,114 @@ def _put_parts(
             Bucket=bucket,
             Key=key,
             UploadId=upload_id,
-            MultipartUpload={"Parts": parts},
+            MultipartUpload={"Parts": [part.listed for part in parts]},
         )
     except BaseException:
+        # Parts still on the wire finish (or fail) first: the abort is the upload's last word.
+        for future in sending:
+            future.cancel()
+        wait(sending)
         _abort(s3, bucket, key, upload_id)
         raise
+    digests = b"".join(part.digest for part in parts)
     composite = f"{_b64(hashlib.sha256(digests).digest())}-{len(parts)}"
     named = _checksum_differs(reply_done, composite)
     if named is not None:
         _discard(s3, bucket, key)
         raise TransientTargetError(f"S3 multipart {key}: checksum {named}, sent {composite}")
     return _confirmed(s3, bucket, key, item, reply_done), whole.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """A part S3 stored: how CompleteMultipartUpload lists it, and its SHA-256."""
+
+    listed: dict[str, Any]
+    digest: bytes
+
+
+class PartSenders:
+    """The parts of large files in flight at once, shared by every upload of one target.
+
+    A part is held in memory from its read until S3 has it (its SHA-256 goes in the header,
+    before the body), so ``count`` bounds that memory to ``count * part_size``. One large
+    file alone uses every place; several share them.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._places = threading.BoundedSemaphore(count)
+        self._pool = ThreadPoolExecutor(count, thread_name_prefix="s3-part")
+
+    def take(self, transfer: Transfer, sending: list[Future[_Part]]) -> None:
+        """Wait for a free place; stop at once when the transfer or a part of it failed."""
+        while True:
+            if transfer.aborted:
+                raise TransientTargetError(transfer.abort_reason or "transfer aborted")
+            for future in sending:
+                if future.done() and not future.cancelled() and future.exception() is not None:
+                    future.result()  # raises the part's error
+            if self._places.acquire(timeout=0.1):
+                return
+
+    def give_back(self) -> None:
+        """Free a place taken for a part that was never sent."""
+        self._places.release()
+
+    def send(self, call: Callable[..., _Part], /, *args: Any) -> Future[_Part]:
+        """Run ``call`` in a sending thread; its place is freed when it ends."""
+        future = self._pool.submit(call, *args)
+        future.add_done_callback(lambda _: self._places.release())
+        return future
+
+    def close(self) -> None:
+        """Stop the sending threads (parts on the wire finish)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _PartBody:
+    """One part as botocore reads it: counted as it goes out, 1 MiB at a time."""
+
+    def __init__(self, number: int, data: bytearray, transfer: Transfer) -> None:
+        self.number = number
+        self.data = data
+        self._view = memoryview(data)
+        self._transfer = transfer
+        self._at = 0
+        self._counted = 0
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes of the part (all that is left when ``size`` is negative)."""
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._at + size)
+        out = bytes(self._view[self._at : end])
+        self._at = end
+        if end - self._counted >= CHUNK or end == len(self._view):
+            self._transfer.progress(end - self._counted)  # raises once the transfer is aborted
+            self._counted = end
+        return out
+
+
+def _send_part(s3: S3Client, bucket: str, key: str, upload_id: str, part: _PartBody) -> _Part:
+    """One UploadPart, its checksum computed here (beside the reading of the next parts)."""
+    digest = hashlib.sha256(part.data).digest()
+    checksum = _b64(digest)
+    reply = _call(
+        f"UploadPart {part.number}",
+        s3.upload_part,
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload_id,
+        PartNumber=part.number,
+        Body=part,
+        ContentLength=len(part.data),
+        ChecksumSHA256=checksum,
+    )
+    named = _checksum_differs(reply, checksum)
+    if named is not None:
+        raise TransientTargetError(
+            f"S3 UploadPart {part.number} of {key}: checksum {named}, sent {checksum}"
+        )
+    listed = {"ETag": reply["ETag"], "PartNumber": part.number, "ChecksumSHA256": checksum}
+    return _Part(listed, digest)
 
 
 def _checksum_differs(reply: Any, sent: str) -> str | None:
@@ -360,20 +453,20 @@ def _confirmed(s3: S3Client, bucket: str, key: str, item: UploadItem, reply: Any
     return _verify(s3, bucket, key, item)
 
 
-def _read_part(fd: int, item: UploadItem, transfer: Transfer, size: int) -> bytes:
-    chunks = []
-    left = size
-    while left:
+def _read_part(fd: int, item: UploadItem, size: int) -> bytearray:
+    """The next ``size`` bytes of the file, read straight into the part's one buffer."""
+    data = bytearray(size)
+    view = memoryview(data)
+    done = 0
+    while done < size:
         try:
-            chunk = os.read(fd, min(CHUNK, left))
+            count = os.readv(fd, [view[done : min(size, done + CHUNK)]])
         except OSError as exc:
             raise SourceError(f"{item.path}: read error: {exc.strerror}") from exc
-        if not chunk:
+        if not count:
             raise FileChangedError(f"{item.path}: shrank while it was being uploaded")
-        transfer.progress(len(chunk))
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+        done += count
+    return data
 
 
 def _abort(s3: S3Client, bucket: str, key: str, upload_id: str) -> None:

@@ -414,6 +414,11 @@ class FakePix4DCloud:
         """S3 requests seen by the proxy, per S3 route."""
         return self._proxy.requests if self._proxy is not None else Counter()
 
+    @property
+    def s3_most_at_once(self) -> Counter[str]:
+        """The most S3 requests of each route the proxy served at the same time."""
+        return self._proxy.most_at_once if self._proxy is not None else Counter()
+
     def expire_tokens(self) -> None:
         """Every access token issued so far is now expired."""
         now = self.clock()

@@ -865,6 +865,22 @@ class _ProxyHandler(TrackedHandler):
         body = BodyReader(self.rfile, length, chunked)
         req = S3Request.parse(self.command, self.path, self.headers)
         proxy.count(req.route)
+        proxy.enter(req.route)
+        try:
+            self._serve(req, body, request_id, length=length, chunked=chunked)
+        finally:
+            proxy.leave(req.route)
+
+    def _serve(
+        self,
+        req: S3Request,
+        body: BodyReader,
+        request_id: str,
+        *,
+        length: int | None,
+        chunked: bool,
+    ) -> None:
+        proxy = self.server.proxy
         try:
             if chunked and "x-amz-decoded-content-length" not in self.headers:
                 raise S3Error(
@@ -1106,6 +1122,9 @@ class S3FaultProxy:
         self.verify_signatures = verify_signatures
         self.clock = clock
         self.requests: Counter[str] = Counter()
+        # The most requests of each route served at the same time.
+        self.most_at_once: Counter[str] = Counter()
+        self._at_once: Counter[str] = Counter()
         self.bytes_in = 0
         self.bytes_out = 0
         self._lock = threading.Lock()
@@ -1117,6 +1136,17 @@ class S3FaultProxy:
     def count(self, route: str) -> None:
         with self._lock:
             self.requests[route] += 1
+
+    def enter(self, route: str) -> None:
+        """A request of ``route`` is being served: counted in ``most_at_once``."""
+        with self._lock:
+            self._at_once[route] += 1
+            self.most_at_once[route] = max(self.most_at_once[route], self._at_once[route])
+
+    def leave(self, route: str) -> None:
+        """A request of ``route`` was answered (or its connection dropped)."""
+        with self._lock:
+            self._at_once[route] -= 1
 
     def add_bytes_in(self, n: int) -> None:
         with self._lock:

@@ -169,6 +169,29 @@ def test_a_large_file_stored_before_a_lost_reply_is_not_sent_again(
     assert cloud.objects() == {cloud.key(item): (item.size, item.sha256)}
 
 
+def test_a_large_file_goes_several_parts_at_a_time(cloud: Cloud, tmp_path: Path) -> None:
+    item = image(tmp_path, "DJI_0007.MP4", 3 * 5 * MIB + 1234)  # four parts
+    # The first part is held up: the others go meanwhile, not one after another.
+    cloud.server.s3_faults.add("stall", "upload_part", delay_s=1.0)
+    transfer = Transfer()
+    cloud.upload(item, transfer)
+    assert cloud.objects() == {cloud.key(item): (item.size, item.sha256)}
+    assert cloud.requests()["upload_part"] == 4
+    assert cloud.server.s3_most_at_once["upload_part"] >= 2
+    assert transfer.sent == item.size
+
+
+def test_an_aborted_large_file_leaves_nothing_behind(cloud: Cloud, tmp_path: Path) -> None:
+    item = image(tmp_path, "DJI_0008.MP4", 2 * 5 * MIB + 99)
+    transfer = Transfer()
+    transfer.abort("dataset cancelled")
+    with pytest.raises(TransientTargetError, match="dataset cancelled"):
+        cloud.upload(item, transfer)
+    assert cloud.objects() == {}
+    uploads = cloud.server.moto_s3.list_multipart_uploads(Bucket=cloud.server.bucket)
+    assert uploads.get("Uploads", []) == []  # aborted
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
