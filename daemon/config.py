@@ -256,7 +256,7 @@ class Pix4DCloudTargetConfig(_Model):
     )
     part_size_mb: int = Field(16, ge=5, le=512, description="Size of each part of those files.")
     parallel_parts: int = Field(
-        4,
+        2,
         ge=1,
         le=32,
         description="Parts of those files sent at once, across all uploads; each is held in"

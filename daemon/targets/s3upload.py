@@ -303,9 +303,9 @@ def _put_parts(
             size = min(part_size, item.size - offset)
             senders.take(transfer, sending)
             try:
-                data = _read_part(fd, item, size)
-                whole.update(data)
+                data = _read_part(fd, item, size, whole.update)
                 part = _PartBody(len(sending) + 1, data, transfer)
+                del data  # the part's bytes go as soon as it is sent (_PartBody.drop)
                 future = senders.send(_send_part, s3, bucket, key, upload_id, part)
             except BaseException:
                 senders.give_back()
@@ -396,6 +396,11 @@ class _PartBody:
         self._at = 0
         self._counted = 0
 
+    def drop(self) -> None:
+        """Let go of the part's bytes (it was sent, or failed)."""
+        self.data = bytearray()
+        self._view = memoryview(self.data)
+
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes of the part (all that is left when ``size`` is negative)."""
         end = len(self._view) if size is None or size < 0 else min(len(self._view), self._at + size)
@@ -411,17 +416,21 @@ def _send_part(s3: S3Client, bucket: str, key: str, upload_id: str, part: _PartB
     """One UploadPart, its checksum computed here (beside the reading of the next parts)."""
     digest = hashlib.sha256(part.data).digest()
     checksum = _b64(digest)
-    reply = _call(
-        f"UploadPart {part.number}",
-        s3.upload_part,
-        Bucket=bucket,
-        Key=key,
-        UploadId=upload_id,
-        PartNumber=part.number,
-        Body=part,
-        ContentLength=len(part.data),
-        ChecksumSHA256=checksum,
-    )
+    try:
+        reply = _call(
+            f"UploadPart {part.number}",
+            s3.upload_part,
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=part.number,
+            Body=part,
+            ContentLength=len(part.data),
+            ChecksumSHA256=checksum,
+        )
+    finally:
+        # Its place is freed next: the memory goes first, whoever still holds the body.
+        part.drop()
     named = _checksum_differs(reply, checksum)
     if named is not None:
         raise TransientTargetError(
@@ -453,8 +462,14 @@ def _confirmed(s3: S3Client, bucket: str, key: str, item: UploadItem, reply: Any
     return _verify(s3, bucket, key, item)
 
 
-def _read_part(fd: int, item: UploadItem, size: int) -> bytearray:
-    """The next ``size`` bytes of the file, read straight into the part's one buffer."""
+def _read_part(
+    fd: int, item: UploadItem, size: int, hashed: Callable[[memoryview], object]
+) -> bytearray:
+    """The next ``size`` bytes of the file, read into the part's one buffer.
+
+    Each chunk is handed to ``hashed`` (the whole file's hash) as soon as it is read, while
+    it is still in the CPU's cache.
+    """
     data = bytearray(size)
     view = memoryview(data)
     done = 0
@@ -465,6 +480,7 @@ def _read_part(fd: int, item: UploadItem, size: int) -> bytearray:
             raise SourceError(f"{item.path}: read error: {exc.strerror}") from exc
         if not count:
             raise FileChangedError(f"{item.path}: shrank while it was being uploaded")
+        hashed(view[done : done + count])
         done += count
     return data
 
