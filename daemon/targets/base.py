@@ -142,6 +142,10 @@ class Transfer:
         if self.throttle is not None:
             self.throttle.consume(nbytes)
 
+    def keep_alive(self) -> None:
+        """The transfer waits its turn (for a place shared with other uploads): not a stall."""
+        self.last_progress = self.clock()
+
     def abort(self, reason: str) -> None:
         """Make the next :meth:`progress` call raise."""
         self.abort_reason = reason

@@ -42,6 +42,7 @@ import contextlib
 import hashlib
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -306,7 +307,7 @@ def _put_parts(
                 data = _read_part(fd, item, size, whole.update)
                 part = _PartBody(len(sending) + 1, data, transfer)
                 del data  # the part's bytes go as soon as it is sent (_PartBody.drop)
-                future = senders.send(_send_part, s3, bucket, key, upload_id, part)
+                future = senders.send(part, _send_part, s3, bucket, key, upload_id)
             except BaseException:
                 senders.give_back()
                 raise
@@ -325,9 +326,8 @@ def _put_parts(
         )
     except BaseException:
         # Parts still on the wire finish (or fail) first: the abort is the upload's last word.
-        for future in sending:
-            future.cancel()
-        wait(sending)
+        # A part cancelled before it ran never will (nor is it ever "done" after a shutdown).
+        wait([future for future in sending if not future.cancel()])
         _abort(s3, bucket, key, upload_id)
         raise
     digests = b"".join(part.digest for part in parts)
@@ -352,37 +352,73 @@ class PartSenders:
 
     A part is held in memory from its read until S3 has it (its SHA-256 goes in the header,
     before the body), so ``count`` bounds that memory to ``count * part_size``. One large
-    file alone uses every place; several share them.
+    file alone uses every place; several share them, in turn: a freed place goes to the
+    upload that has waited longest, never back to the one that freed it while others wait.
     """
 
     def __init__(self, count: int) -> None:
-        self._places = threading.BoundedSemaphore(count)
+        self._lock = threading.Lock()
+        self._free = count
+        self._waiting: deque[threading.Event] = deque()
         self._pool = ThreadPoolExecutor(count, thread_name_prefix="s3-part")
 
     def take(self, transfer: Transfer, sending: list[Future[_Part]]) -> None:
-        """Wait for a free place; stop at once when the transfer or a part of it failed."""
-        while True:
-            if transfer.aborted:
-                raise TransientTargetError(transfer.abort_reason or "transfer aborted")
-            for future in sending:
-                if future.done() and not future.cancelled() and future.exception() is not None:
-                    future.result()  # raises the part's error
-            if self._places.acquire(timeout=0.1):
+        """Wait for a place; stop at once when the transfer or one of its parts failed.
+
+        Waiting for the parts of other files is not a stall: the transfer is kept alive
+        meanwhile. While its own parts are on the wire, they show whether it moves.
+        """
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
                 return
+            turn = threading.Event()
+            self._waiting.append(turn)
+        while not turn.wait(0.1):
+            failed = transfer.aborted or any(_failed(future) for future in sending)
+            if failed:
+                with self._lock:
+                    if not turn.is_set():
+                        self._waiting.remove(turn)
+                if turn.is_set():
+                    self.give_back()  # handed over meanwhile: pass it on
+                if transfer.aborted:
+                    raise TransientTargetError(transfer.abort_reason or "transfer aborted")
+                for future in sending:
+                    if _failed(future):
+                        future.result()  # raises the part's error
+            if all(future.done() for future in sending):
+                transfer.keep_alive()
 
     def give_back(self) -> None:
-        """Free a place taken for a part that was never sent."""
-        self._places.release()
+        """Free a place: to the upload waiting longest, if any."""
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()
+            else:
+                self._free += 1
 
-    def send(self, call: Callable[..., _Part], /, *args: Any) -> Future[_Part]:
-        """Run ``call`` in a sending thread; its place is freed when it ends."""
-        future = self._pool.submit(call, *args)
-        future.add_done_callback(lambda _: self._places.release())
+    def send(self, part: _PartBody, call: Callable[..., _Part], /, *args: Any) -> Future[_Part]:
+        """Send ``part`` with ``call`` in a sending thread; its place is freed when it ends.
+
+        The part's bytes go first, also when it was cancelled before it ran.
+        """
+        future = self._pool.submit(call, *args, part)
+
+        def ended(_: Future[_Part]) -> None:
+            part.drop()
+            self.give_back()
+
+        future.add_done_callback(ended)
         return future
 
     def close(self) -> None:
         """Stop the sending threads (parts on the wire finish)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _failed(future: Future[_Part]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is not None
 
 
 class _PartBody:
@@ -473,15 +509,21 @@ def _read_part(
     data = bytearray(size)
     view = memoryview(data)
     done = 0
-    while done < size:
-        try:
-            count = os.readv(fd, [view[done : min(size, done + CHUNK)]])
-        except OSError as exc:
-            raise SourceError(f"{item.path}: read error: {exc.strerror}") from exc
-        if not count:
-            raise FileChangedError(f"{item.path}: shrank while it was being uploaded")
-        hashed(view[done : done + count])
-        done += count
+    try:
+        while done < size:
+            try:
+                count = os.readv(fd, [view[done : min(size, done + CHUNK)]])
+            except OSError as exc:
+                raise SourceError(f"{item.path}: read error: {exc.strerror}") from exc
+            if not count:
+                raise FileChangedError(f"{item.path}: shrank while it was being uploaded")
+            hashed(view[done : done + count])
+            done += count
+    except BaseException:
+        # The error's traceback keeps this frame alive, and its place is already free.
+        view.release()
+        del view, data
+        raise
     return data
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,13 +72,15 @@ class RateMeter:
     """Bytes sent per dataset, smoothed into a rate for ``status``."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.sent: dict[int, int] = {}
         self._last: dict[int, int] = {}
         self.rates: dict[int, float] = {}
 
     def add(self, dataset_id: int, nbytes: int) -> None:
-        """Count bytes sent (called from worker threads; a dict update is atomic enough)."""
-        self.sent[dataset_id] = self.sent.get(dataset_id, 0) + nbytes
+        """Count bytes sent (called from worker threads, the parts of one file from several)."""
+        with self._lock:
+            self.sent[dataset_id] = self.sent.get(dataset_id, 0) + nbytes
 
     def sample(self, interval: float) -> None:
         """Fold the bytes sent since the last sample into each dataset's rate."""

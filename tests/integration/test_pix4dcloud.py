@@ -162,6 +162,30 @@ def test_a_restart_mid_dataset_continues_in_the_same_project(
     assert box.stop(proc) == 0
 
 
+def test_large_files_waiting_their_turn_to_send_a_part_are_not_stalled(
+    box: Box, cloud: FakePix4DCloud, tmp_path: Path
+) -> None:
+    # One part on the wire at a time (parallel_parts = 1), each held 0.5 s by the server:
+    # four large files of two parts wait up to 3.5 s for their turn, longer than stall_s (2).
+    _configure(box, cloud, tmp_path, extra="parallel_parts = 1\n")
+    expected = _flight(box.root / "staging", 4, 4, big=4)
+    cloud.s3_faults.add("stall", "upload_part", delay_s=0.5, times=None)
+    proc = box.start()
+    (box.root / "staging").rename(box.inbox / "field-e")
+    wait_until(
+        lambda: box.datasets().get("field-e", {}).get("files", {}).get("uploaded", 0) == 4,
+        timeout=60,
+        what="the four large files uploaded",
+    )
+    files = box.status("field-e", files=True)["datasets"][0]["file_list"]
+    assert [(f["status"], f["attempts"]) for f in files] == [("uploaded", 1)] * 4, files
+    assert cloud.s3_requests["upload_part"] == 8  # two parts each, each sent once
+    project = _project(cloud, "field-e")
+    stored = {sha for _, sha in cloud.objects(project.prefix + "/").values()}
+    assert stored == set(expected)
+    assert box.stop(proc) == 0
+
+
 def test_a_refused_sign_in_pauses_until_the_secret_is_fixed(
     box: Box, cloud: FakePix4DCloud, tmp_path: Path
 ) -> None:

@@ -25,6 +25,7 @@ from daemon.errors import TransientTargetError
 from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
 from daemon.targets.pix4dcloud import Pix4DCloudTarget, s3_key
 from daemon.targets.s3upload import SHA256_META, _checksum_differs
+from tests.conftest import wait_until
 from tests.fakes.pix4dcloud import FakePix4DCloud
 
 T = TypeVar("T")
@@ -187,6 +188,32 @@ def test_an_aborted_large_file_leaves_nothing_behind(cloud: Cloud, tmp_path: Pat
     transfer.abort("dataset cancelled")
     with pytest.raises(TransientTargetError, match="dataset cancelled"):
         cloud.upload(item, transfer)
+    assert cloud.objects() == {}
+    uploads = cloud.server.moto_s3.list_multipart_uploads(Bucket=cloud.server.bucket)
+    assert uploads.get("Uploads", []) == []  # aborted
+
+
+def test_stopping_during_a_large_file_ends_it_and_leaves_no_upload_behind(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    item = image(tmp_path, "DJI_0009.MP4", 4 * 5 * MIB)  # four parts
+    cloud.server.s3_faults.add("stall", "upload_part", delay_s=0.5, times=None)
+    transfer = Transfer()
+
+    async def stop_midway() -> BaseException | None:
+        upload = asyncio.ensure_future(cloud.target.upload(DS, item, transfer))
+        sent = lambda: cloud.requests().get("upload_part", 0) >= 1  # noqa: E731
+        await asyncio.to_thread(wait_until, sent, what="a part on the wire")
+        transfer.abort("daemon stopping")  # what the engine does on stop; the target closes
+        await cloud.target.aclose()
+        try:
+            await asyncio.wait_for(upload, timeout=10)
+        except BaseException as exc:  # noqa: BLE001 (the error is the result)
+            return exc
+        return None
+
+    error = cloud.run(stop_midway())
+    assert isinstance(error, TransientTargetError), error
     assert cloud.objects() == {}
     uploads = cloud.server.moto_s3.list_multipart_uploads(Bucket=cloud.server.bucket)
     assert uploads.get("Uploads", []) == []  # aborted
