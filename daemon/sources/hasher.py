@@ -6,12 +6,15 @@ In spool mode the same read also copies the file into the spool; when the spool 
 the file waits (on the card) until uploads free some. Copies are made durable together: a
 hashing thread goes on to the next file, and one ``syncfs`` covers every copy finished
 meanwhile before any of them is recorded.
+
+Small files go to a hashing thread a few at a time (a *batch*): each hand-over to a thread and
+each result back to the event loop costs both of them a wake-up and a turn of the GIL, and for
+an image of a few hundred KiB those cost as much as reading it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +33,23 @@ from daemon.sources.manager import SourceManager
 from daemon.sources.spool import Spool
 
 log = structlog.get_logger("dronesync.hasher")
+
+# A batch holds at most this many files, and at most this many bytes (a larger file goes alone).
+BATCH_FILES = 4
+BATCH_BYTES = 4 * 1024 * 1024
+# What one file read ends in: its hash, or why it was not hashed.
+Outcome = Hashed | BaseException
+
+
+class _Batch:
+    """Files handed to a hashing thread in one call; ``future`` once it was handed over."""
+
+    __slots__ = ("future", "jobs", "size")
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Candidate, Spool | None]] = []
+        self.size = 0
+        self.future: asyncio.Future[list[Outcome]] | None = None
 
 
 class Hasher:
@@ -52,13 +72,14 @@ class Hasher:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="hash")
         self._scope_of = scope_of
         self._on_recorded = on_recorded
-        self._inflight: dict[int, asyncio.Future[Hashed]] = {}
+        self._inflight: dict[int, _Batch] = {}  # files being read, by file id
+        self._forming: _Batch | None = None  # the next batch, handed over at the end of the turn
         self._spool = spool
         self._staging = staging  # a dataset's target's staging spool, if it has one
         self._unstaged: set[int] = set()  # files whose staging copy failed: hashed without
         self._deferred: dict[int, Candidate] = {}
         self._queued: dict[int, Candidate] = {}
-        self._limit = workers * 4
+        self._limit = workers * 2 * BATCH_FILES  # a batch running and one waiting, per thread
         # Copied into the spool, not yet durable (nor recorded), by file id.
         self._unsynced: dict[int, tuple[Candidate, Hashed, Spool]] = {}
         self._after_sync: dict[int, Candidate] = {}  # changed while its copy was unsynced
@@ -101,7 +122,6 @@ class Hasher:
         # A second candidate for a file being read waits in the gate; recording the first
         # one drops it there (SourceManager.note_hashed): the same file is not read twice.
         loop = asyncio.get_running_loop()
-        path = Path(os.fsdecode(candidate.path))
         if self._sources.spools(candidate.path):
             spool = self._spool
             if spool is not None and not spool.reserve(candidate.size):
@@ -114,18 +134,47 @@ class Hasher:
             if spool is not None and not (spool.accepting and spool.reserve(candidate.size)):
                 spool = None  # staging off, or the disk short of room: hashed without a copy
         self._deferred.pop(candidate.file_id, None)
-        if spool is None:
-            future = loop.run_in_executor(
-                self._pool, hash_file, path, candidate.size, candidate.mtime_ns
+        batch = self._forming
+        if batch is not None and (
+            len(batch.jobs) >= BATCH_FILES or batch.size + candidate.size > BATCH_BYTES
+        ):
+            self._hand_over()
+            batch = None
+        if batch is None:
+            batch = self._forming = _Batch()
+            loop.call_soon(self._hand_over, batch)  # once this turn has added what it has
+        batch.jobs.append((candidate, spool))
+        batch.size += candidate.size
+        self._inflight[candidate.file_id] = batch
+
+    def _hand_over(self, batch: _Batch | None = None) -> None:
+        """Give the forming batch to a hashing thread (``batch``: only if it is still that one)."""
+        forming = self._forming
+        if forming is None or (batch is not None and batch is not forming):
+            return
+        self._forming = None
+        jobs = [
+            (
+                Path(os.fsdecode(candidate.path)),
+                candidate.size,
+                candidate.mtime_ns,
+                None if spool is None else spool.path_for(candidate.file_id),
             )
-        else:
-            copy = functools.partial(spool_file, durable=False)  # synced with others: _sync
-            dest = spool.path_for(candidate.file_id)
-            future = loop.run_in_executor(
-                self._pool, copy, path, candidate.size, candidate.mtime_ns, dest
-            )
-        self._inflight[candidate.file_id] = future
-        future.add_done_callback(lambda f: self._done(candidate, f, spool))
+            for candidate, spool in forming.jobs
+        ]
+        future = asyncio.get_running_loop().run_in_executor(self._pool, _read_batch, jobs)
+        forming.future = future
+        future.add_done_callback(lambda f: self._batch_done(forming, f))
+
+    def _batch_done(self, batch: _Batch, future: asyncio.Future[list[Outcome]]) -> None:
+        if future.cancelled():
+            for candidate, spool in batch.jobs:
+                self._inflight.pop(candidate.file_id, None)
+                if spool is not None:
+                    spool.unreserve(candidate.size)
+            return
+        for (candidate, spool), outcome in zip(batch.jobs, future.result(), strict=True):
+            self._done(candidate, outcome, spool)
 
     def space_freed(self) -> None:
         """The spool has room again (an upload finished): retry the files that waited."""
@@ -139,23 +188,17 @@ class Hasher:
         """Files waiting for room in the spool."""
         return len(self._deferred)
 
-    def _done(
-        self, candidate: Candidate, future: asyncio.Future[Hashed], spool: Spool | None
-    ) -> None:
+    def _done(self, candidate: Candidate, outcome: Outcome, spool: Spool | None) -> None:
         self._inflight.pop(candidate.file_id, None)
         self._next()
-        if future.cancelled():
-            if spool is not None:
-                spool.unreserve(candidate.size)
-            return
         self.files_read += 1
-        if spool is not None and future.exception() is None:
-            self._unsynced[candidate.file_id] = (candidate, future.result(), spool)
+        if spool is not None and isinstance(outcome, Hashed):
+            self._unsynced[candidate.file_id] = (candidate, outcome, spool)
             if self._syncing is None or self._syncing.done():
                 self._syncing = asyncio.get_running_loop().create_task(self._sync())
             return
         try:
-            self._record(candidate, future, spool)
+            self._record(candidate, outcome, spool)
         except DronesyncError as exc:
             self._cannot_record(candidate, exc)
 
@@ -204,21 +247,19 @@ class Hasher:
         # A callback has nobody to raise to: say it, and let the next scan retry.
         log.error("cannot record hash", file=os.fsdecode(candidate.path), error=str(exc))
 
-    def _record(
-        self, candidate: Candidate, future: asyncio.Future[Hashed], spool: Spool | None
-    ) -> None:
+    def _record(self, candidate: Candidate, outcome: Outcome, spool: Spool | None) -> None:
         row = self._journal.find_file(candidate.file_id)
         if row is None:
             self._vanished(candidate, spool)
             return
-        try:
-            hashed = future.result()
-        except (FileChangedError, SourceError, SpoolError) as exc:
+        if isinstance(outcome, FileChangedError | SourceError | SpoolError):
             if spool is not None:
                 spool.unreserve(candidate.size)
-            self._not_hashed(candidate, row, exc, spool)
+            self._not_hashed(candidate, row, outcome, spool)
             return
-        self._apply(candidate, row, hashed, spool)
+        if isinstance(outcome, BaseException):
+            raise outcome  # a bug, not the file's doing: said by the loop's handler
+        self._apply(candidate, row, outcome, spool)
 
     def _not_hashed(
         self,
@@ -291,8 +332,27 @@ class Hasher:
 
     def close(self) -> None:
         """Stop taking work; running hashes finish in their threads."""
-        for future in self._inflight.values():
-            future.cancel()
+        self._forming = None  # never handed over: dropped with the rest
+        for batch in self._inflight.values():
+            if batch.future is not None:
+                batch.future.cancel()
         if self._syncing is not None:
             self._syncing.cancel()  # unrecorded copies are dropped by the spool at next start
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _read_batch(jobs: list[tuple[Path, int, int, Path | None]]) -> list[Outcome]:
+    """Hash (or copy into a spool while hashing) each file; in a hashing thread.
+
+    A file that cannot be read ends in its error, and the others are read all the same.
+    """
+    outcomes: list[Outcome] = []
+    for path, size, mtime_ns, dest in jobs:
+        try:
+            if dest is None:
+                outcomes.append(hash_file(path, size, mtime_ns))
+            else:  # made durable with others' copies: Hasher._sync
+                outcomes.append(spool_file(path, size, mtime_ns, dest, durable=False))
+        except Exception as exc:  # noqa: BLE001 (each file's outcome is its own)
+            outcomes.append(exc)
+    return outcomes

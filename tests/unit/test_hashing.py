@@ -11,6 +11,7 @@ import pytest
 
 from daemon.errors import FileChangedError, SourceError
 from daemon.hashing import CHUNK, hash_file
+from daemon.sources.hasher import _read_batch
 
 
 def _file(tmp_path: Path, data: bytes) -> tuple[Path, os.stat_result]:
@@ -83,3 +84,28 @@ def test_a_folder_is_refused(tmp_path: Path) -> None:
 def test_a_missing_file_is_a_source_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="cannot open"):
         hash_file(tmp_path / "gone.jpg", 1, 1)
+
+
+def test_one_bad_file_in_a_batch_leaves_the_others_hashed(tmp_path: Path) -> None:
+    good = tmp_path / "DJI_0001.JPG"
+    good.write_bytes(b"\xff\xd8first")
+    grew = tmp_path / "DJI_0002.JPG"
+    grew.write_bytes(b"\xff\xd8second")
+    copied = tmp_path / "DJI_0003.JPG"
+    copied.write_bytes(b"\xff\xd8third")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    jobs = [
+        (good, good.stat().st_size, good.stat().st_mtime_ns, None),
+        (tmp_path / "gone.JPG", 10, 0, None),  # pulled before its turn
+        (grew, grew.stat().st_size - 1, grew.stat().st_mtime_ns, None),  # not as it was seen
+        (copied, copied.stat().st_size, copied.stat().st_mtime_ns, spool / "3.img"),
+    ]
+    first, gone, changed, third = _read_batch(jobs)
+    assert not isinstance(first, BaseException)
+    assert first.sha256 == hashlib.sha256(b"\xff\xd8first").hexdigest()
+    assert isinstance(gone, SourceError)
+    assert isinstance(changed, FileChangedError)
+    assert not isinstance(third, BaseException)
+    assert third.sha256 == hashlib.sha256(b"\xff\xd8third").hexdigest()
+    assert (spool / "3.img").read_bytes() == b"\xff\xd8third"  # copied while hashed
