@@ -115,6 +115,8 @@ class DirectoryTarget:
         self._folders: set[Path] = set()  # folders made (or found) by this process
         # A folder on each other filesystem mounted inside the archive that received files.
         self._mounted: dict[int, Path] = {}
+        # Links asked for in this turn of the event loop, handed to a thread at its end.
+        self._links: list[tuple[DatasetRef, UploadItem, Transfer, asyncio.Future[bytes]]] = []
 
     def dataset_dir(self, dataset: DatasetRef) -> Path:
         """The folder that receives this dataset."""
@@ -129,8 +131,52 @@ class DirectoryTarget:
             raise _target_error(folder, exc) from exc
 
     async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
-        """Copy one file in a worker thread (file I/O does not block the event loop)."""
-        return await asyncio.to_thread(self._upload, dataset, item, transfer)
+        """Copy one file in a worker thread (file I/O does not block the event loop).
+
+        A spooled or staged copy is only linked into place: the links asked for in the same
+        turn of the event loop go to one worker thread together, one hand-over and one
+        wake-up of the loop for all (for a small image those cost more than its link).
+        """
+        if not (item.spooled and self._can_link):
+            return await asyncio.to_thread(self._upload, dataset, item, transfer)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bytes] = loop.create_future()
+        if not self._links:
+            loop.call_soon(self._hand_over_links)
+        self._links.append((dataset, item, transfer, waiter))
+        return await waiter
+
+    def _hand_over_links(self) -> None:
+        batch, self._links = self._links, []
+        jobs = [(dataset, item, transfer) for dataset, item, transfer, _ in batch]
+        done = asyncio.get_running_loop().run_in_executor(None, self._upload_all, jobs)
+
+        def answer(future: asyncio.Future[list[bytes | Exception]]) -> None:
+            for n, (_, _, _, waiter) in enumerate(batch):
+                if waiter.done():
+                    continue  # the engine gave up on it (stall, cancel, stop)
+                if future.cancelled():  # the loop is closing
+                    waiter.cancel()
+                elif (error := future.exception()) is not None:
+                    waiter.set_exception(error)
+                elif isinstance(outcome := future.result()[n], Exception):
+                    waiter.set_exception(outcome)
+                else:
+                    waiter.set_result(outcome)
+
+        done.add_done_callback(answer)
+
+    def _upload_all(
+        self, jobs: list[tuple[DatasetRef, UploadItem, Transfer]]
+    ) -> list[bytes | Exception]:
+        """:meth:`_upload` for each job, in a worker thread; each ends in its key or its error."""
+        outcomes: list[bytes | Exception] = []
+        for dataset, item, transfer in jobs:
+            try:
+                outcomes.append(self._upload(dataset, item, transfer))
+            except Exception as exc:  # noqa: BLE001 (each file's outcome is its own)
+                outcomes.append(exc)
+        return outcomes
 
     def _upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
         folder = os.fsencode(self.dataset_dir(dataset))

@@ -423,6 +423,34 @@ def test_a_spooled_file_that_changed_is_refused_like_any_other(tmp_path: Path) -
     assert copies(target) == 0
 
 
+def test_spooled_files_linked_together_each_end_their_own_way(tmp_path: Path) -> None:
+    target = _directory(tmp_path)
+    run(target.ensure_dataset(DS))
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    items = []
+    for n in range(4):
+        copy = spool / str(n)
+        copy.write_bytes(b"image %d" % n)
+        item = item_for(copy, b"DCIM/%d.jpg" % n)
+        items.append(UploadItem(item.path, item.key, item.size, item.mtime_ns, item.sha256, True))
+    items[1].path.unlink()  # its copy went missing (a disk error, a person tidying up)
+    items[2].path.write_bytes(b"changed")
+
+    async def all_at_once() -> list[bytes | BaseException]:
+        # Asked for in the same turn of the event loop: one worker thread links them all.
+        uploads = [target.upload(DS, item, Transfer()) for item in items]
+        return await asyncio.gather(*uploads, return_exceptions=True)
+
+    first, missing, changed, last = run(all_at_once())
+    assert (first, last) == (b"DCIM/0.jpg", b"DCIM/3.jpg")
+    assert isinstance(missing, SourceError)
+    assert isinstance(changed, FileChangedError)
+    assert stored(target, b"DCIM/0.jpg") == b"image 0"
+    assert stored(target, b"DCIM/3.jpg") == b"image 3"
+    assert copies(target) == 2
+
+
 def test_a_spooled_file_on_another_filesystem_is_copied(tmp_path: Path) -> None:
     shm = Path("/dev/shm")  # noqa: S108 (a second filesystem; mkdtemp makes a private folder)
     if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
