@@ -258,7 +258,14 @@ class Hasher:
             self._not_hashed(candidate, row, outcome, spool)
             return
         if isinstance(outcome, BaseException):
-            raise outcome  # a bug, not the file's doing: said by the loop's handler
+            # Not a file's doing (a bug): said in one line; the rest of its batch goes on, and
+            # the file, still waiting in the journal, is read again at the next scan.
+            log.error(
+                "cannot hash",
+                file=os.fsdecode(candidate.path),
+                error=f"{type(outcome).__name__}: {outcome}",
+            )
+            return
         self._apply(candidate, row, outcome, spool)
 
     def _not_hashed(
