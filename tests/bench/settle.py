@@ -13,8 +13,8 @@ what the run before it had deleted, and how long ago: the same ``cp -r`` of a ca
 benchmark's work folder and, before each timed run, reads it back (or grows it) until the
 kernel's free memory is down to a small margin; the run's writes then come from reclaimed
 cache, as they do on a box that has been up for a while. The ballast holds zeros; it costs
-disk space (up to the machine's free memory, never leaving less than :data:`DISK_RESERVE`)
-and, the first time, the time to write it. Where it cannot fill the cache (no room on the
+disk space (up to the machine's free memory, never more than half of the disk's room) and,
+the first time, the time to write it. Where it cannot fill the cache (no room on the
 disk, no ``/proc/meminfo``) it says so in :attr:`PageCacheFiller.problem`, and the run goes on.
 
 **Recently deleted inodes.** On an ext4 without a journal (as this box's), a new file's inode
@@ -39,7 +39,9 @@ from pathlib import Path
 MIB = 1 << 20
 # What may stay free: the kernel keeps a few hundred MiB free on its own (its watermarks).
 MARGIN = 256 * MIB
-DISK_RESERVE = 2 * 1024 * MIB  # the ballast never leaves less than this free on its disk
+# The ballast takes at most half of the room its disk has when it grows, less this: the runs
+# it prepares need the rest for what they write.
+DISK_RESERVE = 2 * 1024 * MIB
 BLOCK = 8 * MIB
 DELETED_AGE_S = 61.0  # ext4's RECENTCY_MIN (60 s), and a second to spare
 
@@ -103,7 +105,7 @@ class PageCacheFiller:
         free = mem_free() or 0
         if free <= self._margin:
             return
-        room = shutil.disk_usage(self.path.parent).free - DISK_RESERVE
+        room = shutil.disk_usage(self.path.parent).free // 2 - DISK_RESERVE
         grow = min(free - self._margin, room) // BLOCK * BLOCK
         if room < free - self._margin:
             self.problem = (
