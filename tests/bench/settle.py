@@ -46,16 +46,21 @@ BLOCK = 8 * MIB
 DELETED_AGE_S = 61.0  # ext4's RECENTCY_MIN (60 s), and a second to spare
 
 
-def mem_free() -> int | None:
-    """The kernel's free memory in bytes (``MemFree``), or None where it cannot be read."""
+def meminfo(field: str = "MemFree") -> int | None:
+    """A field of ``/proc/meminfo`` in bytes (free memory by default), or None if unreadable."""
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("MemFree:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def mem_free() -> int | None:
+    """The kernel's free memory in bytes (``MemFree``), or None where it cannot be read."""
+    return meminfo()
 
 
 class PageCacheFiller:
@@ -105,12 +110,17 @@ class PageCacheFiller:
         free = mem_free() or 0
         if free <= self._margin:
             return
-        room = shutil.disk_usage(self.path.parent).free // 2 - DISK_RESERVE
-        grow = min(free - self._margin, room) // BLOCK * BLOCK
-        if room < free - self._margin:
+        want = free - self._margin
+        disk_room = shutil.disk_usage(self.path.parent).free // 2 - DISK_RESERVE
+        # Past the machine's memory, a larger ballast only evicts itself: the kernel keeps
+        # some memory free whatever is read.
+        memory_room = (meminfo("MemTotal") or 0) - size
+        grow = max(0, min(want, disk_room, memory_room)) // BLOCK * BLOCK
+        if disk_room < min(want, memory_room):
             self.problem = (
-                f"the page cache was filled only in part: {room / 1e9:.1f} GB of room on the"
-                f" disk for {(free - self._margin) / 1e9:.1f} GB of free memory"
+                f"the page cache was filled only in part: {max(disk_room, 0) / 1e9:.1f} GB of"
+                f" the disk's room could go to the ballast, for {want / 1e9:.1f} GB of free"
+                " memory"
             )
         if grow <= 0:
             return
