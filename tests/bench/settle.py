@@ -146,9 +146,12 @@ class PageCacheFiller:
 class Settler:
     """What every timed run starts with: ``sync``, no recent deletion, the page cache full."""
 
-    def __init__(self, filler: PageCacheFiller | None, *, age: bool = True) -> None:
+    def __init__(
+        self, filler: PageCacheFiller | None, *, age: bool = True, age_s: float = DELETED_AGE_S
+    ) -> None:
         self.filler = filler
         self.age = age  # wait for deleted inodes to age
+        self._age_s = age_s
         self._deleted_at: float | None = None  # time.monotonic() of the last deletion
         self.waited_s = 0.0  # spent waiting for deleted inodes to age, not timed
 
@@ -162,7 +165,7 @@ class Settler:
         if self.filler is not None:
             self.filler.fill()
         if self._deleted_at is not None and self.age:
-            wait = self._deleted_at + DELETED_AGE_S - time.monotonic()
+            wait = self._deleted_at + self._age_s - time.monotonic()
             if wait > 0:
                 self.waited_s += wait
                 time.sleep(wait)  # the kernel's clock decides: no event to wait on
