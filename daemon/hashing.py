@@ -109,29 +109,32 @@ def hash_file(path: Path, size: int, mtime_ns: int) -> Hashed:
 def spool_file(path: Path, size: int, mtime_ns: int, dest: Path, *, durable: bool = True) -> Hashed:
     """Copy ``path`` to ``dest`` while hashing it: one read of the card for both.
 
-    The copy is written to ``dest.part`` and renamed into place only when the source was the
-    same file (size, mtime) before and after the read, so ``dest`` always holds exactly the
-    bytes the returned hash describes. It is on the disk, name included, when this returns,
-    unless ``durable`` is false: then the caller makes it durable (with other copies).
+    A first copy is written straight to ``dest``: nothing records it before this returns, and
+    a copy cut short (by a change of the file, a full disk or a crash) is deleted, here or by
+    the spool's next start, which drops every copy the journal does not name. Where ``dest``
+    exists already (a copy recorded earlier, for a file that changed since), the new copy is
+    written to ``dest.part`` and renamed over it only once complete, so the recorded one stays
+    whole until then. On a card of small images the rename saved is a system call per file,
+    and a wait on the folder's lock while the other hashing thread creates its copy there.
+    The copy is on the disk, name included, when this returns, unless ``durable`` is false:
+    then the caller makes it durable (with other copies).
     """
     fd, before = open_regular(path)
-    part = dest.with_name(dest.name + ".part")
+    written: Path | None = None  # the file this call created, deleted if the copy fails
     try:
         if before.st_size != size or before.st_mtime_ns != mtime_ns:
             raise FileChangedError(f"{path}: changed since it was seen stable")
+        out, written = _create_copy(dest)
         try:
-            # 0644 like a copy in the archive: the directory target may hard-link this file.
-            out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise SpoolError(f"{part}: cannot write the spool: {exc.strerror}") from exc
-        try:
-            digest = _copy(fd, out, size, path, part)
+            digest = _copy(fd, out, size, path, written)
             after = os.fstat(fd)
             if after.st_size != size or after.st_mtime_ns != mtime_ns:
                 raise FileChangedError(f"{path}: changed while it was being copied")
             # The copy carries the card's mtime: the upload checks size and mtime as for the card.
             os.utime(out, ns=(mtime_ns, mtime_ns))
-            os.replace(part, dest)
+            if written != dest:
+                os.replace(written, dest)
+                written = None  # dest now: whole, and what the hash describes
             try:
                 if durable:
                     DURABILITY.make_durable(out)
@@ -140,15 +143,32 @@ def spool_file(path: Path, size: int, mtime_ns: int, dest: Path, *, durable: boo
         finally:
             os.close(out)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(part)
+        if written is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(written)
         raise
     finally:
         os.close(fd)
     return Hashed(digest, size, mtime_ns)
 
 
-def _copy(src: int, out: int, size: int, path: Path, part: Path) -> str:
+def _create_copy(dest: Path) -> tuple[int, Path]:
+    """Open a new file for the copy: ``dest`` itself if it does not exist, else ``dest.part``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+    # 0644 like a copy in the archive: the directory target may hard-link this file.
+    try:
+        return os.open(dest, flags | os.O_EXCL, 0o644), dest
+    except FileExistsError:
+        part = dest.with_name(dest.name + ".part")
+        try:
+            return os.open(part, flags | os.O_TRUNC, 0o644), part
+        except OSError as exc:
+            raise SpoolError(f"{part}: cannot write the spool: {exc.strerror}") from exc
+    except OSError as exc:
+        raise SpoolError(f"{dest}: cannot write the spool: {exc.strerror}") from exc
+
+
+def _copy(src: int, out: int, size: int, path: Path, copy: Path) -> str:
     digest = hashlib.sha256()
     for chunk in read_chunks(src, size, path):
         digest.update(chunk)
@@ -157,5 +177,5 @@ def _copy(src: int, out: int, size: int, path: Path, part: Path) -> str:
             try:
                 written += os.write(out, chunk[written:])
             except OSError as exc:
-                raise SpoolError(f"{part}: cannot write the spool: {exc.strerror}") from exc
+                raise SpoolError(f"{copy}: cannot write the spool: {exc.strerror}") from exc
     return digest.hexdigest()

@@ -94,7 +94,7 @@ class Spool:
             wanted.add(os.fsdecode(path))
             self._used += size
         for entry in os.scandir(self.folder):
-            if entry.path not in wanted:  # a .part of a copy cut short, or never recorded
+            if entry.path not in wanted:  # a copy (or .part) cut short, or never recorded
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
         if not self.staging:

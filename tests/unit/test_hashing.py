@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import FileChangedError, SourceError
-from daemon.hashing import CHUNK, hash_file
+from daemon.hashing import CHUNK, hash_file, spool_file
 from daemon.sources.hasher import _read_batch
 
 
@@ -109,3 +109,47 @@ def test_one_bad_file_in_a_batch_leaves_the_others_hashed(tmp_path: Path) -> Non
     assert not isinstance(third, BaseException)
     assert third.sha256 == hashlib.sha256(b"\xff\xd8third").hexdigest()
     assert (spool / "3.img").read_bytes() == b"\xff\xd8third"  # copied while hashed
+
+
+def test_a_first_copy_goes_straight_to_its_name(tmp_path: Path) -> None:
+    card = tmp_path / "DJI_0001.JPG"
+    data = random.randbytes(CHUNK + 123)
+    card.write_bytes(data)
+    info = card.stat()
+    dest = tmp_path / "spool" / "7.img"
+    dest.parent.mkdir()
+    hashed = spool_file(card, info.st_size, info.st_mtime_ns, dest, durable=False)
+    assert hashed.sha256 == hashlib.sha256(data).hexdigest()
+    assert dest.read_bytes() == data
+    assert dest.stat().st_mtime_ns == info.st_mtime_ns  # checked like the card's at upload
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["7.img"]
+
+
+def test_a_copy_over_a_recorded_one_replaces_it_whole(tmp_path: Path) -> None:
+    card = tmp_path / "DJI_0001.JPG"
+    dest = tmp_path / "7.img"
+    dest.write_bytes(b"the copy recorded before the image changed")
+    data = random.randbytes(5000)
+    card.write_bytes(data)
+    info = card.stat()
+    spool_file(card, info.st_size, info.st_mtime_ns, dest)
+    assert dest.read_bytes() == data
+    assert not (tmp_path / "7.img.part").exists()
+
+
+def test_a_file_changed_since_it_was_seen_is_not_copied_and_a_recorded_copy_stays(
+    tmp_path: Path,
+) -> None:
+    card = tmp_path / "DJI_0001.JPG"
+    card.write_bytes(b"x" * 5000)
+    info = card.stat()
+    fresh = tmp_path / "8.img"
+    with pytest.raises(FileChangedError):  # the card's file grew after the gate saw it
+        spool_file(card, info.st_size - 1, info.st_mtime_ns, fresh)
+    assert not fresh.exists()
+    recorded = tmp_path / "9.img"
+    recorded.write_bytes(b"recorded")
+    with pytest.raises(FileChangedError):
+        spool_file(card, info.st_size - 1, info.st_mtime_ns, recorded)
+    assert recorded.read_bytes() == b"recorded"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["9.img", "DJI_0001.JPG"]
