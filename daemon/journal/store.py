@@ -31,6 +31,9 @@ from daemon.errors import JournalError
 # How often the service commits grouped writes, and the most a group holds.
 GROUP_COMMIT_S = 0.2
 GROUP_MAX = 2000
+# Rows written by one statement of a batch (each row takes at most 14 parameters; SQLite
+# takes 32,766 in one statement).
+ROWS_PER_STATEMENT = 500
 
 FILE_STATUSES = ("waiting", "uploading", "uploaded", "duplicate", "failed", "skipped")
 DONE_STATUSES = ("uploaded", "duplicate")
@@ -105,6 +108,38 @@ class Known(NamedTuple):
     mtime_ns: int
     hashed: bool
     status: str
+
+
+class NewFile(NamedTuple):
+    """A file seen for the first time, to be recorded as waiting (:meth:`Journal.add_files`)."""
+
+    dataset_id: int
+    volume: str
+    relpath: bytes
+    dspath: bytes
+    size: int
+    mtime_ns: int
+
+
+class _Original(NamedTuple):
+    """A file that a new file with the same hash could be a duplicate of."""
+
+    id: int
+    dataset_id: int
+    target: str
+    uploaded: bool
+
+
+class HashRecord(NamedTuple):
+    """A file's hash to record (:meth:`Journal.record_hashes`); arguments of ``record_hash``."""
+
+    current: FileRow  # the file's row as the caller has just read it
+    dataset_id: int
+    size: int
+    mtime_ns: int
+    sha256: str
+    duplicate_scope: str
+    spool_path: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,11 +349,22 @@ class Journal:
                 self._conn.execute("ROLLBACK")
 
     def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        return self._write_fetch(sql, params, fetch=False)[0]
+
+    def _write_fetch(
+        self, sql: str, params: Iterable[Any] = (), *, fetch: bool = True
+    ) -> tuple[sqlite3.Cursor, list[tuple[Any, ...]]]:
+        """One write statement; with ``fetch``, the rows its RETURNING clause gave.
+
+        The rows are read before anything is committed: SQLite refuses a commit while a
+        statement is still returning rows.
+        """
         if self._depth:  # inside transaction(): its savepoint covers this statement
             if not self._opened:
                 self._open_savepoint()
             try:
-                return self._conn.execute(sql, tuple(params))
+                cursor = self._conn.execute(sql, tuple(params))
+                return cursor, cursor.fetchall() if fetch else []
             except sqlite3.Error as exc:
                 raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
         # One statement on its own needs no savepoint: SQLite undoes a failed statement and
@@ -328,6 +374,7 @@ class Journal:
             if not self._conn.in_transaction:
                 self._conn.execute("BEGIN IMMEDIATE")
             cursor = self._conn.execute(sql, tuple(params))
+            rows = cursor.fetchall() if fetch else []
         except sqlite3.Error as exc:
             self._forget_datasets()
             if not self._grouping:
@@ -341,7 +388,7 @@ class Journal:
         self._pending += 1
         if not self._grouping or self._pending >= GROUP_MAX:
             self.flush()
-        return cursor
+        return cursor, rows
 
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         return self._conn.execute(sql, tuple(params)).fetchall()
@@ -642,6 +689,29 @@ class Journal:
         self.touch_dataset(dataset_id, now)
         return int(cursor.lastrowid or 0)
 
+    def add_files(self, new: list[NewFile], now: float) -> list[int]:
+        """:meth:`add_file` for many files, in one statement per :data:`ROWS_PER_STATEMENT`.
+
+        Returns their ids, in the order given. A scan of a card meets thousands of new files
+        at once, and every statement costs the event loop a hand-over of the GIL to the
+        hashing threads and a wait to get it back.
+        """
+        ids: dict[tuple[str, bytes], int] = {}
+        for start in range(0, len(new), ROWS_PER_STATEMENT):
+            chunk = new[start : start + ROWS_PER_STATEMENT]
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            params = [value for file in chunk for value in (*file, now)]
+            _, rows = self._write_fetch(
+                "INSERT INTO files (dataset_id, volume, relpath, dspath, size, mtime_ns,"  # noqa: S608
+                f" discovered_at) VALUES {values} RETURNING id, volume, relpath",
+                params,
+            )
+            # RETURNING gives the rows in no promised order: matched by their unique key.
+            ids.update(((volume, relpath), file_id) for file_id, volume, relpath in rows)
+        for dataset_id in {file.dataset_id for file in new}:
+            self.touch_dataset(dataset_id, now)
+        return [ids[file.volume, file.relpath] for file in new]
+
     def record_hash(
         self,
         file_id: int,
@@ -690,6 +760,113 @@ class Journal:
                 self.touch_dataset(dataset_id, now)
             return recorded
 
+    def record_hashes(self, records: list[HashRecord], now: float) -> list[FileRow]:
+        """:meth:`record_hash` for a batch of files: the rows as they are now, in order.
+
+        Each file is decided as one call of ``record_hash`` after another would decide it (a
+        file can be the duplicate of one recorded before it in the same batch), but the
+        originals are looked up in one query and the rows written in a few statements for the
+        whole batch, not two statements per file.
+        """
+        originals = self._originals([record.sha256 for record in records])
+        changes: list[tuple[int, dict[str, Any]]] = []
+        recorded: list[FileRow] = []
+        with self.transaction():
+            for record in records:
+                current = record.current
+                values = self._hash_values(record, originals, now)
+                changed = {k: v for k, v in values.items() if getattr(current, k) != v}
+                if changed:
+                    changes.append((current.id, changed))
+                recorded.append(replace(current, **changed))
+            self._update_files(changes)
+        return recorded
+
+    def _hash_values(
+        self, record: HashRecord, originals: dict[str, list[_Original]], now: float
+    ) -> dict[str, Any]:
+        """What recording ``record`` sets; keeps ``originals`` true for the records after it."""
+        current, sha256 = record.current, record.sha256
+        if current.sha256 == sha256 and current.status in DONE_STATUSES:
+            return {"size": record.size, "mtime_ns": record.mtime_ns}
+        dataset = self.dataset(record.dataset_id)
+        in_scope = [
+            found
+            for found in originals.get(sha256, ())
+            if found.id != current.id
+            and (
+                found.target == dataset.target
+                if record.duplicate_scope == "target"
+                else found.dataset_id == dataset.id
+            )
+        ]
+        # As _original_of's ORDER BY: an uploaded original first, then the oldest.
+        best = min(in_scope, key=lambda found: (not found.uploaded, found.id), default=None)
+        original = None if best is None else best.id
+        if current.sha256 is not None and current.sha256 != sha256:
+            self.touch_dataset(dataset.id, now)
+        if current.sha256 is not None:  # its old content can no longer be anyone's original
+            kept = originals.get(current.sha256, [])
+            kept[:] = [found for found in kept if found.id != current.id]
+        if original is None and dataset.state != "cancelled":
+            originals.setdefault(sha256, []).append(
+                _Original(current.id, dataset.id, dataset.target, uploaded=False)
+            )
+        return {
+            "dataset_id": dataset.id,
+            "size": record.size,
+            "mtime_ns": record.mtime_ns,
+            "sha256": sha256,
+            "status": "duplicate" if original else "waiting",
+            "spool_path": record.spool_path
+            if record.spool_path and not original
+            else current.spool_path,
+            "duplicate_of": original,
+            "attempts": 0,
+            "last_error": None,
+            "next_attempt_at": 0,
+            "remote_key": None,
+            "uploaded_at": None,
+        }
+
+    def _originals(self, hashes: list[str]) -> dict[str, list[_Original]]:
+        """The files each of these hashes could be a duplicate of, whatever the scope."""
+        found: dict[str, list[_Original]] = {}
+        unique = list(dict.fromkeys(hashes))
+        for start in range(0, len(unique), ROWS_PER_STATEMENT):
+            chunk = unique[start : start + ROWS_PER_STATEMENT]
+            marks = ", ".join("?" * len(chunk))
+            for file_id, sha256, dataset_id, target, uploaded in self._rows(
+                "SELECT f.id, f.sha256, f.dataset_id, d.target, f.status = 'uploaded'"  # noqa: S608
+                " FROM files f INDEXED BY files_hash JOIN datasets d ON d.id = f.dataset_id"
+                f" WHERE f.sha256 IN ({marks}) AND f.duplicate_of IS NULL"
+                " AND f.status IN ('waiting', 'uploading', 'uploaded') AND d.state != 'cancelled'",
+                chunk,
+            ):
+                found.setdefault(sha256, []).append(
+                    _Original(file_id, dataset_id, target, bool(uploaded))
+                )
+        return found
+
+    def _update_files(self, changes: list[tuple[int, dict[str, Any]]]) -> None:
+        """Set each file's changed columns: one statement per set of columns (and 500 rows)."""
+        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for file_id, changed in changes:
+            groups.setdefault(tuple(changed), []).append((file_id, *changed.values()))
+        for columns, rows in groups.items():
+            marks = "(" + ", ".join("?" * (len(columns) + 1)) + ")"
+            assignments = ", ".join(
+                f"{column} = v.column{n}" for n, column in enumerate(columns, start=2)
+            )
+            for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                chunk = rows[start : start + ROWS_PER_STATEMENT]
+                self._write(
+                    f"UPDATE files SET {assignments}"  # noqa: S608 (columns are ours)
+                    f" FROM (VALUES {', '.join([marks] * len(chunk))}) AS v"
+                    " WHERE files.id = v.column1",
+                    [value for row in chunk for value in row],
+                )
+
     def _update_file(self, current: FileRow, **values: Any) -> FileRow:
         """Set the columns whose value differs from ``current``; the row as it is now.
 
@@ -736,20 +913,29 @@ class Journal:
             (error, file_id),
         )
 
-    def next_uploads(self, now: float, limit: int, exclude: Iterable[int]) -> list[FileRow]:
-        """Hashed, waiting files whose next attempt is due, of datasets still collecting."""
+    def take_uploads(self, now: float, limit: int, exclude: Iterable[int]) -> list[FileRow]:
+        """Take up to ``limit`` files for upload: marked uploading (one attempt more) as read.
+
+        The files are hashed, waiting, due, of datasets still collecting, and not in
+        ``exclude``; the oldest due first. One statement reads and takes them all, so nothing
+        can change them in between.
+        """
         skip = list(exclude)
         marks = ",".join("?" * len(skip))
-        rows = self._rows(
+        _, rows = self._write_fetch(
+            "UPDATE files SET status = 'uploading', attempts = attempts + 1 WHERE id IN ("  # noqa: S608
             # INDEXED BY: the planner would take files_queue and step over every unhashed file.
-            f"SELECT {FILE_COLUMNS_F} FROM files f INDEXED BY files_due"  # noqa: S608
+            " SELECT f.id FROM files f INDEXED BY files_due"
             " JOIN datasets d ON d.id = f.dataset_id"
             " WHERE f.status = 'waiting' AND f.sha256 IS NOT NULL AND f.next_attempt_at <= ?"
             f" AND d.state IN ('collecting', 'ready') AND f.id NOT IN ({marks})"
-            " ORDER BY f.next_attempt_at, f.id LIMIT ?",
+            f" ORDER BY f.next_attempt_at, f.id LIMIT ?) RETURNING {FILE_COLUMNS}",
             (now, *skip, limit),
         )
-        return [FileRow(*r) for r in rows]
+        taken = [FileRow(*row) for row in rows]
+        # RETURNING gives the rows in no promised order: put them back in the order of due.
+        taken.sort(key=lambda row: (row.next_attempt_at, row.id))
+        return taken
 
     def next_due(self) -> float | None:
         """When the earliest parked file becomes due again (None: nothing parked)."""
@@ -761,33 +947,12 @@ class Journal:
         ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
-    def mark_uploading(self, file_id: int, *, expect: FileRow | None = None) -> bool:
-        """A worker took the file; False (and nothing written) if it was not ``expect``.
-
-        With ``expect``, the file is taken only while it is still waiting as that row shows
-        it (same dataset, hash, size, mtime and copy): a row read a moment ago is checked in
-        the same statement that claims it, not read a second time.
-        """
-        if expect is None:
-            self._write(
-                "UPDATE files SET status = 'uploading', attempts = attempts + 1 WHERE id = ?",
-                (file_id,),
-            )
-            return True
-        cursor = self._write(
-            "UPDATE files SET status = 'uploading', attempts = attempts + 1"
-            " WHERE id = ? AND status = 'waiting' AND dataset_id = ? AND sha256 = ?"
-            " AND size = ? AND mtime_ns = ? AND spool_path IS ?",
-            (
-                file_id,
-                expect.dataset_id,
-                expect.sha256,
-                expect.size,
-                expect.mtime_ns,
-                expect.spool_path,
-            ),
+    def mark_uploading(self, file_id: int) -> None:
+        """Another attempt of a file taken earlier (:meth:`take_uploads`) begins."""
+        self._write(
+            "UPDATE files SET status = 'uploading', attempts = attempts + 1 WHERE id = ?",
+            (file_id,),
         )
-        return cursor.rowcount == 1
 
     def mark_uploaded(self, file_id: int, remote_key: bytes, now: float) -> None:
         """The target confirmed the file (and made it durable): its copy is no longer needed.

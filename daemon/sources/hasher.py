@@ -27,7 +27,7 @@ from daemon.durable import GATHER_FILES, GATHER_S
 from daemon.errors import DronesyncError, FileChangedError, SourceError, SpoolError
 from daemon.hashing import Hashed, hash_file, spool_file
 from daemon.journal import FileRow, Journal
-from daemon.journal.store import CLOSED_STATES, DONE_STATUSES
+from daemon.journal.store import CLOSED_STATES, DONE_STATUSES, HashRecord
 from daemon.sources.gate import Candidate
 from daemon.sources.manager import SourceManager
 from daemon.sources.spool import Spool
@@ -35,8 +35,8 @@ from daemon.sources.spool import Spool
 log = structlog.get_logger("dronesync.hasher")
 
 # A batch holds at most this many files, and at most this many bytes (a larger file goes alone).
-BATCH_FILES = 4
-BATCH_BYTES = 4 * 1024 * 1024
+BATCH_FILES = 16
+BATCH_BYTES = 8 * 1024 * 1024
 # What one file read ends in: its hash, or why it was not hashed.
 Outcome = Hashed | BaseException
 
@@ -217,6 +217,7 @@ class Hasher:
                         f"{spool.folder}: cannot write the spool: {exc.strerror}"
                     )
             rows = self._journal.find_files([candidate.file_id for candidate, _, _ in batch])
+            synced: list[tuple[Candidate, FileRow, Hashed, Spool | None]] = []
             for candidate, hashed, spool in batch:
                 del self._unsynced[candidate.file_id]
                 error = errors.get(spool)
@@ -225,12 +226,14 @@ class Hasher:
                     if row is None:
                         self._vanished(candidate, spool)
                     elif error is None:
-                        self._apply(candidate, row, hashed, spool)
+                        synced.append((candidate, row, hashed, spool))
                     else:
                         spool.unreserve(candidate.size)
                         self._not_hashed(candidate, row, error, spool)
                 except DronesyncError as exc:
                     self._cannot_record(candidate, exc)
+            self._apply(synced)
+            for candidate, _, _ in batch:
                 changed = self._after_sync.pop(candidate.file_id, None)
                 if changed is not None:
                     self.submit(changed)
@@ -266,7 +269,7 @@ class Hasher:
                 error=f"{type(outcome).__name__}: {outcome}",
             )
             return
-        self._apply(candidate, row, outcome, spool)
+        self._apply([(candidate, row, outcome, spool)])
 
     def _not_hashed(
         self,
@@ -293,9 +296,39 @@ class Hasher:
             self._journal.mark_failed(row.id, str(exc))
             log.warning("file failed", file=os.fsdecode(candidate.path), error=str(exc))
 
-    def _apply(
+    def _apply(self, hashed: list[tuple[Candidate, FileRow, Hashed, Spool | None]]) -> None:
+        """Record the hashes of files read whole: in the journal together, in a few statements.
+
+        If the journal cannot take them, each file says so and stays waiting: the next scan
+        offers it again.
+        """
+        records: list[HashRecord] = []
+        kept: list[tuple[Candidate, FileRow, Spool | None]] = []
+        for candidate, row, outcome, spool in hashed:
+            try:
+                record = self._hash_record(candidate, row, outcome, spool)
+            except DronesyncError as exc:
+                self._cannot_record(candidate, exc)
+                continue
+            if record is not None:
+                records.append(record)
+                kept.append((candidate, row, spool))
+        if not records:
+            return
+        try:
+            recorded = self._journal.record_hashes(records, self._clock.time())
+        except DronesyncError as exc:
+            for candidate, _, _ in kept:
+                self._cannot_record(candidate, exc)
+            return
+        for (candidate, row, spool), now in zip(kept, recorded, strict=True):
+            self._recorded(candidate, row, now, spool)
+        self._on_recorded()
+
+    def _hash_record(
         self, candidate: Candidate, row: FileRow, hashed: Hashed, spool: Spool | None
-    ) -> None:
+    ) -> HashRecord | None:
+        """What to record for a file read whole; None for an empty one (skipped here)."""
         if hashed.size == 0:
             # No image is empty: processing would choke on it, and there is nothing to send.
             if spool is not None:
@@ -306,36 +339,39 @@ class Hasher:
                 )
                 log.info("file skipped", file=os.fsdecode(candidate.path), reason="empty file")
             self._sources.note_hashed(candidate, "skipped")
-            return
+            return None
         dataset_id = row.dataset_id
         unchanged = row.sha256 == hashed.sha256 and row.status in DONE_STATUSES
         if not unchanged and self._journal.dataset(dataset_id).state in CLOSED_STATES:
             dataset_id = self._sources.open_dataset_for(candidate)
         target = self._journal.dataset(dataset_id).target
-        copy = None if spool is None else os.fsencode(spool.path_for(row.id))
-        recorded = self._journal.record_hash(
-            row.id,
+        return HashRecord(
+            current=row,
             dataset_id=dataset_id,
             size=hashed.size,
             mtime_ns=hashed.mtime_ns,
             sha256=hashed.sha256,
             duplicate_scope=self._scope_of(target),
-            now=self._clock.time(),
-            current=row,
-            spool_path=copy,
+            spool_path=None if spool is None else os.fsencode(spool.path_for(row.id)),
         )
-        if spool is not None and copy is not None and recorded.status != "waiting":
-            spool.discard(copy, candidate.size)  # nothing to send: no copy kept
+
+    def _recorded(
+        self, candidate: Candidate, before: FileRow, recorded: FileRow, spool: Spool | None
+    ) -> None:
+        """A file's hash is in the journal: drop a copy not needed, and say a new duplicate."""
+        if spool is not None and recorded.status != "waiting":
+            # Nothing to send: no copy kept.
+            spool.discard(os.fsencode(spool.path_for(recorded.id)), candidate.size)
         self._sources.note_hashed(candidate, recorded.status)
+        unchanged = before.sha256 == recorded.sha256 and before.status in DONE_STATUSES
         if recorded.status == "duplicate" and not unchanged:
             original = self._journal.file(recorded.duplicate_of or 0)
             log.info(
                 "file duplicate",
                 file=os.fsdecode(candidate.path),
-                sha256=hashed.sha256,
+                sha256=recorded.sha256,
                 original=os.fsdecode(original.volume.encode() + b"/" + original.relpath),
             )
-        self._on_recorded()
 
     def close(self) -> None:
         """Stop taking work; running hashes finish in their threads."""

@@ -23,7 +23,7 @@ import structlog
 from daemon.clock import Clock, wait_event
 from daemon.config import SourceConfig
 from daemon.journal import DatasetRow, Journal
-from daemon.journal.store import Known
+from daemon.journal.store import Known, NewFile
 from daemon.sources.filters import FileFilter, is_litter
 from daemon.sources.gate import Candidate, StabilityGate
 from daemon.sources.mapping import DatasetMapper, Placement
@@ -377,10 +377,8 @@ class SourceManager:
         try:
             while (chunk := await chunks.get()) is not None:
                 with self._journal.transaction():
-                    now = self._clock.time()
-                    for entry in chunk:
-                        unseen.discard(entry.relpath)
-                        self._reconcile(root, entry, now)
+                    unseen.difference_update(entry.relpath for entry in chunk)
+                    self._reconcile(root, chunk, self._clock.time())
                 if self._clock.monotonic() - self._ticked_at >= TICK_S:
                     self._gate_tick()
                 await asyncio.sleep(0)  # hashes done meanwhile are recorded between chunks
@@ -395,25 +393,50 @@ class SourceManager:
                 if known is not None and known.status == "waiting":
                     self._gone(root, relpath, known)
 
-    def _reconcile(self, root: Root, entry: Entry, now: float, *, rehash: bool = False) -> None:
-        known = self._known(root, entry.relpath)
-        if known is None:
+    def _reconcile(
+        self, root: Root, entries: list[Entry], now: float, *, rehash: bool = False
+    ) -> None:
+        """Bring the journal in step with these files of the root, and offer them to the gate.
+
+        The files met for the first time are recorded together: a new card is thousands of
+        them, and one journal statement for all costs the event loop far less than one each.
+        """
+        new: list[tuple[Entry, NewFile]] = []
+        for entry in entries:
+            known = self._known(root, entry.relpath)
+            if known is not None:
+                self._offer(root, entry, known, now, rehash=rehash)
+                continue
             placement = root.mapper.place(entry.relpath, entry.mtime_ns)
             if placement is None:
-                return
+                continue
             dataset = self._open_dataset(root, placement, now)
-            file_id = self._journal.add_file(
-                dataset_id=dataset.id,
-                volume=root.volume,
-                relpath=entry.relpath,
-                dspath=placement.dspath,
-                size=entry.size,
-                mtime_ns=entry.mtime_ns,
-                now=now,
+            new.append(
+                (
+                    entry,
+                    NewFile(
+                        dataset.id,
+                        root.volume,
+                        entry.relpath,
+                        placement.dspath,
+                        entry.size,
+                        entry.mtime_ns,
+                    ),
+                )
             )
-            known = Known(file_id, dataset.id, entry.size, entry.mtime_ns, False, "waiting")
+        if not new:
+            return
+        ids = self._journal.add_files([file for _, file in new], now)
+        for (entry, file), file_id in zip(new, ids, strict=True):
+            known = Known(file_id, file.dataset_id, entry.size, entry.mtime_ns, False, "waiting")
             root.index[entry.relpath] = known
-        elif (
+            self._offer(root, entry, known, now)
+
+    def _offer(
+        self, root: Root, entry: Entry, known: Known, now: float, *, rehash: bool = False
+    ) -> None:
+        """Offer a file to the gate, unless its hash is known or its upload checks it itself."""
+        if (
             not rehash
             and known.hashed
             and (known.size, known.mtime_ns) == (entry.size, entry.mtime_ns)
@@ -501,7 +524,7 @@ class SourceManager:
             return
         with self._journal.transaction():
             entry = Entry(relpath, info.st_size, info.st_mtime_ns)
-            self._reconcile(root, entry, self._clock.time(), rehash=rehash)
+            self._reconcile(root, [entry], self._clock.time(), rehash=rehash)
 
     # -- the gate --------------------------------------------------------------------------
 

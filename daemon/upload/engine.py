@@ -120,7 +120,9 @@ class UploadEngine:
         self._on_uploaded = on_uploaded or (lambda rows: None)
         self._backoff = backoff or Backoff.from_settings(settings)
         self._throttle = TokenBucket(settings.bandwidth_limit) if settings.bandwidth_limit else None
-        self._queue: asyncio.Queue[FileRow] = asyncio.Queue(settings.concurrency)
+        # Files taken from the journal, each for a worker waiting for one (``_idle``).
+        self._queue: asyncio.Queue[FileRow] = asyncio.Queue()
+        self._idle = 0
         self._claimed: set[int] = set()
         self._flights: dict[int, _Flight] = {}
         self._landed: list[_Landed] = []
@@ -156,27 +158,32 @@ class UploadEngine:
 
     async def run(self) -> None:
         """Dispatch and upload until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._dispatch())
-            group.create_task(self._settle_landed())
-            for _ in range(self._settings.concurrency):
-                group.create_task(self._worker())
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._dispatch())
+                group.create_task(self._settle_landed())
+                for _ in range(self._settings.concurrency):
+                    group.create_task(self._worker())
+        finally:
+            while not self._queue.empty():  # taken, but no worker began them
+                self._journal.release(self._queue.get_nowait().id)
 
     async def _dispatch(self) -> None:
         while True:
             self.last_tick = self._clock.monotonic()
             self._wake.clear()
-            # Rows are read a window at a time, once at least ``concurrency`` of them fit: one
-            # query per few files, not one per file finished.
-            concurrency = self._settings.concurrency
-            room = concurrency * 4 - len(self._claimed)
+            # Files are taken (marked uploading) only for workers free to begin them, so a file
+            # is never called uploading while it waits for a worker; the workers that a batch
+            # of small images frees together are given their next files in one statement.
+            room = self._idle - self._queue.qsize()
             rows = []
-            if room >= concurrency and len(self._landed) < LANDED_MAX:
-                rows = self._journal.next_uploads(self._clock.time(), room, self._claimed)
+            if room > 0 and len(self._landed) < LANDED_MAX:
+                rows = self._journal.take_uploads(self._clock.time(), room, self._claimed)
             for row in rows:
                 self._claimed.add(row.id)
-                await self._queue.put(row)
+                self._queue.put_nowait(row)
             if rows:
+                await asyncio.sleep(0)  # the workers begin them before the next look
                 continue
             due = self._journal.next_due()
             wait = (
@@ -188,7 +195,12 @@ class UploadEngine:
 
     async def _worker(self) -> None:
         while True:
-            row = await self._queue.get()
+            self._idle += 1
+            self._wake.set()  # the dispatcher has a worker to give a file to
+            try:
+                row = await self._queue.get()
+            finally:
+                self._idle -= 1
             try:
                 await self._upload(row)
             finally:
@@ -200,10 +212,9 @@ class UploadEngine:
 
     async def _upload(self, row: FileRow) -> None:
         dataset = self._journal.dataset(row.dataset_id)
-        if dataset.state not in ("collecting", "ready"):
+        if dataset.state not in ("collecting", "ready"):  # cancelled since it was taken
+            self._journal.release(row.id)
             return
-        if not self._journal.mark_uploading(row.id, expect=row):
-            return  # changed since the dispatcher read it (rehashed, retried, moved)
         target = self._targets.get(dataset.target)
         if target is None:
             # The configuration no longer names this dataset's target: wait for it to return.
@@ -233,10 +244,10 @@ class UploadEngine:
         A file the target returned lands: :meth:`_settle_landed` records it.
         """
         failures = 0
-        attempts = row.attempts
+        attempts = row.attempts  # the first one counted when the dispatcher took the file
         while True:
-            attempts += 1
-            if failures:  # the first attempt was claimed by _upload
+            if failures:
+                attempts += 1
                 self._journal.mark_uploading(row.id)
             try:
                 key = await self._attempt(target, ref, row, item)
@@ -369,7 +380,7 @@ class UploadEngine:
             self._on_changed(row)
             log.info("file changed; waiting for it to settle", file=str(item.path))
         elif isinstance(exc, SourceError):
-            self._source_failed(row, dataset.name, item, exc)
+            self._source_failed(row, dataset.name, item, exc, attempts)
         elif isinstance(exc, PermanentTargetError):
             self._fail(row, dataset.name, item, str(exc), attempts)
         elif isinstance(exc, TargetPausedError):
@@ -418,7 +429,7 @@ class UploadEngine:
         return task.result()
 
     def _source_failed(
-        self, row: FileRow, dataset: str, item: UploadItem, exc: SourceError
+        self, row: FileRow, dataset: str, item: UploadItem, exc: SourceError, attempts: int
     ) -> None:
         if row.spool_path is not None:
             # The spool's copy is unreadable (deleted, a disk error): the card has the file.
@@ -430,7 +441,7 @@ class UploadEngine:
             self._journal.release(row.id)
             log.info("upload paused: source offline", dataset=dataset, file=str(item.path))
             return
-        self._fail(row, dataset, item, str(exc), row.attempts + 1)
+        self._fail(row, dataset, item, str(exc), attempts)
 
     def _fail(
         self, row: FileRow, dataset: str, item: UploadItem, error: str, attempts: int

@@ -173,8 +173,8 @@ def test_recover_puts_interrupted_uploads_back_to_waiting(journal: Journal) -> N
     assert journal.recover() == 1
     assert journal.file(interrupted).status == "waiting"
     assert journal.file(done).status == "uploaded"
-    assert [f.id for f in journal.next_uploads(NOW, 10, exclude=[])] == [interrupted]
     assert journal.recover() == 0
+    assert [f.id for f in journal.take_uploads(NOW, 10, exclude=[])] == [interrupted]
 
 
 def test_retry_failed_gives_failed_files_fresh_attempts(journal: Journal) -> None:
@@ -480,14 +480,21 @@ def test_a_batch_of_uploads_is_recorded_with_each_files_own_key(journal: Journal
     assert after[same].spool_path is None  # the copy is no longer needed
 
 
-def test_a_file_changed_since_it_was_read_is_not_taken_for_upload(journal: Journal) -> None:
+def test_files_are_taken_for_upload_oldest_due_first_and_marked_uploading(
+    journal: Journal,
+) -> None:
     ds = dataset(journal, "m1")
-    fid = add(journal, ds, b"a.jpg", "a" * 64)
-    seen = journal.file(fid)
-    journal.rehash(fid, "changed on the card")  # between the dispatcher's read and the worker
-    assert not journal.mark_uploading(fid, expect=seen)
-    assert journal.file(fid).status == "waiting"
-    assert journal.file(fid).attempts == 0
+    first, second, parked, later = (add(journal, ds, b"%d.jpg" % i, f"{i:064x}") for i in range(4))
+    add(journal, dataset(journal, "gone"), b"gone/a.jpg", "e" * 64)
+    journal.set_dataset_state(journal.dataset_by_name("gone").id, "cancelled")  # type: ignore[union-attr]
+    journal.mark_retry(parked, "timed out", NOW + 60)
+    journal.rehash(later, "changed on the card")  # no hash: not ready to send
+    taken = journal.take_uploads(NOW, 10, exclude=[second])
+    assert [row.id for row in taken] == [first]
+    assert [(row.status, row.attempts) for row in taken] == [("uploading", 1)]
+    assert journal.file(first).status == "uploading"
+    assert [row.id for row in journal.take_uploads(NOW + 61, 10, exclude=[])] == [second, parked]
+    assert journal.take_uploads(NOW + 61, 10, exclude=[]) == []  # each file is taken once
 
 
 def test_activity_kept_in_memory_is_written_before_datasets_are_read(
