@@ -15,10 +15,12 @@ import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from daemon.durable import DURABILITY
 from daemon.errors import FileChangedError, SourceError, SpoolError
+
+# A path as the hot paths take it: a str costs nothing to make, a Path a few microseconds.
+StrPath = str | os.PathLike[str]
 
 CHUNK = 1024 * 1024
 _buffers = threading.local()
@@ -45,7 +47,7 @@ class Hashed:
     mtime_ns: int
 
 
-def open_regular(path: Path) -> tuple[int, os.stat_result]:
+def open_regular(path: StrPath) -> tuple[int, os.stat_result]:
     """Open ``path`` for reading without following a symlink or blocking on a FIFO."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -64,7 +66,7 @@ def open_regular(path: Path) -> tuple[int, os.stat_result]:
     return fd, info
 
 
-def read_chunks(fd: int, size: int, path: Path) -> Iterator[memoryview]:
+def read_chunks(fd: int, size: int, path: StrPath) -> Iterator[memoryview]:
     """The ``size`` bytes of ``fd`` from its offset, as views of the thread's buffer.
 
     Reads stop at ``size`` (no read just to meet the end); a file that ends sooner changed
@@ -85,7 +87,7 @@ def read_chunks(fd: int, size: int, path: Path) -> Iterator[memoryview]:
         yield view[:count]
 
 
-def hash_file(path: Path, size: int, mtime_ns: int) -> Hashed:
+def hash_file(path: StrPath, size: int, mtime_ns: int) -> Hashed:
     """Hash ``path``, which the stability gate saw with ``size`` and ``mtime_ns``.
 
     Raises FileChangedError when the file is not the one the gate saw, before or after
@@ -106,7 +108,9 @@ def hash_file(path: Path, size: int, mtime_ns: int) -> Hashed:
     return Hashed(digest.hexdigest(), size, mtime_ns)
 
 
-def spool_file(path: Path, size: int, mtime_ns: int, dest: Path, *, durable: bool = True) -> Hashed:
+def spool_file(
+    path: StrPath, size: int, mtime_ns: int, dest: StrPath, *, durable: bool = True
+) -> Hashed:
     """Copy ``path`` to ``dest`` while hashing it: one read of the card for both.
 
     A first copy is written straight to ``dest``: nothing records it before this returns, and
@@ -120,7 +124,7 @@ def spool_file(path: Path, size: int, mtime_ns: int, dest: Path, *, durable: boo
     then the caller makes it durable (with other copies).
     """
     fd, before = open_regular(path)
-    written: Path | None = None  # the file this call created, deleted if the copy fails
+    written: StrPath | None = None  # the file this call created, deleted if the copy fails
     try:
         if before.st_size != size or before.st_mtime_ns != mtime_ns:
             raise FileChangedError(f"{path}: changed since it was seen stable")
@@ -152,14 +156,14 @@ def spool_file(path: Path, size: int, mtime_ns: int, dest: Path, *, durable: boo
     return Hashed(digest, size, mtime_ns)
 
 
-def _create_copy(dest: Path) -> tuple[int, Path]:
+def _create_copy(dest: StrPath) -> tuple[int, StrPath]:
     """Open a new file for the copy: ``dest`` itself if it does not exist, else ``dest.part``."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
     # 0644 like a copy in the archive: the directory target may hard-link this file.
     try:
         return os.open(dest, flags | os.O_EXCL, 0o644), dest
     except FileExistsError:
-        part = dest.with_name(dest.name + ".part")
+        part = os.fspath(dest) + ".part"
         try:
             return os.open(part, flags | os.O_TRUNC, 0o644), part
         except OSError as exc:
@@ -168,7 +172,7 @@ def _create_copy(dest: Path) -> tuple[int, Path]:
         raise SpoolError(f"{dest}: cannot write the spool: {exc.strerror}") from exc
 
 
-def _copy(src: int, out: int, size: int, path: Path, copy: Path) -> str:
+def _copy(src: int, out: int, size: int, path: StrPath, copy: StrPath) -> str:
     digest = hashlib.sha256()
     for chunk in read_chunks(src, size, path):
         digest.update(chunk)

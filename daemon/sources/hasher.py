@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import structlog
 
 from daemon.clock import Clock
 from daemon.durable import GATHER_FILES, GATHER_S
 from daemon.errors import DronesyncError, FileChangedError, SourceError, SpoolError
-from daemon.hashing import Hashed, hash_file, spool_file
+from daemon.hashing import Hashed, StrPath, hash_file, spool_file
 from daemon.journal import FileRow, Journal
 from daemon.journal.store import CLOSED_STATES, DONE_STATUSES, HashRecord
 from daemon.sources.gate import Candidate
@@ -155,10 +154,10 @@ class Hasher:
         self._forming = None
         jobs = [
             (
-                Path(os.fsdecode(candidate.path)),
+                os.fsdecode(candidate.path),
                 candidate.size,
                 candidate.mtime_ns,
-                None if spool is None else spool.path_for(candidate.file_id),
+                None if spool is None else os.fsdecode(spool.copy_path(candidate.file_id)),
             )
             for candidate, spool in forming.jobs
         ]
@@ -242,7 +241,7 @@ class Hasher:
     def _vanished(candidate: Candidate, spool: Spool | None) -> None:
         """The file left the source while it was read, and the journal forgot it."""
         if spool is not None:
-            copy = os.fsencode(spool.path_for(candidate.file_id))
+            copy = spool.copy_path(candidate.file_id)
             spool.remove(candidate.file_id, copy, candidate.size)
 
     @staticmethod
@@ -332,7 +331,7 @@ class Hasher:
         if hashed.size == 0:
             # No image is empty: processing would choke on it, and there is nothing to send.
             if spool is not None:
-                spool.remove(row.id, os.fsencode(spool.path_for(row.id)), 0)
+                spool.remove(row.id, spool.copy_path(row.id), 0)
             if row.status != "skipped":
                 self._journal.mark_skipped(
                     row.id, "empty file (0 bytes): nothing to send", hashed.sha256
@@ -352,7 +351,7 @@ class Hasher:
             mtime_ns=hashed.mtime_ns,
             sha256=hashed.sha256,
             duplicate_scope=self._scope_of(target),
-            spool_path=None if spool is None else os.fsencode(spool.path_for(row.id)),
+            spool_path=None if spool is None else spool.copy_path(row.id),
         )
 
     def _recorded(
@@ -361,7 +360,7 @@ class Hasher:
         """A file's hash is in the journal: drop a copy not needed, and say a new duplicate."""
         if spool is not None and recorded.status != "waiting":
             # Nothing to send: no copy kept.
-            spool.discard(os.fsencode(spool.path_for(recorded.id)), candidate.size)
+            spool.discard(spool.copy_path(recorded.id), candidate.size)
         self._sources.note_hashed(candidate, recorded.status)
         unchanged = before.sha256 == recorded.sha256 and before.status in DONE_STATUSES
         if recorded.status == "duplicate" and not unchanged:
@@ -384,7 +383,7 @@ class Hasher:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _read_batch(jobs: list[tuple[Path, int, int, Path | None]]) -> list[Outcome]:
+def _read_batch(jobs: Sequence[tuple[StrPath, int, int, StrPath | None]]) -> list[Outcome]:
     """Hash (or copy into a spool while hashing) each file; in a hashing thread.
 
     A file that cannot be read ends in its error, and the others are read all the same.

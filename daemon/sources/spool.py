@@ -46,6 +46,7 @@ class Spool:
     def __init__(self, settings: SpoolSettings, journal: Journal, *, staging: bool = False) -> None:
         assert settings.dir is not None  # noqa: S101 (built only when configured)
         self.folder = settings.dir
+        self._prefix = os.fsencode(settings.dir / "x")[:-1]  # the folder, with one "/"
         self._max = int(settings.max_gb * GB)
         self._min_free = int(settings.min_free_gb * GB)
         self._journal = journal
@@ -77,6 +78,10 @@ class Spool:
     def path_for(self, file_id: int) -> Path:
         """Where the copy of journal file ``file_id`` goes."""
         return self.folder / f"{file_id}.img"
+
+    def copy_path(self, file_id: int) -> bytes:
+        """:meth:`path_for` as the journal records it, without making a Path on the way."""
+        return b"%s%d.img" % (self._prefix, file_id)
 
     def recover(self) -> None:
         """At start: drop copies no longer needed or never recorded; count the rest."""

@@ -123,16 +123,19 @@ class Transfer:
     clock: Callable[[], float] = time.monotonic
     sent: int = 0
     last_progress: float = -1.0
-    _aborted: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     abort_reason: str = ""
+    # A plain flag, not a threading.Event: nothing waits on it, threads only read it (a
+    # single attribute is read whole under the GIL), and an Event per small image was a
+    # Condition and two locks made and dropped.
+    _aborted: bool = False
 
     def __post_init__(self) -> None:
         self.last_progress = self.clock()
 
     def progress(self, nbytes: int) -> None:
         """Record ``nbytes`` more sent; raise if the transfer was aborted."""
-        if self._aborted.is_set():
+        if self._aborted:
             raise TransientTargetError(self.abort_reason or "transfer aborted")
         with self._lock:  # the parts of one file are sent from several threads
             self.sent += nbytes
@@ -149,12 +152,12 @@ class Transfer:
     def abort(self, reason: str) -> None:
         """Make the next :meth:`progress` call raise."""
         self.abort_reason = reason
-        self._aborted.set()
+        self._aborted = True
 
     @property
     def aborted(self) -> bool:
         """Whether :meth:`abort` was called."""
-        return self._aborted.is_set()
+        return self._aborted
 
 
 class Target(Protocol):

@@ -66,6 +66,7 @@ class _Flight:
     row: FileRow
     transfer: Transfer
     task: asyncio.Task[bytes] | None = None
+    stalled: bool = False  # aborted by _watch_stalls
 
 
 class RateMeter:
@@ -162,6 +163,7 @@ class UploadEngine:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._dispatch())
                 group.create_task(self._settle_landed())
+                group.create_task(self._watch_stalls())
                 for _ in range(self._settings.concurrency):
                     group.create_task(self._worker())
         finally:
@@ -409,24 +411,37 @@ class UploadEngine:
             self._ensured.add(ref.id)
         task = asyncio.create_task(target.upload(ref, item, transfer))
         flight.task = task
-        stall = self._settings.stall_s
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=min(1.0, stall / 4))
-                if done:
-                    break
-                if self._clock.monotonic() - transfer.last_progress > stall:
-                    transfer.abort(f"stalled: no progress for {stall:g} s")
-                    task.cancel()
-                    await asyncio.wait({task})
-                    raise _StalledError(transfer.abort_reason)
+            key = await task
         except asyncio.CancelledError:
-            transfer.abort("daemon stopping")
-            task.cancel()
-            raise
+            this = asyncio.current_task()
+            if (this is not None and this.cancelling()) or not transfer.aborted:
+                transfer.abort("daemon stopping")
+                task.cancel()
+                raise
+            key = b""  # the engine cancelled the upload itself (_watch_stalls, cancel_dataset)
+        if flight.stalled:
+            raise _StalledError(transfer.abort_reason)
         if transfer.aborted:
             raise _CancelledError(transfer.abort_reason)
-        return task.result()
+        return key
+
+    async def _watch_stalls(self) -> None:
+        """Abort every upload that made no progress for ``stall_s``: one watch for all.
+
+        (A timed wait per upload cost each small image a timer and a second future.)
+        """
+        while True:
+            stall = self._settings.stall_s
+            await asyncio.sleep(min(1.0, stall / 4))
+            now = self._clock.monotonic()
+            for flight in list(self._flights.values()):
+                task = flight.task
+                if task is None or task.done() or now - flight.transfer.last_progress <= stall:
+                    continue
+                flight.stalled = True
+                flight.transfer.abort(f"stalled: no progress for {stall:g} s")
+                task.cancel()
 
     def _source_failed(
         self, row: FileRow, dataset: str, item: UploadItem, exc: SourceError, attempts: int

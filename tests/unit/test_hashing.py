@@ -153,3 +153,12 @@ def test_a_file_changed_since_it_was_seen_is_not_copied_and_a_recorded_copy_stay
         spool_file(card, info.st_size - 1, info.st_mtime_ns, recorded)
     assert recorded.read_bytes() == b"recorded"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["9.img", "DJI_0001.JPG"]
+
+
+@pytest.mark.parametrize("folder", ["/", "/srv/spool", "/srv/spool/", "relative/spool"])
+def test_the_copy_the_journal_names_is_the_one_the_spool_makes(folder: str) -> None:
+    from daemon.config import SpoolSettings  # noqa: PLC0415
+    from daemon.sources.spool import Spool  # noqa: PLC0415
+
+    spool = Spool(SpoolSettings(dir=Path(folder), max_gb=1, min_free_gb=0), journal=None)  # type: ignore[arg-type]
+    assert spool.copy_path(12) == os.fsencode(spool.path_for(12))
