@@ -19,21 +19,33 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from daemon.errors import JournalError
 
 # How often the service commits grouped writes, and the most a group holds.
 GROUP_COMMIT_S = 0.2
 GROUP_MAX = 2000
-# Rows written by one statement of a batch (each row takes at most 14 parameters; SQLite
-# takes 32,766 in one statement).
-ROWS_PER_STATEMENT = 500
+# A batch is read or written in chunks of these sizes only. SQLite compiles each distinct
+# statement, and Python's sqlite3 keeps the last 128 compiled: a statement shaped for every
+# batch size filled that cache with large programs (21 MB more after 133 sizes of batch).
+CHUNK_SIZES = (256, 64, 16, 4, 1)
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive chunks, each of one of :data:`CHUNK_SIZES`, largest first."""
+    start = 0
+    for size in CHUNK_SIZES:
+        while len(items) - start >= size:
+            yield items[start : start + size]
+            start += size
+
 
 FILE_STATUSES = ("waiting", "uploading", "uploaded", "duplicate", "failed", "skipped")
 DONE_STATUSES = ("uploaded", "duplicate")
@@ -649,10 +661,9 @@ class Journal:
         return FileRow(*rows[0]) if rows else None
 
     def find_files(self, file_ids: list[int]) -> dict[int, FileRow]:
-        """The files with these ids that the journal still has, in one query per 500."""
+        """The files with these ids that the journal still has, in a few queries."""
         found: dict[int, FileRow] = {}
-        for start in range(0, len(file_ids), 500):
-            chunk = file_ids[start : start + 500]
+        for chunk in _chunks(file_ids):
             marks = ", ".join("?" * len(chunk))
             for row in self._rows(
                 f"SELECT {FILE_COLUMNS} FROM files WHERE id IN ({marks})",  # noqa: S608
@@ -690,15 +701,14 @@ class Journal:
         return int(cursor.lastrowid or 0)
 
     def add_files(self, new: list[NewFile], now: float) -> list[int]:
-        """:meth:`add_file` for many files, in one statement per :data:`ROWS_PER_STATEMENT`.
+        """:meth:`add_file` for many files, in a few statements (:data:`CHUNK_SIZES`).
 
         Returns their ids, in the order given. A scan of a card meets thousands of new files
         at once, and every statement costs the event loop a hand-over of the GIL to the
         hashing threads and a wait to get it back.
         """
         ids: dict[tuple[str, bytes], int] = {}
-        for start in range(0, len(new), ROWS_PER_STATEMENT):
-            chunk = new[start : start + ROWS_PER_STATEMENT]
+        for chunk in _chunks(new):
             values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
             params = [value for file in chunk for value in (*file, now)]
             _, rows = self._write_fetch(
@@ -833,8 +843,7 @@ class Journal:
         """The files each of these hashes could be a duplicate of, whatever the scope."""
         found: dict[str, list[_Original]] = {}
         unique = list(dict.fromkeys(hashes))
-        for start in range(0, len(unique), ROWS_PER_STATEMENT):
-            chunk = unique[start : start + ROWS_PER_STATEMENT]
+        for chunk in _chunks(unique):
             marks = ", ".join("?" * len(chunk))
             for file_id, sha256, dataset_id, target, uploaded in self._rows(
                 "SELECT f.id, f.sha256, f.dataset_id, d.target, f.status = 'uploaded'"  # noqa: S608
@@ -849,7 +858,7 @@ class Journal:
         return found
 
     def _update_files(self, changes: list[tuple[int, dict[str, Any]]]) -> None:
-        """Set each file's changed columns: one statement per set of columns (and 500 rows)."""
+        """Set each file's changed columns: a few statements per set of columns changed."""
         groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for file_id, changed in changes:
             groups.setdefault(tuple(changed), []).append((file_id, *changed.values()))
@@ -858,8 +867,7 @@ class Journal:
             assignments = ", ".join(
                 f"{column} = v.column{n}" for n, column in enumerate(columns, start=2)
             )
-            for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                chunk = rows[start : start + ROWS_PER_STATEMENT]
+            for chunk in _chunks(rows):
                 self._write(
                     f"UPDATE files SET {assignments}"  # noqa: S608 (columns are ours)
                     f" FROM (VALUES {', '.join([marks] * len(chunk))}) AS v"
@@ -969,11 +977,10 @@ class Journal:
     def mark_all_uploaded(self, uploads: list[tuple[FileRow, bytes]], now: float) -> None:
         """:meth:`mark_uploaded` for a batch of (file, remote key), in few statements.
 
-        Files stored under their own path (nearly all) take one statement per 500.
+        Files stored under their own path (nearly all) take a few statements for all.
         """
         own = [row.id for row, key in uploads if key == row.dspath]
-        for start in range(0, len(own), 500):
-            chunk = own[start : start + 500]
+        for chunk in _chunks(own):
             marks = ", ".join("?" * len(chunk))
             self._write(
                 "UPDATE files SET status = 'uploaded', remote_key = dspath, uploaded_at = ?,"  # noqa: S608

@@ -243,3 +243,55 @@ def test_a_sync_that_hangs_parks_its_files_and_they_go_once_it_returns(tmp_path:
         await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+class GatedTarget(MemoryTarget):
+    """A target whose uploads each wait until the test lets them through."""
+
+    def __init__(self) -> None:
+        super().__init__("gated")
+        self.open = asyncio.Event()
+        self.begun = 0
+
+    async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
+        self.begun += 1
+        await self.open.wait()
+        return await super().upload(dataset, item, transfer)
+
+
+def test_only_files_an_upload_has_begun_are_called_uploading(tmp_path: Path) -> None:
+    """Files waiting for one of the ``concurrency`` places stay waiting, as in the web uploader."""
+    target = GatedTarget()
+    journal, ids = _journal_with_files(tmp_path, "gated", 7)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(_engine(journal, target, concurrency=2).run())
+        deadline = time.monotonic() + 10
+        try:
+            await _until(lambda: target.begun == 2, deadline)
+            statuses = [journal.file(i).status for i in ids]
+            assert statuses.count("uploading") == 2
+            assert statuses.count("waiting") == 5
+            assert [journal.file(i).attempts for i in ids].count(1) == 2  # one attempt each
+            target.open.set()
+            await _until(lambda: {journal.file(i).status for i in ids} == {"uploaded"}, deadline)
+            assert {journal.file(i).attempts for i in ids} == {1}
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_stop_puts_the_files_being_uploaded_back_to_waiting(tmp_path: Path) -> None:
+    target = GatedTarget()
+    journal, ids = _journal_with_files(tmp_path, "gated", 5)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(_engine(journal, target, concurrency=3).run())
+        await _until(lambda: target.begun == 3, time.monotonic() + 10)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert [(journal.file(i).status, journal.file(i).attempts) for i in ids] == [("waiting", 0)] * 5
