@@ -743,32 +743,16 @@ class Journal:
         caller has just read it; ``spool_path``, the copy made while hashing, is kept when
         the file waits for upload (the caller deletes it otherwise).
         """
-        if current is None:
-            current = self.file(file_id)
-        if current.sha256 == sha256 and current.status in DONE_STATUSES:
-            return self._update_file(current, size=size, mtime_ns=mtime_ns)
-        original = self._original_of(file_id, sha256, dataset_id, duplicate_scope)
-        changed = current.sha256 is not None and current.sha256 != sha256
-        # One write, unless changed content also restarts the dataset's quiet period.
-        with self.transaction() if changed else contextlib.nullcontext():
-            recorded = self._update_file(
-                current,
-                dataset_id=dataset_id,
-                size=size,
-                mtime_ns=mtime_ns,
-                sha256=sha256,
-                status="duplicate" if original else "waiting",
-                spool_path=spool_path if spool_path and not original else current.spool_path,
-                duplicate_of=original,
-                attempts=0,
-                last_error=None,
-                next_attempt_at=0,
-                remote_key=None,
-                uploaded_at=None,
-            )
-            if changed:
-                self.touch_dataset(dataset_id, now)
-            return recorded
+        record = HashRecord(
+            current=self.file(file_id) if current is None else current,
+            dataset_id=dataset_id,
+            size=size,
+            mtime_ns=mtime_ns,
+            sha256=sha256,
+            duplicate_scope=duplicate_scope,
+            spool_path=spool_path,
+        )
+        return self.record_hashes([record], now)[0]
 
     def record_hashes(self, records: list[HashRecord], now: float) -> list[FileRow]:
         """:meth:`record_hash` for a batch of files: the rows as they are now, in order.
@@ -845,6 +829,9 @@ class Journal:
         unique = list(dict.fromkeys(hashes))
         for chunk in _chunks(unique):
             marks = ", ".join("?" * len(chunk))
+            # Through the hash's index, named: with a dataset's scope the planner would rather
+            # take files_counts (dataset, status), and read every file of the dataset for each
+            # hash recorded: 5 ms a file at 20,000 files, a card's ingest quadratic in its size.
             for file_id, sha256, dataset_id, target, uploaded in self._rows(
                 "SELECT f.id, f.sha256, f.dataset_id, d.target, f.status = 'uploaded'"  # noqa: S608
                 " FROM files f INDEXED BY files_hash JOIN datasets d ON d.id = f.dataset_id"
@@ -858,54 +845,34 @@ class Journal:
         return found
 
     def _update_files(self, changes: list[tuple[int, dict[str, Any]]]) -> None:
-        """Set each file's changed columns: a few statements per set of columns changed."""
+        """Set each file's changed columns: a few statements per set of columns changed.
+
+        Only changed columns are named: SQLite rewrites every index over a column in the SET
+        list, changed or not, and the files table has six (a hash's update touched them all).
+        """
         groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for file_id, changed in changes:
             groups.setdefault(tuple(changed), []).append((file_id, *changed.values()))
         for columns, rows in groups.items():
+            single = ", ".join(f"{column} = ?" for column in columns)
             marks = "(" + ", ".join("?" * (len(columns) + 1)) + ")"
             assignments = ", ".join(
                 f"{column} = v.column{n}" for n, column in enumerate(columns, start=2)
             )
             for chunk in _chunks(rows):
+                if len(chunk) == 1:  # the plain form: a VALUES table costs more for one row
+                    file_id, *values = chunk[0]
+                    self._write(
+                        f"UPDATE files SET {single} WHERE id = ?",  # noqa: S608 (columns are ours)
+                        (*values, file_id),
+                    )
+                    continue
                 self._write(
                     f"UPDATE files SET {assignments}"  # noqa: S608 (columns are ours)
                     f" FROM (VALUES {', '.join([marks] * len(chunk))}) AS v"
                     " WHERE files.id = v.column1",
                     [value for row in chunk for value in row],
                 )
-
-    def _update_file(self, current: FileRow, **values: Any) -> FileRow:
-        """Set the columns whose value differs from ``current``; the row as it is now.
-
-        Only changed columns are named: SQLite rewrites every index over a column in the SET
-        list, changed or not, and the files table has six (a hash's update touched them all).
-        """
-        changed = {k: v for k, v in values.items() if getattr(current, k) != v}
-        if changed:
-            assignments = ", ".join(f"{column} = ?" for column in changed)
-            self._write(
-                f"UPDATE files SET {assignments} WHERE id = ?",  # noqa: S608 (columns are ours)
-                (*changed.values(), current.id),
-            )
-        return replace(current, **changed)
-
-    def _original_of(self, file_id: int, sha256: str, dataset_id: int, scope: str) -> int | None:
-        dataset = self.dataset(dataset_id)
-        where = "d.target = ?" if scope == "target" else "f.dataset_id = ?"
-        param: Any = dataset.target if scope == "target" else dataset_id
-        # Through the hash's index, named: with a dataset's scope the planner would rather
-        # take files_counts (dataset, status), and read every file of the dataset for each
-        # hash recorded: 5 ms a file at 20,000 files, a card's ingest quadratic in its size.
-        row = self._conn.execute(
-            "SELECT f.id FROM files f INDEXED BY files_hash"  # noqa: S608
-            " JOIN datasets d ON d.id = f.dataset_id"
-            f" WHERE f.sha256 = ? AND f.id != ? AND f.duplicate_of IS NULL AND {where}"
-            " AND f.status IN ('waiting', 'uploading', 'uploaded') AND d.state != 'cancelled'"
-            " ORDER BY f.status = 'uploaded' DESC, f.id LIMIT 1",
-            (sha256, file_id, param),
-        ).fetchone()
-        return int(row[0]) if row else None
 
     def forget_unhashed(self, file_id: int) -> None:
         """Drop a file that vanished before it was ever hashed (it was never in any plan)."""
