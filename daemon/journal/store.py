@@ -692,13 +692,9 @@ class Journal:
         now: float,
     ) -> int:
         """Record a newly seen file as waiting (not yet hashed); returns its id."""
-        cursor = self._write(
-            "INSERT INTO files (dataset_id, volume, relpath, dspath, size, mtime_ns,"
-            " discovered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (dataset_id, volume, relpath, dspath, size, mtime_ns, now),
-        )
-        self.touch_dataset(dataset_id, now)
-        return int(cursor.lastrowid or 0)
+        return self.add_files([NewFile(dataset_id, volume, relpath, dspath, size, mtime_ns)], now)[
+            0
+        ]
 
     def add_files(self, new: list[NewFile], now: float) -> list[int]:
         """:meth:`add_file` for many files, in a few statements (:data:`CHUNK_SIZES`).

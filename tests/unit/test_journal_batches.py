@@ -203,5 +203,4 @@ def test_batches_of_every_size_are_written_by_a_few_distinct_statements(
     # The trace shows each statement with its values bound: put the placeholders back.
     literal = re.compile(r"X'[0-9A-Fa-f]*'|'(?:[^']|'')*'|\b\d+(?:\.\d+)?(?:e[+-]?\d+)?\b")
     shapes = {literal.sub("?", statement) for statement in statements}
-    assert n == sum(range(1, 130))
     assert len(shapes) <= 30, len(shapes)  # one shape per batch size would be hundreds
