@@ -108,7 +108,7 @@ class UploadSettings(_Model):
         description="Upload limit in bytes per second for all transfers together; unset: none.",
         json_schema_extra={"example": 10_000_000},
     )
-    hash_workers: int = Field(2, ge=1, le=32, description="Threads hashing new files.")
+    hash_workers: int = Field(2, ge=1, le=32, description="Processes hashing new files.")
 
 
 class DirectoryTargetConfig(_Model):

@@ -7,6 +7,7 @@
     ├── UsageError                  2: a CLI call that cannot be carried out as asked
     ├── JournalError                1: the SQLite journal cannot be opened or written
     ├── SpoolError                  1: the spool folder cannot take a copy (full, unwritable)
+    ├── HashingError                1: a hashing process ended before it answered
     ├── SourceError                 1: a source file or folder cannot be read
     │   └── FileChangedError           the file moved under us (size, mtime or content)
     └── TargetError                 1: a target refused or failed an operation
@@ -55,6 +56,13 @@ class JournalError(DronesyncError):
 
 class SpoolError(DronesyncError):
     """The spool cannot take a file's copy (disk full, unwritable): copying waits."""
+
+
+class HashingError(DronesyncError):
+    """A hashing process ended (killed, out of memory) before it answered for a file.
+
+    Not the file's doing: it goes back to the stability gate and is read again.
+    """
 
 
 class SourceError(DronesyncError):

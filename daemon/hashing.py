@@ -14,9 +14,8 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from daemon.durable import DURABILITY
 from daemon.errors import FileChangedError, SourceError, SpoolError
 
 # A path as the hot paths take it: a str costs nothing to make, a Path a few microseconds.
@@ -38,9 +37,12 @@ def chunk_buffer() -> bytearray:
     return buffer
 
 
-@dataclass(frozen=True, slots=True)
-class Hashed:
-    """A file's content hash and the size and mtime it had while being read."""
+class Hashed(NamedTuple):
+    """A file's content hash and the size and mtime it had while being read.
+
+    (A named tuple, not a dataclass: the hashing processes import this module, and
+    ``dataclasses`` would cost each of them a MB.)
+    """
 
     sha256: str
     size: int
@@ -119,7 +121,7 @@ def spool_file(
     exists already (a copy recorded earlier, for a file that changed since), the new copy is
     written to ``dest.part`` and renamed over it only once complete, so the recorded one stays
     whole until then. On a card of small images the rename saved is a system call per file,
-    and a wait on the folder's lock while the other hashing thread creates its copy there.
+    and a wait on the folder's lock while the other hashing process creates its copy there.
     The copy is on the disk, name included, when this returns, unless ``durable`` is false:
     then the caller makes it durable (with other copies).
     """
@@ -141,6 +143,9 @@ def spool_file(
                 written = None  # dest now: whole, and what the hash describes
             try:
                 if durable:
+                    # Imported here: hashing processes never sync, and ctypes costs each a MB.
+                    from daemon.durable import DURABILITY  # noqa: PLC0415
+
                     DURABILITY.make_durable(out)
             except OSError as exc:
                 raise SpoolError(f"{dest}: cannot write the spool: {exc.strerror}") from exc

@@ -335,7 +335,7 @@ class Daemon:
                 await asyncio.wait_for(
                     asyncio.gather(*tasks, end, ready, return_exceptions=True), STOP_TIMEOUT_S
                 )
-            hasher.close()
+            await hasher.aclose()
             self._files_read += hasher.files_read
             for target in targets.values():
                 with contextlib.suppress(Exception):

@@ -700,8 +700,8 @@ class Journal:
         """:meth:`add_file` for many files, in a few statements (:data:`CHUNK_SIZES`).
 
         Returns their ids, in the order given. A scan of a card meets thousands of new files
-        at once, and every statement costs the event loop a hand-over of the GIL to the
-        hashing threads and a wait to get it back.
+        at once, and every statement is event-loop time taken from handing files to the
+        hashing processes and uploads to their threads.
         """
         ids: dict[tuple[str, bytes], int] = {}
         for chunk in _chunks(new):

@@ -1,33 +1,41 @@
-"""The hasher: stable files are hashed in worker threads and recorded in the journal.
+"""The hasher: stable files are hashed in hashing processes and recorded in the journal.
 
 Recording decides the file's fate: a duplicate of content already sent (pointer to the
 original), or waiting for upload. A file that moved while being read goes back to the gate.
 In spool mode the same read also copies the file into the spool; when the spool has no room,
 the file waits (on the card) until uploads free some. Copies are made durable together: a
-hashing thread goes on to the next file, and one ``syncfs`` covers every copy finished
+hashing process goes on to the next file, and one ``syncfs`` covers every copy finished
 meanwhile before any of them is recorded.
 
-Small files go to a hashing thread a few at a time (a *batch*): each hand-over to a thread and
-each result back to the event loop costs both of them a wake-up and a turn of the GIL, and for
-an image of a few hundred KiB those cost as much as reading it.
+Files are read in hashing processes (:mod:`daemon.hashworker`), a few at a time (a *batch*):
+each hand-over to a process and each answer back costs the event loop a wake-up, and for an
+image of a few hundred KiB that costs as much as reading it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
+from collections.abc import Callable
 
 import structlog
 
 from daemon.clock import Clock
 from daemon.durable import GATHER_FILES, GATHER_S
-from daemon.errors import DronesyncError, FileChangedError, SourceError, SpoolError
-from daemon.hashing import Hashed, StrPath, hash_file, spool_file
+from daemon.errors import (
+    DronesyncError,
+    FileChangedError,
+    HashingError,
+    SourceError,
+    SpoolError,
+)
+from daemon.hashing import Hashed
+from daemon.hashworker import Job, Outcome
 from daemon.journal import FileRow, Journal
 from daemon.journal.store import CLOSED_STATES, DONE_STATUSES, HashRecord
 from daemon.sources.gate import Candidate
+from daemon.sources.hashpool import HashPool
 from daemon.sources.manager import SourceManager
 from daemon.sources.spool import Spool
 
@@ -36,12 +44,10 @@ log = structlog.get_logger("dronesync.hasher")
 # A batch holds at most this many files, and at most this many bytes (a larger file goes alone).
 BATCH_FILES = 16
 BATCH_BYTES = 8 * 1024 * 1024
-# What one file read ends in: its hash, or why it was not hashed.
-Outcome = Hashed | BaseException
 
 
 class _Batch:
-    """Files handed to a hashing thread in one call; ``future`` once it was handed over."""
+    """Files handed to a hashing process in one message; ``future`` once it was handed over."""
 
     __slots__ = ("future", "jobs", "size")
 
@@ -52,7 +58,7 @@ class _Batch:
 
 
 class Hasher:
-    """Hashes released files on a small thread pool; results are applied on the loop."""
+    """Hashes released files in a few hashing processes; results are applied on the loop."""
 
     def __init__(
         self,
@@ -68,7 +74,7 @@ class Hasher:
         self._journal = journal
         self._sources = sources
         self._clock = clock
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="hash")
+        self._pool = HashPool(workers)
         self._scope_of = scope_of
         self._on_recorded = on_recorded
         self._inflight: dict[int, _Batch] = {}  # files being read, by file id
@@ -77,8 +83,10 @@ class Hasher:
         self._staging = staging  # a dataset's target's staging spool, if it has one
         self._unstaged: set[int] = set()  # files whose staging copy failed: hashed without
         self._deferred: dict[int, Candidate] = {}
-        self._queued: dict[int, Candidate] = {}
-        self._limit = workers * 2 * BATCH_FILES  # a batch running and one waiting, per thread
+        # First in, first out; an OrderedDict pops its first entry at once, where a dict's
+        # first key costs a walk over every entry popped before it (quadratic on a big card).
+        self._queued: OrderedDict[int, Candidate] = OrderedDict()
+        self._limit = workers * 2 * BATCH_FILES  # a batch running and one waiting, per process
         # Copied into the spool, not yet durable (nor recorded), by file id.
         self._unsynced: dict[int, tuple[Candidate, Hashed, Spool]] = {}
         self._after_sync: dict[int, Candidate] = {}  # changed while its copy was unsynced
@@ -86,7 +94,7 @@ class Hasher:
         self.files_read = 0  # files hashed (or copied into the spool) by this session
 
     def busy_datasets(self) -> set[int]:
-        """Datasets with a file being hashed right now, or waiting for a hashing thread."""
+        """Datasets with a file being hashed right now, or waiting for a hashing process."""
         waiting = {c.dataset_id for c in self._queued.values()}
         waiting |= {c.dataset_id for c, _, _ in self._unsynced.values()}
         return waiting | {self._journal.file(i).dataset_id for i in self._inflight}
@@ -114,8 +122,7 @@ class Hasher:
 
     def _next(self) -> None:
         while self._queued and len(self._inflight) < self._limit:
-            file_id = next(iter(self._queued))
-            self._start(self._queued.pop(file_id))
+            self._start(self._queued.popitem(last=False)[1])
 
     def _start(self, candidate: Candidate) -> None:
         # A second candidate for a file being read waits in the gate; recording the first
@@ -147,12 +154,12 @@ class Hasher:
         self._inflight[candidate.file_id] = batch
 
     def _hand_over(self, batch: _Batch | None = None) -> None:
-        """Give the forming batch to a hashing thread (``batch``: only if it is still that one)."""
+        """Give the forming batch to a hashing process (``batch``: only if it is still that one)."""
         forming = self._forming
         if forming is None or (batch is not None and batch is not forming):
             return
         self._forming = None
-        jobs = [
+        jobs: list[Job] = [
             (
                 os.fsdecode(candidate.path),
                 candidate.size,
@@ -161,7 +168,7 @@ class Hasher:
             )
             for candidate, spool in forming.jobs
         ]
-        future = asyncio.get_running_loop().run_in_executor(self._pool, _read_batch, jobs)
+        future = self._pool.submit(jobs)
         forming.future = future
         future.add_done_callback(lambda f: self._batch_done(forming, f))
 
@@ -254,7 +261,7 @@ class Hasher:
         if row is None:
             self._vanished(candidate, spool)
             return
-        if isinstance(outcome, FileChangedError | SourceError | SpoolError):
+        if isinstance(outcome, FileChangedError | SourceError | SpoolError | HashingError):
             if spool is not None:
                 spool.unreserve(candidate.size)
             self._not_hashed(candidate, row, outcome, spool)
@@ -262,11 +269,9 @@ class Hasher:
         if isinstance(outcome, BaseException):
             # Not a file's doing (a bug): said in one line; the rest of its batch goes on, and
             # the file, still waiting in the journal, is read again at the next scan.
-            log.error(
-                "cannot hash",
-                file=os.fsdecode(candidate.path),
-                error=f"{type(outcome).__name__}: {outcome}",
-            )
+            if spool is not None:
+                spool.unreserve(candidate.size)
+            log.error("cannot hash", file=os.fsdecode(candidate.path), error=str(outcome))
             return
         self._apply([(candidate, row, outcome, spool)])
 
@@ -274,10 +279,12 @@ class Hasher:
         self,
         candidate: Candidate,
         row: FileRow,
-        exc: FileChangedError | SourceError | SpoolError,
+        exc: FileChangedError | SourceError | SpoolError | HashingError,
         spool: Spool | None,
     ) -> None:
-        if isinstance(exc, FileChangedError):
+        if isinstance(exc, FileChangedError | HashingError):
+            # Through the gate again, so a process that keeps ending is not restarted in a
+            # tight loop: the pool has said it ended.
             self._sources.offer_again(row.id, row.volume, row.relpath)
         elif isinstance(exc, SpoolError) and spool is not None and spool.staging:
             # Staging is a shortcut, not a promise: the file is hashed without a copy.
@@ -372,29 +379,13 @@ class Hasher:
                 original=os.fsdecode(original.volume.encode() + b"/" + original.relpath),
             )
 
-    def close(self) -> None:
-        """Stop taking work; running hashes finish in their threads."""
+    async def aclose(self) -> None:
+        """Stop taking work and end the hashing processes.
+
+        A copy being written is dropped by the spool's next start, as are copies not yet
+        recorded.
+        """
         self._forming = None  # never handed over: dropped with the rest
-        for batch in self._inflight.values():
-            if batch.future is not None:
-                batch.future.cancel()
         if self._syncing is not None:
-            self._syncing.cancel()  # unrecorded copies are dropped by the spool at next start
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _read_batch(jobs: Sequence[tuple[StrPath, int, int, StrPath | None]]) -> list[Outcome]:
-    """Hash (or copy into a spool while hashing) each file; in a hashing thread.
-
-    A file that cannot be read ends in its error, and the others are read all the same.
-    """
-    outcomes: list[Outcome] = []
-    for path, size, mtime_ns, dest in jobs:
-        try:
-            if dest is None:
-                outcomes.append(hash_file(path, size, mtime_ns))
-            else:  # made durable with others' copies: Hasher._sync
-                outcomes.append(spool_file(path, size, mtime_ns, dest, durable=False))
-        except Exception as exc:  # noqa: BLE001 (each file's outcome is its own)
-            outcomes.append(exc)
-    return outcomes
+            self._syncing.cancel()
+        await self._pool.aclose()

@@ -36,11 +36,18 @@ def _archived(box: Box) -> list[str]:
 
 
 def _read_by(pid: int) -> int:
-    """Bytes the process has read so far (every read: the card's, the journal's)."""
-    for line in Path(f"/proc/{pid}/io").read_text(encoding="ascii").splitlines():
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
-    raise AssertionError("no rchar in /proc/PID/io")
+    """Bytes the daemon and its hashing processes have read so far (the card's, the journal's)."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text(encoding="ascii").rpartition(")")[2].split()
+            if proc.name != str(pid) and stat[1] != str(pid):
+                continue  # neither the daemon nor a child of it
+            io = (proc / "io").read_text(encoding="ascii")
+        except (OSError, ValueError):
+            continue  # not a process, or one that just ended
+        total += int(io.split("rchar:")[1].split()[0])
+    return total
 
 
 def _uploaded(box: Box) -> int:

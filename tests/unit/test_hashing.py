@@ -11,7 +11,7 @@ import pytest
 
 from daemon.errors import FileChangedError, SourceError
 from daemon.hashing import CHUNK, hash_file, spool_file
-from daemon.sources.hasher import _read_batch
+from daemon.hashworker import read_batch
 
 
 def _file(tmp_path: Path, data: bytes) -> tuple[Path, os.stat_result]:
@@ -101,7 +101,7 @@ def test_one_bad_file_in_a_batch_leaves_the_others_hashed(tmp_path: Path) -> Non
         (grew, grew.stat().st_size - 1, grew.stat().st_mtime_ns, None),  # not as it was seen
         (copied, copied.stat().st_size, copied.stat().st_mtime_ns, spool / "3.img"),
     ]
-    first, gone, changed, third = _read_batch(jobs)
+    first, gone, changed, third = read_batch(jobs)
     assert not isinstance(first, BaseException)
     assert first.sha256 == hashlib.sha256(b"\xff\xd8first").hexdigest()
     assert isinstance(gone, SourceError)
