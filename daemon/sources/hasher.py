@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable
 
 import structlog
@@ -83,9 +83,11 @@ class Hasher:
         self._staging = staging  # a dataset's target's staging spool, if it has one
         self._unstaged: set[int] = set()  # files whose staging copy failed: hashed without
         self._deferred: dict[int, Candidate] = {}
-        # First in, first out; an OrderedDict pops its first entry at once, where a dict's
-        # first key costs a walk over every entry popped before it (quadratic on a big card).
-        self._queued: OrderedDict[int, Candidate] = OrderedDict()
+        # Waiting for room, first in first out: ``_order`` keeps the order (a dict's first key
+        # costs a walk over every entry popped before it, quadratic on a big card; an
+        # OrderedDict costs a link per file), ``_queued`` the latest candidate of each file.
+        self._queued: dict[int, Candidate] = {}
+        self._order: deque[int] = deque()
         self._limit = workers * 2 * BATCH_FILES  # a batch running and one waiting, per process
         # Copied into the spool, not yet durable (nor recorded), by file id.
         self._unsynced: dict[int, tuple[Candidate, Hashed, Spool]] = {}
@@ -116,13 +118,15 @@ class Hasher:
                 self._after_sync[candidate.file_id] = candidate
             return
         if len(self._inflight) >= self._limit:
+            if candidate.file_id not in self._queued:
+                self._order.append(candidate.file_id)
             self._queued[candidate.file_id] = candidate
             return
         self._start(candidate)
 
     def _next(self) -> None:
-        while self._queued and len(self._inflight) < self._limit:
-            self._start(self._queued.popitem(last=False)[1])
+        while self._order and len(self._inflight) < self._limit:
+            self._start(self._queued.pop(self._order.popleft()))
 
     def _start(self, candidate: Candidate) -> None:
         # A second candidate for a file being read waits in the gate; recording the first
