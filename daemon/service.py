@@ -245,6 +245,7 @@ class Daemon:
             journal,
             self._clock,
             on_ready=lambda c: hasher.submit(c),  # noqa: PLW0108 (hasher is built next)
+            reading=lambda: hasher.pending,
             on_removable=lambda root: notifier.send(
                 Event(
                     "card_removable",

@@ -95,6 +95,11 @@ class Hasher:
         self._syncing: asyncio.Task[None] | None = None
         self.files_read = 0  # files hashed (or copied into the spool) by this session
 
+    @property
+    def pending(self) -> int:
+        """Files given to the hasher and not recorded yet: waiting, being read, or syncing."""
+        return len(self._queued) + len(self._inflight) + len(self._unsynced)
+
     def busy_datasets(self) -> set[int]:
         """Datasets with a file being hashed right now, or waiting for a hashing process."""
         waiting = {c.dataset_id for c in self._queued.values()}

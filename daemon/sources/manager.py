@@ -14,6 +14,7 @@ import glob
 import os
 import random
 import stat
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +35,24 @@ from daemon.sources.watcher import Hints, Watcher
 log = structlog.get_logger("dronesync.sources")
 
 TICK_S = 0.2
+# Files to read wait in their root's backlog, not in the gate, while the gate and the hasher
+# hold this many: a card of 100,000 images then costs a reference to a path per file waiting
+# (the path is the hash cache's key already), not a Candidate, and the gate re-stats only
+# the files that will be read soon.
+BACKLOG_AT = 4096
 SCAN_CHUNK = 1000  # files a scan hands from its walk to the loop at a time
 CARD_CHECK_S = 1.0
 ACTIVE_STATES = ("collecting", "ready")
+
+
+@dataclass(slots=True)
+class _Met:
+    """Files of a root met at one moment, waiting for room in the gate (see BACKLOG_AT)."""
+
+    since: float  # when they were met: their stable_s runs from then
+    relpaths: list[bytes]
+    datasets: set[int]  # of the files not offered yet, and perhaps of some that were
+    taken: int = 0  # relpaths[:taken] were offered
 
 
 @dataclass(slots=True)
@@ -52,6 +68,7 @@ class Root:
     filter: FileFilter
     index: dict[bytes, Known] = field(default_factory=dict)  # files with work left, or met
     settled: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # the rest: size, mtime
+    backlog: deque[_Met] = field(default_factory=deque)  # to offer once the gate has room
     online: bool = False
     next_rescan: float = 0.0
     scanning: bool = False
@@ -89,6 +106,7 @@ class SourceManager:
         clock: Clock,
         on_ready: Callable[[Candidate], None],
         *,
+        reading: Callable[[], int] = lambda: 0,
         rng: random.Random | None = None,
         mountinfo: Path = MOUNTINFO,
         on_removable: Callable[[Root], None] | None = None,
@@ -97,6 +115,7 @@ class SourceManager:
         self._journal = journal
         self._clock = clock
         self._on_ready = on_ready
+        self._reading = reading  # files the gate released that the hasher has not recorded
         self._rng = rng or random.Random()  # noqa: S311 (rescan jitter, not security)
         self.gate = StabilityGate()
         self._roots: dict[tuple[int, Path], Root] = {}
@@ -141,8 +160,12 @@ class SourceManager:
         return root is not None and root.config.spool
 
     def busy_datasets(self) -> set[int]:
-        """Datasets with files still settling: not quiet yet."""
-        return self.gate.busy_datasets()
+        """Datasets with files still settling or waiting to: not quiet yet."""
+        busy = self.gate.busy_datasets()
+        for root in self._roots.values():
+            for met in root.backlog:
+                busy |= met.datasets
+        return busy
 
     def offer_again(self, file_id: int, volume: str, relpath: bytes) -> None:
         """A file changed after it was hashed: watch it until it is stable again."""
@@ -252,6 +275,7 @@ class SourceManager:
         if self._watcher is not None:
             self._watcher.unwatch(root.key)
         self.gate.discard_where(lambda c: c.base != root.base)
+        root.backlog.clear()  # waiting in the journal: the next scan meets them again
         # Files safe in the spool do not need the card: their datasets go on uploading.
         left = self._journal.left_on(root.volume, failed=False)
         for dataset in self._journal.datasets():
@@ -317,7 +341,7 @@ class SourceManager:
             jitter = self._rng.uniform(0.8, 1.2)
             root.next_rescan = self._clock.monotonic() + root.config.rescan_s * jitter
         if initial:
-            log.info("first scan done", files_pending=len(self.gate))
+            log.info("first scan done", files_pending=len(self.gate) + self._backlogged())
 
     @staticmethod
     def _walk(root: Root, hand_over: Callable[[list[Entry]], bool]) -> None:
@@ -444,6 +468,21 @@ class SourceManager:
             return  # the hash cache: unchanged since it was hashed
         if known.status == "uploading" and not rehash:
             return  # the upload re-checks size and mtime itself
+        if (
+            not (rehash or known.hashed)  # a file that changed since it was read goes first
+            and (root.backlog or len(self.gate) + self._reading() >= BACKLOG_AT)
+        ):
+            # Behind the files waiting already: read in the order met. Only its path is kept:
+            # its record in the hash cache holds the rest.
+            if not root.backlog or root.backlog[-1].since != now:
+                root.backlog.append(_Met(now, [], set()))
+            met = root.backlog[-1]
+            met.relpaths.append(entry.relpath)
+            met.datasets.add(known.dataset_id)
+            return
+        self._admit(root, entry, known, now)
+
+    def _admit(self, root: Root, entry: Entry, known: Known, since: float) -> None:
         self.gate.offer(
             Candidate(
                 file_id=known.id,
@@ -452,7 +491,7 @@ class SourceManager:
                 relpath=entry.relpath,
                 size=entry.size,
                 mtime_ns=entry.mtime_ns,
-                stable_since=now,
+                stable_since=since,
                 stable_s=root.config.stable_s,
             )
         )
@@ -528,8 +567,31 @@ class SourceManager:
 
     # -- the gate --------------------------------------------------------------------------
 
+    def _backlogged(self) -> int:
+        return sum(
+            len(met.relpaths) - met.taken for root in self._roots.values() for met in root.backlog
+        )
+
+    def _refill(self) -> None:
+        """Offer files from the backlogs while the gate and the hasher have room."""
+        room = BACKLOG_AT - len(self.gate) - self._reading()
+        for root in self._roots.values():
+            while room > 0 and root.backlog:
+                met = root.backlog[0]
+                while room > 0 and met.taken < len(met.relpaths):
+                    relpath = met.relpaths[met.taken]
+                    met.taken += 1
+                    known = self._known(root, relpath)
+                    if known is None or known.hashed or known.status == "uploading":
+                        continue  # forgotten, or read meanwhile
+                    self._admit(root, Entry(relpath, known.size, known.mtime_ns), known, met.since)
+                    room -= 1
+                if met.taken == len(met.relpaths):
+                    root.backlog.popleft()
+
     def _gate_tick(self) -> None:
         self._ticked_at = self._clock.monotonic()
+        self._refill()
         verdict = self.gate.tick(self._clock.time())
         now = self._clock.time()
         for candidate in verdict.changed:

@@ -91,6 +91,39 @@ def test_a_big_folder_is_hashed_while_the_rest_is_still_being_walked(
 
 
 @pytest.mark.usefixtures("chunks_of_ten")
+def test_a_big_card_waits_in_its_backlog_while_the_hasher_is_full(
+    tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manager_module, "BACKLOG_AT", 20)
+    inbox = tmp_path / "inbox"
+    _images(inbox / "flight-1", 100)
+    reading: list[Candidate] = []  # released to the hasher, not recorded yet
+    released: list[bytes] = []
+    held: list[int] = []  # candidates in memory at each look: the gate's and the hasher's
+    quiet: list[bool] = []  # whether the dataset looked quiet while files were left to read
+
+    def ready(candidate: Candidate) -> None:
+        reading.append(candidate)
+        released.append(candidate.relpath)
+
+    config = SourceConfig(path=inbox, target="archive", stable_s=0)
+    manager = SourceManager([config], journal, SystemClock(), ready, reading=lambda: len(reading))
+
+    def look() -> bool:
+        held.append(len(manager.gate) + len(reading))
+        if 0 < len(released) < 100:  # the scan has begun, files are left
+            quiet.append(not manager.busy_datasets() and not reading)
+        if len(reading) >= 10:
+            reading.clear()  # the hasher recorded them: room for more
+        return len(released) == 100
+
+    _run(manager, look)
+    assert max(held) <= 20  # the other files waited as paths, not as candidates
+    assert sorted(released) == [f"flight-1/DJI_{i:04d}.JPG".encode() for i in range(100)]
+    assert not any(quiet)  # processing never saw the dataset quiet with files left
+
+
+@pytest.mark.usefixtures("chunks_of_ten")
 def test_a_file_gone_while_the_daemon_was_stopped_is_forgotten_after_a_scan_in_chunks(
     tmp_path: Path, journal: Journal
 ) -> None:
