@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
@@ -638,7 +639,8 @@ class Journal:
             " WHERE sha256 IS NULL AND status != 'waiting' AND volume = ?",
             (volume, volume),
         ).fetchall()
-        return {r[0]: Known._make(r[1:]) for r in rows}
+        # The status last, as one shared string: each row read has its own copy otherwise.
+        return {r[0]: Known._make((*r[1:-1], sys.intern(r[-1]))) for r in rows}
 
     def known_file(self, volume: str, relpath: bytes) -> Known | None:
         """What was recorded for one file of the volume, if anything."""
