@@ -635,15 +635,16 @@ def _route(method: str, path: str) -> tuple[str, dict[str, str]]:
 
 
 class _File:
-    def __init__(self, name: str, original: str) -> None:
+    def __init__(self, name: str, original: str, *, digest: bool) -> None:
         self.name = name
         self.original = original
         self.size = 0
-        self.hasher = hashlib.sha256()
+        self.hasher = hashlib.sha256() if digest else None
         self.truncated = False
 
     def view(self) -> FileView:
-        return FileView(self.size, self.hasher.copy().hexdigest(), self.original, self.truncated)
+        sha256 = "" if self.hasher is None else self.hasher.copy().hexdigest()
+        return FileView(self.size, sha256, self.original, self.truncated)
 
 
 class _Task:
@@ -743,8 +744,12 @@ class FakeNodeODM:
         webhook_retry_s: float = 5.0,
         version: str = "2.2.1",
         engine_version: str = "3.5.5",
+        digest: bool = True,
     ) -> None:
         self._own_root = root is None
+        # SHA-256 of every stored file, for the tests' inspection; the real NodeODM does not
+        # hash what it stores, and a benchmark measuring the clients can turn it off.
+        self.digest = digest
         self.root = Path(tempfile.mkdtemp(prefix="fake-nodeodm-") if root is None else root)
         self.token = token
         self.setup_s = setup_s
@@ -1104,14 +1109,16 @@ class FakeNodeODM:
             name = _unique_name(directory, wanted)
             # Created under the lock, so two concurrent uploads of one name cannot both take it.
             handle = (directory / name).open("xb", buffering=0)
-            entry = _File(name, original)
+            entry = _File(name, original, digest=self.digest)
             record.files[name] = entry
             stored.append(entry)
         with handle:
             try:
+                hasher = entry.hasher
                 for chunk in part.chunks():
                     handle.write(chunk)
-                    entry.hasher.update(chunk)
+                    if hasher is not None:
+                        hasher.update(chunk)
                     entry.size += len(chunk)
             except TruncatedBodyError:
                 entry.truncated = True
@@ -1764,6 +1771,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-images", type=int, default=2)
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--fail-processing", action="store_true")
+    parser.add_argument(
+        "--no-digest",
+        dest="digest",
+        action="store_false",
+        help="store files without hashing them, as NodeODM does (inspection shows no sha256)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     node = FakeNodeODM(
@@ -1777,6 +1790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_images=args.max_images,
         host=args.host,
         port=args.port,
+        digest=args.digest,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
