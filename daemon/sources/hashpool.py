@@ -64,16 +64,8 @@ class _Worker:
         return future
 
     async def _run(self) -> None:
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *self._argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env=_worker_env(),
-            )
-        except OSError as exc:
-            self._task = None
-            self._fail_waiting(f"cannot start a hashing process: {exc.strerror or exc}")
+        process = await self._start()
+        if process is None:
             return
         stdin, stdout = process.stdin, process.stdout
         if stdin is None or stdout is None:  # not with PIPE; for the type checker
@@ -94,6 +86,22 @@ class _Worker:
             self._process = self._task = None
             log.warning("hashing process ended; its files are read again", exit_code=code)
             self._fail_waiting(f"the hashing process ended (exit code {code})")
+
+    async def _start(self) -> asyncio.subprocess.Process | None:
+        """The process, started; None (said in one line) if it cannot be."""
+        try:
+            return await asyncio.create_subprocess_exec(
+                *self._argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=_worker_env(),
+            )
+        except OSError as exc:
+            error = f"cannot start a hashing process: {exc.strerror or exc}"
+        self._task = None
+        log.error("hashing process not started; its files are read again", error=error)
+        self._fail_waiting(error)
+        return None
 
     def _fail_waiting(self, error: str) -> None:
         """Each file of each batch not answered ends in ``error``: not the file's fault."""

@@ -159,3 +159,19 @@ def test_an_ingest_goes_on_when_its_hashing_processes_are_killed(box: Box) -> No
 
 def _uploaded(box: Box) -> int:
     return sum(d["files"]["uploaded"] for d in box.status()["datasets"])
+
+
+def test_a_process_that_cannot_start_ends_its_files_in_hashing_error(tmp_path: Path) -> None:
+    (path, _), *_ = _images(tmp_path / "card", 4)
+
+    async def run() -> list[Outcome]:
+        pool = HashPool(1, argv=(os.fspath(tmp_path / "no-such-python"),))
+        try:
+            return await asyncio.wait_for(pool.submit([_job(path), _job(path)]), DEADLINE_S)
+        finally:
+            await pool.aclose()
+
+    outcomes = asyncio.run(run())
+    assert len(outcomes) == 2
+    assert all(isinstance(o, HashingError) for o in outcomes)
+    assert "cannot start a hashing process" in str(outcomes[0])
