@@ -48,6 +48,7 @@ from daemon.errors import (
 )
 from daemon.hashing import CHUNK, open_regular
 from daemon.targets.base import DatasetRef, ProcessingStatus, TargetState, Transfer, UploadItem
+from daemon.targets.filepost import FilePost, direct_ok
 from daemon.targets.http import json_body, never_sent, status_error, transport_error
 
 log = structlog.get_logger("dronesync.nodeodm")
@@ -115,6 +116,8 @@ class NodeODMTarget:
             timeout=httpx.Timeout(config.timeout_s),
             follow_redirects=False,
         )
+        # Plain HTTP without a proxy: images go by sendfile, checked beside (filepost).
+        self._direct = direct_ok(self._client.base_url)
         self._locks: dict[int, asyncio.Lock] = {}
         self._checked: set[int] = set()
         self._sends: dict[int, dict[str, tuple[str, Transfer]]] = {}
@@ -313,16 +316,23 @@ class NodeODMTarget:
                 "Content-Type: application/octet-stream\r\n\r\n"
             ).encode()
             tail = f"\r\n--{boundary}--\r\n".encode()
-            body = _body(fd, item, transfer, started, head, tail)
             route = f"POST /task/new/upload/{task}"
-            response = self._client.post(
-                f"/task/new/upload/{task}",
-                content=body,
-                headers={
-                    "content-type": f"multipart/form-data; boundary={boundary}",
-                    "content-length": str(len(head) + item.size + len(tail)),
-                },
-            )
+            headers = {
+                "content-type": f"multipart/form-data; boundary={boundary}",
+                "content-length": str(len(head) + item.size + len(tail)),
+            }
+            if self._direct:
+                request = self._client.build_request(
+                    "POST", f"/task/new/upload/{task}", headers=headers
+                )
+                response = _post_direct(
+                    request, route, self.config.timeout_s, fd, item, transfer, started, head, tail
+                )
+            else:
+                body = _body(fd, item, transfer, started, head, tail)
+                response = self._client.post(
+                    f"/task/new/upload/{task}", content=body, headers=headers
+                )
             self._check(route, response)
         finally:
             os.close(fd)
@@ -462,6 +472,29 @@ class NodeODMTarget:
         if not isinstance(body, dict):
             raise TransientTargetError(f"{route}: unexpected reply {str(body)[:80]!r}")
         return body
+
+
+def _post_direct(
+    request: httpx.Request,
+    route: str,
+    timeout_s: float,
+    fd: int,
+    item: UploadItem,
+    transfer: Transfer,
+    started: threading.Event,
+    head: bytes,
+    tail: bytes,
+) -> httpx.Response:
+    """The upload through :class:`FilePost`: the last boundary only after the check passed."""
+    post = FilePost(request, route, timeout_s)
+    try:
+        post.connect()
+        started.set()
+        post.send_head(head)
+        post.send_file(fd, item, transfer)
+        return post.finish(tail)
+    finally:
+        post.close()
 
 
 def _body(
