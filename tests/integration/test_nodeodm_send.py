@@ -1,0 +1,108 @@
+"""How one NodeODM upload ends when the node misbehaves, by both of its ways of sending.
+
+Plain HTTP goes by ``sendfile`` (``daemon.targets.filepost``); https:// and proxies go through
+httpx. Either way a node that stalls or goes away costs a bounded wait and a one-line error
+without the token, and a task that may hold part of an image is never committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from daemon.config import NodeODMTargetConfig
+from daemon.errors import TransientTargetError
+from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
+from daemon.targets.filepost import direct_ok
+from daemon.targets.nodeodm import NodeODMTarget
+from tests.fakes.nodeodm import FakeNodeODM
+
+DS = DatasetRef(1, "flight")
+TOKEN = "node-token-kept-secret"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[FakeNodeODM]:
+    with FakeNodeODM(tmp_path / "node", token=TOKEN, setup_s=0.05) as server:
+        yield server
+
+
+def _target(node: FakeNodeODM, *, direct: bool, timeout_s: float = 10) -> NodeODMTarget:
+    config = NodeODMTargetConfig(type="nodeodm", url=node.url, timeout_s=timeout_s)
+    target = NodeODMTarget("odm", config, MemoryState(), token=TOKEN)
+    target._direct = direct  # the way https:// and proxies take when False
+    return target
+
+
+def _image(tmp_path: Path, size: int) -> UploadItem:
+    path = tmp_path / "DJI_0001.JPG"
+    data = random.Random(size).randbytes(size)
+    path.write_bytes(data)
+    info = path.stat()
+    return UploadItem(
+        path, b"DJI_0001.JPG", size, info.st_mtime_ns, hashlib.sha256(data).hexdigest()
+    )
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["sendfile", "httpx"])
+def test_a_node_that_stops_reading_ends_the_upload_after_the_timeout(
+    node: FakeNodeODM, tmp_path: Path, direct: bool
+) -> None:
+    # 32 MiB: more than the socket buffers hold, so the sender itself waits for room.
+    item = _image(tmp_path, 32 * 1024 * 1024)
+    target = _target(node, direct=direct, timeout_s=0.5)
+
+    async def go() -> None:
+        await target.ensure_dataset(DS)
+        node.faults.add("stall", "upload", delay_s=60, before=True)
+        try:
+            await target.upload(DS, item, Transfer())
+        finally:
+            await target.aclose()
+
+    started = time.monotonic()
+    with pytest.raises(TransientTargetError) as caught:
+        asyncio.run(go())
+    assert time.monotonic() - started < 10  # the stall (60 s) was not waited out
+    message = str(caught.value)
+    assert message.startswith("POST /task/new/upload/")
+    assert "\n" not in message
+    assert TOKEN not in message
+    # Part of the image may be on the node: that task is never committed.
+    assert target.tainted(DS)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["sendfile", "httpx"])
+def test_a_node_that_is_gone_leaves_the_task_clean(tmp_path: Path, direct: bool) -> None:
+    item = _image(tmp_path, 3 * 1024 * 1024)
+    with FakeNodeODM(tmp_path / "node", token=TOKEN, setup_s=0.05) as node:
+        target = _target(node, direct=direct, timeout_s=2)
+        asyncio.run(target.ensure_dataset(DS))
+    # The node is stopped: nothing can reach it, so nothing reached the task either.
+    with pytest.raises(TransientTargetError) as caught:
+        asyncio.run(target.upload(DS, item, Transfer()))
+    assert str(caught.value).startswith("POST /task/new/upload/")
+    assert TOKEN not in str(caught.value)
+    assert not target.tainted(DS)
+    asyncio.run(target.aclose())
+
+
+def test_uploads_go_by_sendfile_only_over_plain_http_without_a_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    node = httpx.URL("http://192.168.1.20:3000")
+    assert direct_ok(node)
+    assert not direct_ok(httpx.URL("https://node.example.org"))
+    monkeypatch.setenv("http_proxy", "http://proxy.lan:3128")
+    assert not direct_ok(node)  # the proxy is httpx's to reach
+    monkeypatch.setenv("no_proxy", "192.168.1.20")
+    assert direct_ok(node)
