@@ -1,25 +1,29 @@
-"""One file as the body of a plain-HTTP request: sent by the kernel, checked beside it.
+"""One file as the body of a plain-HTTP request, hashed beside the sending.
 
 A NodeODM upload is one multipart request per image, and the bytes it sends must be the bytes
-that were hashed. Through httpx each byte is read into Python, hashed and written back out, all
-in one thread: more CPU than the transfer itself, and the sending waits on the hashing. Here
-the file goes from the page cache to the socket with ``sendfile(2)`` while a second thread
-reads it again from the page cache and hashes it. The caller sends the body's last part only
-after :meth:`FilePost.finish` found the recorded hash, so a file that changed reaches the server
+that were hashed. Through httpx each chunk is read into a new ``bytes``, hashed, then handed
+to httpx's Python on its way to the socket, all in one thread: the sending waits on the
+hashing, and one thread's CPU bounds the upload. Here the sender reads each chunk into one of a
+few reused buffers and writes it to the socket while a second thread hashes the same buffer
+(hashlib releases the GIL). The caller sends the body's last part only after
+:meth:`FilePost.send_file` found the recorded hash, so a file that changed reaches the server
 cut short, never whole and wrong.
 
-The request is written with :mod:`http.client` on the connection httpx would have made
-(same URL, same headers); only ``http://`` without a proxy goes this way (:func:`direct_ok`):
-TLS needs the bytes in Python, and a proxy is httpx's to reach.
+The bytes hashed are the bytes sent, from the same buffer. ``sendfile(2)`` was measured too:
+it saves the client a copy but costs the receiving side more (page-sized pieces), and the page
+cache could change between the hashing read and the sending one.
+
+The request is written with :mod:`http.client` on the connection httpx would have made (same
+URL, same headers). Only ``http://`` without a proxy goes this way (:func:`direct_ok`): TLS
+needs httpx's stack, and a proxy is httpx's to reach.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.client
 import os
-import select
+import queue
 import threading
 import urllib.request
 
@@ -29,8 +33,8 @@ from daemon.errors import FileChangedError, SourceError, TransientTargetError
 from daemon.hashing import CHUNK
 from daemon.targets.base import Transfer, UploadItem
 
-# Errors of sendfile(2) that come from reading the file, not from the socket.
-_READ_ERRNOS = {errno.EIO, errno.ENXIO, errno.ENODEV, errno.ESTALE}
+# Chunks read ahead of the check: the sender waits when it is this far ahead.
+_BUFFERS = 3
 # The reply of an upload is a line of JSON; more than this is not read.
 _MAX_REPLY = 1 << 20
 
@@ -46,34 +50,25 @@ def direct_ok(url: httpx.URL) -> bool:
 
 
 class _Check(threading.Thread):
-    """Reads the file from the start in a thread of its own and hashes it (the check hash)."""
+    """Hashes the chunks the sender hands over, in order, and hands each buffer back."""
 
-    def __init__(self, fd: int, item: UploadItem) -> None:
+    def __init__(self, buffers: int) -> None:
         super().__init__(name="dronesync-check", daemon=True)
-        self._fd = fd
-        self._item = item
-        self.stop = False
-        self.error: BaseException | None = None
-        self.digest = ""
-        self.read = 0
+        self.todo: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
+        self.free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        for _ in range(buffers):
+            self.free.put(memoryview(bytearray(CHUNK)))
+        self._digest = hashlib.sha256()
 
     def run(self) -> None:
-        # One buffer per check: it lives as long as the upload (the sending thread's own
-        # buffer, chunk_buffer(), belongs to whoever else runs in that thread).
-        view = memoryview(bytearray(CHUNK))
-        digest = hashlib.sha256()
-        try:
-            while not self.stop:
-                n = os.preadv(self._fd, [view], self.read)
-                if not n:
-                    break
-                digest.update(view[:n])
-                self.read += n
-                if self.read > self._item.size:
-                    break
-        except OSError as exc:
-            self.error = SourceError(f"{self._item.path}: read error: {exc.strerror}")
-        self.digest = digest.hexdigest()
+        while (chunk := self.todo.get()) is not None:
+            view, n = chunk
+            self._digest.update(view[:n])
+            self.free.put(view)
+
+    def hexdigest(self) -> str:
+        """The hash of every chunk handed over, once the thread has ended."""
+        return self._digest.hexdigest()
 
 
 class FilePost:
@@ -116,46 +111,40 @@ class FilePost:
 
     def send_file(self, fd: int, item: UploadItem, transfer: Transfer) -> None:
         """Send the file's ``item.size`` bytes, hashing them beside; raise if they changed."""
-        check = _Check(fd, item)
+        check = _Check(_BUFFERS)
         check.start()
         try:
-            self._sendfile(fd, item, transfer)
-        except BaseException:
-            check.stop = True
-            raise
+            sent = self._send_chunks(fd, item, transfer, check)
         finally:
-            check.join()  # the caller closes fd next: no read may outlive it
-        if check.error is not None:
-            raise check.error
+            check.todo.put(None)
+            check.join()  # its buffers are not reused, and fd is closed next
         after = os.fstat(fd)
-        if check.read != item.size or after.st_size != item.size:
+        if sent != item.size or after.st_mtime_ns != item.mtime_ns:
             raise FileChangedError(f"{item.path}: changed while it was being uploaded")
-        if after.st_mtime_ns != item.mtime_ns:
-            raise FileChangedError(f"{item.path}: changed while it was being uploaded")
-        if check.digest != item.sha256:
+        if check.hexdigest() != item.sha256:
             raise FileChangedError(f"{item.path}: content differs from its recorded hash")
 
-    def _sendfile(self, fd: int, item: UploadItem, transfer: Transfer) -> None:
-        out = self._conn.sock.fileno()  # connected in connect()
-        # The socket has a timeout, so it is non-blocking underneath: wait for room with poll.
-        poller = select.poll()
-        poller.register(out, select.POLLOUT)
-        offset = 0
-        while offset < item.size:
+    def _send_chunks(self, fd: int, item: UploadItem, transfer: Transfer, check: _Check) -> int:
+        sock = self._conn.sock  # connected in connect()
+        sent = 0
+        while True:
+            view = check.free.get()  # waits while the check is _BUFFERS chunks behind
             try:
-                sent = os.sendfile(out, fd, offset, min(item.size - offset, 4 * CHUNK))
-            except BlockingIOError:
-                if not poller.poll(self._timeout_ms):
-                    raise self._broken(TimeoutError("timed out sending")) from None
-                continue
+                n = os.readv(fd, [view])
             except OSError as exc:
-                if exc.errno in _READ_ERRNOS:
-                    raise SourceError(f"{item.path}: read error: {exc.strerror}") from exc
+                raise SourceError(f"{item.path}: read error: {exc.strerror}") from exc
+            if not n:
+                return sent
+            sent += n
+            if sent > item.size:
+                raise FileChangedError(f"{item.path}: grew while it was being uploaded")
+            # Both read the buffer at once; it is written again only once both are done.
+            check.todo.put((view, n))
+            try:
+                sock.sendall(view[:n])
+            except OSError as exc:
                 raise self._broken(exc) from exc
-            if not sent:
-                raise FileChangedError(f"{item.path}: shrank while it was being uploaded")
-            offset += sent
-            transfer.progress(sent)
+            transfer.progress(n)
 
     def finish(self, tail: bytes) -> httpx.Response:
         """Send the end of the body and read the reply."""

@@ -116,7 +116,7 @@ class NodeODMTarget:
             timeout=httpx.Timeout(config.timeout_s),
             follow_redirects=False,
         )
-        # Plain HTTP without a proxy: images go by sendfile, checked beside (filepost).
+        # Plain HTTP without a proxy: images go through filepost, the check hash beside.
         self._direct = direct_ok(self._client.base_url)
         self._locks: dict[int, asyncio.Lock] = {}
         self._checked: set[int] = set()

@@ -1,8 +1,9 @@
 """How one NodeODM upload ends when the node misbehaves, by both of its ways of sending.
 
-Plain HTTP goes by ``sendfile`` (``daemon.targets.filepost``); https:// and proxies go through
-httpx. Either way a node that stalls or goes away costs a bounded wait and a one-line error
-without the token, and a task that may hold part of an image is never committed.
+Plain HTTP goes through ``daemon.targets.filepost`` (the check hash in a thread beside), https://
+and proxies through httpx. Either way a node that stalls or goes away costs a bounded wait and
+a one-line error without the token, and a task that may hold part of an image is never
+committed.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _image(tmp_path: Path, size: int) -> UploadItem:
     )
 
 
-@pytest.mark.parametrize("direct", [True, False], ids=["sendfile", "httpx"])
+@pytest.mark.parametrize("direct", [True, False], ids=["filepost", "httpx"])
 def test_a_node_that_stops_reading_ends_the_upload_after_the_timeout(
     node: FakeNodeODM, tmp_path: Path, direct: bool
 ) -> None:
@@ -79,7 +80,7 @@ def test_a_node_that_stops_reading_ends_the_upload_after_the_timeout(
     assert target.tainted(DS)
 
 
-@pytest.mark.parametrize("direct", [True, False], ids=["sendfile", "httpx"])
+@pytest.mark.parametrize("direct", [True, False], ids=["filepost", "httpx"])
 def test_a_node_that_is_gone_leaves_the_task_clean(tmp_path: Path, direct: bool) -> None:
     item = _image(tmp_path, 3 * 1024 * 1024)
     with FakeNodeODM(tmp_path / "node", token=TOKEN, setup_s=0.05) as node:
@@ -94,7 +95,7 @@ def test_a_node_that_is_gone_leaves_the_task_clean(tmp_path: Path, direct: bool)
     asyncio.run(target.aclose())
 
 
-def test_uploads_go_by_sendfile_only_over_plain_http_without_a_proxy(
+def test_uploads_bypass_httpx_only_over_plain_http_without_a_proxy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
