@@ -52,13 +52,22 @@ def direct_ok(url: httpx.URL) -> bool:
 class _Check(threading.Thread):
     """Hashes the chunks the sender hands over, in order, and hands each buffer back."""
 
-    def __init__(self, buffers: int) -> None:
+    def __init__(self) -> None:
         super().__init__(name="dronesync-check", daemon=True)
         self.todo: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
         self.free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
-        for _ in range(buffers):
-            self.free.put(memoryview(bytearray(CHUNK)))
+        self._made = 0
         self._digest = hashlib.sha256()
+
+    def buffer(self) -> memoryview:
+        """A buffer neither side is using; waits while the check is _BUFFERS chunks behind.
+
+        Made as needed: a small image needs one, and each is a zeroed MiB.
+        """
+        if self._made < _BUFFERS and self.free.empty():
+            self._made += 1
+            return memoryview(bytearray(CHUNK))
+        return self.free.get()
 
     def run(self) -> None:
         while (chunk := self.todo.get()) is not None:
@@ -84,7 +93,6 @@ class FilePost:
         self._route = route
         url = request.url
         self._conn = http.client.HTTPConnection(url.host, url.port or 80, timeout=timeout_s)
-        self._timeout_ms = int(timeout_s * 1000)
 
     def connect(self) -> None:
         """Open the connection; failing here, nothing reached the server."""
@@ -111,7 +119,7 @@ class FilePost:
 
     def send_file(self, fd: int, item: UploadItem, transfer: Transfer) -> None:
         """Send the file's ``item.size`` bytes, hashing them beside; raise if they changed."""
-        check = _Check(_BUFFERS)
+        check = _Check()
         check.start()
         try:
             sent = self._send_chunks(fd, item, transfer, check)
@@ -128,7 +136,7 @@ class FilePost:
         sock = self._conn.sock  # connected in connect()
         sent = 0
         while True:
-            view = check.free.get()  # waits while the check is _BUFFERS chunks behind
+            view = check.buffer()
             try:
                 n = os.readv(fd, [view])
             except OSError as exc:
