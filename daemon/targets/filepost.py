@@ -1,21 +1,22 @@
-"""One file as the body of a plain-HTTP request, hashed beside the sending.
+"""One file as the body of an upload, hashed beside the sending.
 
 A NodeODM upload is one multipart request per image, and the bytes it sends must be the bytes
-that were hashed. Through httpx each chunk is read into a new ``bytes``, hashed, then handed
-to httpx's Python on its way to the socket, all in one thread: the sending waits on the
-hashing, and one thread's CPU bounds the upload. Here the sender reads each chunk into one of a
-few reused buffers and writes it to the socket while a second thread hashes the same buffer
-(hashlib releases the GIL). The caller sends the body's last part only after
-:meth:`FilePost.send_file` found the recorded hash, so a file that changed reaches the server
-cut short, never whole and wrong.
+that were hashed. Read, hashed and sent in one thread, the sending waited on the hashing and
+that one thread's CPU bounded the upload. :class:`CheckedRead` reads each chunk into one of a
+few reused buffers for the sender while a second thread hashes the same buffer (hashlib lets go
+of the GIL); the caller sends the body's last part only after :meth:`CheckedRead.verify` found
+the recorded hash, so a file that changed reaches the server cut short, never whole and wrong.
+The bytes hashed are the bytes sent.
 
-The bytes hashed are the bytes sent, from the same buffer. ``sendfile(2)`` was measured too:
-it saves the client a copy but costs the receiving side more (page-sized pieces), and the page
-cache could change between the hashing read and the sending one.
+:class:`FilePost` writes such a request with :mod:`http.client`, the chunks going from the
+buffers to the socket without passing through httpx's Python: the request httpx would have
+sent (same URL, same headers), on a connection of its own. Only ``http://`` without a proxy
+goes this way (:func:`direct_ok`); TLS and proxies are httpx's, which takes the same chunks
+as ``bytes``.
 
-The request is written with :mod:`http.client` on the connection httpx would have made (same
-URL, same headers). Only ``http://`` without a proxy goes this way (:func:`direct_ok`): TLS
-needs httpx's stack, and a proxy is httpx's to reach.
+``sendfile(2)`` was measured too: it saves the client a copy but costs the receiving side more
+(page-sized pieces), and the page cache could change between the read that is hashed and the
+one that is sent.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import queue
 import threading
 import urllib.request
+from collections.abc import Iterator
 
 import httpx
 
@@ -49,35 +51,72 @@ def direct_ok(url: httpx.URL) -> bool:
     return bool(urllib.request.proxy_bypass(url.host))
 
 
-class _Check(threading.Thread):
-    """Hashes the chunks the sender hands over, in order, and hands each buffer back."""
+class CheckedRead:
+    """A file read in chunks for sending while a thread of its own hashes each chunk.
 
-    def __init__(self) -> None:
-        super().__init__(name="dronesync-check", daemon=True)
-        self.todo: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
-        self.free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+    Use as a context manager: :meth:`chunks` hands out each chunk as a view of one of up to
+    ``_BUFFERS`` reused buffers, valid until the next one is asked for; once the block is left,
+    :meth:`verify` says whether what was read is the file that was hashed.
+    """
+
+    def __init__(self, fd: int, item: UploadItem) -> None:
+        self._fd = fd
+        self._item = item
+        self._todo: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
         self._made = 0
         self._digest = hashlib.sha256()
+        self._thread = threading.Thread(target=self._hash, name="dronesync-check", daemon=True)
+        self.read = 0
 
-    def buffer(self) -> memoryview:
-        """A buffer neither side is using; waits while the check is _BUFFERS chunks behind.
+    def __enter__(self) -> CheckedRead:
+        self._thread.start()
+        return self
 
-        Made as needed: a small image needs one, and each is a zeroed MiB.
-        """
-        if self._made < _BUFFERS and self.free.empty():
-            self._made += 1
-            return memoryview(bytearray(CHUNK))
-        return self.free.get()
+    def __exit__(self, *exc: object) -> None:
+        self._todo.put(None)
+        self._thread.join()  # its buffers are not reused, and fd is closed next
 
-    def run(self) -> None:
-        while (chunk := self.todo.get()) is not None:
+    def _hash(self) -> None:
+        while (chunk := self._todo.get()) is not None:
             view, n = chunk
             self._digest.update(view[:n])
-            self.free.put(view)
+            self._free.put(view)
 
-    def hexdigest(self) -> str:
-        """The hash of every chunk handed over, once the thread has ended."""
-        return self._digest.hexdigest()
+    def _buffer(self) -> memoryview:
+        # Made as needed (a small image needs one, and each is a zeroed MiB); past
+        # _BUFFERS, this waits for the check to give one back.
+        if self._made < _BUFFERS and self._free.empty():
+            self._made += 1
+            return memoryview(bytearray(CHUNK))
+        return self._free.get()
+
+    def chunks(self) -> Iterator[memoryview]:
+        """The file's bytes in order; the buffer behind a chunk is handed to the check too."""
+        item = self._item
+        while True:
+            view = self._buffer()
+            try:
+                n = os.readv(self._fd, [view])
+            except OSError as exc:
+                raise SourceError(f"{item.path}: read error: {exc.strerror}") from exc
+            if not n:
+                return
+            self.read += n
+            if self.read > item.size:
+                raise FileChangedError(f"{item.path}: grew while it was being uploaded")
+            # Both read the buffer at once; it is written again only once both are done.
+            self._todo.put((view, n))
+            yield view[:n]
+
+    def verify(self) -> None:
+        """Raise :class:`FileChangedError` unless the bytes read are the file as hashed."""
+        item = self._item
+        after = os.fstat(self._fd)
+        if self.read != item.size or after.st_mtime_ns != item.mtime_ns:
+            raise FileChangedError(f"{item.path}: changed while it was being uploaded")
+        if self._digest.hexdigest() != item.sha256:
+            raise FileChangedError(f"{item.path}: content differs from its recorded hash")
 
 
 class FilePost:
@@ -119,40 +158,15 @@ class FilePost:
 
     def send_file(self, fd: int, item: UploadItem, transfer: Transfer) -> None:
         """Send the file's ``item.size`` bytes, hashing them beside; raise if they changed."""
-        check = _Check()
-        check.start()
-        try:
-            sent = self._send_chunks(fd, item, transfer, check)
-        finally:
-            check.todo.put(None)
-            check.join()  # its buffers are not reused, and fd is closed next
-        after = os.fstat(fd)
-        if sent != item.size or after.st_mtime_ns != item.mtime_ns:
-            raise FileChangedError(f"{item.path}: changed while it was being uploaded")
-        if check.hexdigest() != item.sha256:
-            raise FileChangedError(f"{item.path}: content differs from its recorded hash")
-
-    def _send_chunks(self, fd: int, item: UploadItem, transfer: Transfer, check: _Check) -> int:
         sock = self._conn.sock  # connected in connect()
-        sent = 0
-        while True:
-            view = check.buffer()
-            try:
-                n = os.readv(fd, [view])
-            except OSError as exc:
-                raise SourceError(f"{item.path}: read error: {exc.strerror}") from exc
-            if not n:
-                return sent
-            sent += n
-            if sent > item.size:
-                raise FileChangedError(f"{item.path}: grew while it was being uploaded")
-            # Both read the buffer at once; it is written again only once both are done.
-            check.todo.put((view, n))
-            try:
-                sock.sendall(view[:n])
-            except OSError as exc:
-                raise self._broken(exc) from exc
-            transfer.progress(n)
+        with CheckedRead(fd, item) as check:
+            for chunk in check.chunks():
+                try:
+                    sock.sendall(chunk)
+                except OSError as exc:
+                    raise self._broken(exc) from exc
+                transfer.progress(len(chunk))
+        check.verify()
 
     def finish(self, tail: bytes) -> httpx.Response:
         """Send the end of the body and read the reply."""

@@ -42,13 +42,12 @@ from daemon.errors import (
     DatasetResetError,
     FileChangedError,
     PermanentTargetError,
-    SourceError,
     TargetError,
     TransientTargetError,
 )
 from daemon.hashing import CHUNK, open_regular
 from daemon.targets.base import DatasetRef, ProcessingStatus, TargetState, Transfer, UploadItem
-from daemon.targets.filepost import FilePost, direct_ok
+from daemon.targets.filepost import CheckedRead, FilePost, direct_ok
 from daemon.targets.http import json_body, never_sent, status_error, transport_error
 
 log = structlog.get_logger("dronesync.nodeodm")
@@ -512,26 +511,12 @@ def _body(
     """
     started.set()
     yield head
-    digest = hashlib.sha256()
-    sent = 0
-    while True:
-        try:
-            chunk = os.read(fd, CHUNK)
-        except OSError as exc:
-            raise SourceError(f"{item.path}: read error: {exc.strerror}") from exc
-        if not chunk:
-            break
-        sent += len(chunk)
-        if sent > item.size:
-            raise FileChangedError(f"{item.path}: grew while it was being uploaded")
-        digest.update(chunk)
-        transfer.progress(len(chunk))
-        yield chunk
-    after = os.fstat(fd)
-    if sent != item.size or after.st_mtime_ns != item.mtime_ns:
-        raise FileChangedError(f"{item.path}: changed while it was being uploaded")
-    if digest.hexdigest() != item.sha256:
-        raise FileChangedError(f"{item.path}: content differs from its recorded hash")
+    with CheckedRead(fd, item) as check:
+        for chunk in check.chunks():
+            transfer.progress(len(chunk))
+            # A copy: the buffer is filled again for a later chunk, and httpx takes bytes.
+            yield bytes(chunk)
+    check.verify()
     yield tail
 
 
