@@ -39,16 +39,20 @@ from daemon.targets.base import Transfer, UploadItem
 _BUFFERS = 3
 # The reply of an upload is a line of JSON; more than this is not read.
 _MAX_REPLY = 1 << 20
+# How long a reply is waited for after the server broke off the sending.
+_EARLY_REPLY_S = 2.0
 
 
 def direct_ok(url: httpx.URL) -> bool:
-    """Whether a request to ``url`` may bypass httpx: plain HTTP that no proxy takes."""
+    """Whether a request to ``url`` may bypass httpx: plain HTTP, no proxy set at all.
+
+    With a proxy set, httpx decides whether ``no_proxy`` exempts the node (its rules are not
+    urllib's), and the upload goes through httpx.
+    """
     if url.scheme != "http":
         return False
-    proxies = urllib.request.getproxies()
-    if not (proxies.get("http") or proxies.get("all")):
-        return True
-    return bool(urllib.request.proxy_bypass(url.host))
+    proxies = urllib.request.getproxies()  # http_proxy, HTTP_PROXY, all_proxy, ...
+    return not (proxies.get("http") or proxies.get("all"))
 
 
 class CheckedRead:
@@ -95,6 +99,15 @@ class CheckedRead:
         """The file's bytes in order; the buffer behind a chunk is handed to the check too."""
         item = self._item
         while True:
+            if self.read >= item.size:
+                # Only the end is left to see: one byte, not a buffer of its own.
+                try:
+                    more = os.read(self._fd, 1)
+                except OSError as exc:
+                    raise SourceError(f"{item.path}: read error: {exc.strerror}") from exc
+                if more:
+                    raise FileChangedError(f"{item.path}: grew while it was being uploaded")
+                return
             view = self._buffer()
             try:
                 n = os.readv(self._fd, [view])
@@ -131,7 +144,10 @@ class FilePost:
         self._request = request
         self._route = route
         url = request.url
-        self._conn = http.client.HTTPConnection(url.host, url.port or 80, timeout=timeout_s)
+        # raw_host: the name as httpx resolves it (IDNA-encoded), not the Unicode form.
+        host = url.raw_host.decode("ascii")
+        self._conn = http.client.HTTPConnection(host, url.port or 80, timeout=timeout_s)
+        self._send_failed = False
 
     def connect(self) -> None:
         """Open the connection; failing here, nothing reached the server."""
@@ -141,7 +157,7 @@ class FilePost:
             raise self._broken(exc) from exc
 
     def send_head(self, head: bytes) -> None:
-        """The request line, the headers and the start of the body, in one write."""
+        """The request line, the headers (httpx's, as they are) and the start of the body."""
         request = self._request
         try:
             self._conn.putrequest(
@@ -161,24 +177,49 @@ class FilePost:
         sock = self._conn.sock  # connected in connect()
         with CheckedRead(fd, item) as check:
             for chunk in check.chunks():
+                left = chunk
                 try:
-                    sock.sendall(chunk)
+                    # Not sendall: its timeout bounds the whole chunk, and on a slow link
+                    # a MiB may take longer than timeout_s. Each send() waits at most that.
+                    while left:
+                        left = left[sock.send(left) :]
                 except OSError as exc:
+                    self._send_failed = True
                     raise self._broken(exc) from exc
                 transfer.progress(len(chunk))
         check.verify()
+
+    def early_reply(self) -> httpx.Response | None:
+        """The reply a server sent before the body's end, when sending broke off; else None.
+
+        A server may refuse a request at once (an unknown task, say), answer and close: the
+        answer says what happened, where the broken connection alone does not.
+        """
+        if not self._send_failed:
+            return None
+        self._conn.sock.settimeout(_EARLY_REPLY_S)
+        try:
+            return self._response()
+        except TransientTargetError:
+            return None
 
     def finish(self, tail: bytes) -> httpx.Response:
         """Send the end of the body and read the reply."""
         try:
             self._conn.send(tail)
+        except OSError as exc:
+            raise self._broken(exc) from exc
+        return self._response()
+
+    def _response(self) -> httpx.Response:
+        try:
             reply = self._conn.getresponse()
             content = reply.read(_MAX_REPLY)
         except (OSError, http.client.HTTPException) as exc:
             raise self._broken(exc) from exc
-        return httpx.Response(
-            reply.status, headers=reply.getheaders(), content=content, request=self._request
-        )
+        # http.client decoded each header as latin-1; httpx takes bytes as they came.
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.getheaders()]
+        return httpx.Response(reply.status, headers=headers, content=content, request=self._request)
 
     def close(self) -> None:
         """Close the connection (a body left unfinished reaches the server cut short)."""

@@ -24,13 +24,14 @@ again (``dronesync process``) creates a new task and sends the images again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import re
 import threading
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -328,10 +329,12 @@ class NodeODMTarget:
                     request, route, self.config.timeout_s, fd, item, transfer, started, head, tail
                 )
             else:
-                body = _body(fd, item, transfer, started, head, tail)
-                response = self._client.post(
-                    f"/task/new/upload/{task}", content=body, headers=headers
-                )
+                # Closed here, not whenever it is collected: httpx may stop reading a body
+                # (the server answered early), and the check's thread ends with it.
+                with contextlib.closing(_body(fd, item, transfer, started, head, tail)) as body:
+                    response = self._client.post(
+                        f"/task/new/upload/{task}", content=body, headers=headers
+                    )
             self._check(route, response)
         finally:
             os.close(fd)
@@ -490,7 +493,16 @@ def _post_direct(
         post.connect()
         started.set()
         post.send_head(head)
-        post.send_file(fd, item, transfer)
+        try:
+            post.send_file(fd, item, transfer)
+        except TransientTargetError:
+            early = post.early_reply()
+            if early is None:
+                raise
+            # The node refused the request before reading it all: its answer says why. An
+            # answer of success for a body it did not get is not believed.
+            NodeODMTarget._check(route, early)
+            raise
         return post.finish(tail)
     finally:
         post.close()
@@ -503,7 +515,7 @@ def _body(
     started: threading.Event,
     head: bytes,
     tail: bytes,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The request body; checks the bytes against the recorded hash before the last boundary.
 
     When the file changed, the body ends without its closing boundary: the node sees a cut

@@ -91,7 +91,15 @@ ROUTES = (
     "restart",
     "unknown",
 )
-FAULT_KINDS = ("status500", "error200", "cut_mid_body", "cut_after_body", "stall", "garbage")
+FAULT_KINDS = (
+    "status500",
+    "error200",
+    "error200_early",
+    "cut_mid_body",
+    "cut_after_body",
+    "stall",
+    "garbage",
+)
 
 # libs/taskNew.js assignUUID: only these uuids are accepted in set-uuid.
 _SET_UUID = re.compile(
@@ -169,10 +177,12 @@ class Faults:
     """Thread-safe fault injection, per route (``"any"`` matches every route).
 
     Kinds: ``status500`` (HTTP 500, request not acted on), ``error200`` (200 ``{"error"}``,
-    request not acted on), ``cut_mid_body`` (read part of the body, keep what an upload stored so
-    far, close with no reply), ``cut_after_body`` (act on the request, then close with no reply),
-    ``stall`` (sleep ``delay_s`` after acting on the request, or before with ``before=True``;
-    cut short when the server stops), ``garbage`` (200 ``text/html``, not acted on).
+    request not acted on), ``error200_early`` (the same, answered before reading the body, then
+    the connection closed: the client's sending breaks off), ``cut_mid_body`` (read part of
+    the body, keep what an upload stored so far, close with no reply), ``cut_after_body`` (act
+    on the request, then close with no reply), ``stall`` (sleep ``delay_s`` after acting on the
+    request, or before with ``before=True``; cut short when the server stops), ``garbage``
+    (200 ``text/html``, not acted on).
     """
 
     def __init__(self) -> None:
@@ -1652,6 +1662,11 @@ class _Handler(BaseHTTPRequestHandler):
         )
         node.count(route)
         fault = node.faults.take(route)
+        if fault is not None and fault.kind == "error200_early":
+            # As a proxy in front of a node may do: refuse at once, unread body and all.
+            self.close_connection = True
+            self._send(_error(fault.message))
+            return
         try:
             reply = self._apply(fault, req) if fault is not None else self._handle(req)
         except _DropConnectionError:

@@ -95,7 +95,30 @@ def test_a_node_that_is_gone_leaves_the_task_clean(tmp_path: Path, direct: bool)
     asyncio.run(target.aclose())
 
 
-def test_uploads_bypass_httpx_only_over_plain_http_without_a_proxy(
+@pytest.mark.parametrize("direct", [True, False], ids=["filepost", "httpx"])
+def test_a_node_that_refuses_before_reading_the_image_is_heard(
+    node: FakeNodeODM, tmp_path: Path, direct: bool
+) -> None:
+    # 32 MiB: the node answers and closes long before the image could have been sent.
+    item = _image(tmp_path, 32 * 1024 * 1024)
+    target = _target(node, direct=direct)
+
+    async def go() -> None:
+        await target.ensure_dataset(DS)
+        node.faults.add("error200_early", "upload", message="Upload limit reached")
+        try:
+            await target.upload(DS, item, Transfer())
+        finally:
+            await target.aclose()
+
+    with pytest.raises(TransientTargetError) as caught:
+        asyncio.run(go())
+    # The node's own words, not a broken pipe; it stored nothing, so the task stays usable.
+    assert "the node says: Upload limit reached" in str(caught.value)
+    assert not target.tainted(DS)
+
+
+def test_uploads_bypass_httpx_only_over_plain_http_with_no_proxy_set(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
@@ -106,4 +129,7 @@ def test_uploads_bypass_httpx_only_over_plain_http_without_a_proxy(
     monkeypatch.setenv("http_proxy", "http://proxy.lan:3128")
     assert not direct_ok(node)  # the proxy is httpx's to reach
     monkeypatch.setenv("no_proxy", "192.168.1.20")
-    assert direct_ok(node)
+    assert not direct_ok(node)  # whether no_proxy exempts the node is httpx's to say
+    monkeypatch.delenv("http_proxy")
+    monkeypatch.setenv("ALL_PROXY", "socks5://proxy.lan:1080")
+    assert not direct_ok(node)
