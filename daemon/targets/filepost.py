@@ -1,12 +1,12 @@
 """One file as the body of an upload, hashed beside the sending.
 
 A NodeODM upload is one multipart request per image, and the bytes it sends must be the bytes
-that were hashed. Read, hashed and sent in one thread, the sending waited on the hashing and
-that one thread's CPU bounded the upload. :class:`CheckedRead` reads each chunk into one of a
-few reused buffers for the sender while a second thread hashes the same buffer (hashlib lets go
-of the GIL); the caller sends the body's last part only after :meth:`CheckedRead.verify` found
-the recorded hash, so a file that changed reaches the server cut short, never whole and wrong.
-The bytes hashed are the bytes sent.
+that were hashed. Read, hashed and sent in one thread, the sending would wait on the hashing
+and that one thread's CPU would bound the upload. :class:`CheckedRead` reads each chunk into
+one of a few reused buffers for the sender while a second thread hashes the same buffer
+(hashlib lets go of the GIL). The caller sends the body's last part only after
+:meth:`CheckedRead.verify` found the recorded hash, so a file that changed reaches the server
+cut short, never whole and wrong. The bytes hashed are the bytes sent.
 
 :class:`FilePost` writes such a request with :mod:`http.client`, the chunks going from the
 buffers to the socket without passing through httpx's Python: the request httpx would have
@@ -14,9 +14,9 @@ sent (same URL, same headers), on a connection of its own. Only ``http://`` with
 goes this way (:func:`direct_ok`); TLS and proxies are httpx's, which takes the same chunks
 as ``bytes``.
 
-``sendfile(2)`` was measured too: it saves the client a copy but costs the receiving side more
-(page-sized pieces), and the page cache could change between the read that is hashed and the
-one that is sent.
+``sendfile(2)`` is not used: it saves the client a copy but costs the receiving side more
+(page-sized pieces; measured in docs/performance.md), and the page cache could change between
+the read that is hashed and the one that is sent.
 """
 
 from __future__ import annotations
