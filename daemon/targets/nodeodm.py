@@ -33,7 +33,7 @@ import threading
 import uuid as uuidlib
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import structlog
@@ -316,6 +316,7 @@ class NodeODMTarget:
                 "Content-Type: application/octet-stream\r\n\r\n"
             ).encode()
             tail = f"\r\n--{boundary}--\r\n".encode()
+            part = _Part(fd, item, head, tail)
             route = f"POST /task/new/upload/{task}"
             headers = {
                 "content-type": f"multipart/form-data; boundary={boundary}",
@@ -326,12 +327,12 @@ class NodeODMTarget:
                     "POST", f"/task/new/upload/{task}", headers=headers
                 )
                 response = _post_direct(
-                    request, route, self.config.timeout_s, fd, item, transfer, started, head, tail
+                    request, route, self.config.timeout_s, part, transfer, started
                 )
             else:
                 # Closed here, not whenever it is collected: httpx may stop reading a body
                 # (the server answered early), and the check's thread ends with it.
-                with contextlib.closing(_body(fd, item, transfer, started, head, tail)) as body:
+                with contextlib.closing(_body(part, transfer, started)) as body:
                     response = self._client.post(
                         f"/task/new/upload/{task}", content=body, headers=headers
                     )
@@ -476,25 +477,31 @@ class NodeODMTarget:
         return body
 
 
+class _Part(NamedTuple):
+    """One image as the body of an upload: the part's header, the open file, the last boundary."""
+
+    fd: int
+    item: UploadItem
+    head: bytes
+    tail: bytes
+
+
 def _post_direct(
     request: httpx.Request,
     route: str,
     timeout_s: float,
-    fd: int,
-    item: UploadItem,
+    part: _Part,
     transfer: Transfer,
     started: threading.Event,
-    head: bytes,
-    tail: bytes,
 ) -> httpx.Response:
     """The upload through :class:`FilePost`: the last boundary only after the check passed."""
     post = FilePost(request, route, timeout_s)
     try:
         post.connect()
         started.set()
-        post.send_head(head)
+        post.send_head(part.head)
         try:
-            post.send_file(fd, item, transfer)
+            post.send_file(part.fd, part.item, transfer)
         except TransientTargetError:
             early = post.early_reply()
             if early is None:
@@ -503,18 +510,13 @@ def _post_direct(
             # answer of success for a body it did not get is not believed.
             NodeODMTarget._check(route, early)
             raise
-        return post.finish(tail)
+        return post.finish(part.tail)
     finally:
         post.close()
 
 
 def _body(
-    fd: int,
-    item: UploadItem,
-    transfer: Transfer,
-    started: threading.Event,
-    head: bytes,
-    tail: bytes,
+    part: _Part, transfer: Transfer, started: threading.Event
 ) -> Generator[bytes, None, None]:
     """The request body; checks the bytes against the recorded hash before the last boundary.
 
@@ -522,14 +524,14 @@ def _body(
     upload, and the task is replaced because of it.
     """
     started.set()
-    yield head
-    with CheckedRead(fd, item) as check:
+    yield part.head
+    with CheckedRead(part.fd, part.item) as check:
         for chunk in check.chunks():
             transfer.progress(len(chunk))
             # A copy: the buffer is filled again for a later chunk, and httpx takes bytes.
             yield bytes(chunk)
     check.verify()
-    yield tail
+    yield part.tail
 
 
 def _short(exc: BaseException) -> str:
