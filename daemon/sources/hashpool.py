@@ -86,6 +86,17 @@ class _Worker:
             self._process = self._task = None
             log.warning("hashing process ended; its files are read again", exit_code=code)
             self._fail_waiting(f"the hashing process ended (exit code {code})")
+        except (pickle.UnpicklingError, ValueError, EOFError, IndexError, MemoryError) as exc:
+            # An answer that cannot be read: nothing after it can be trusted either. The
+            # process goes, and its files wait for the next one instead of forever.
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            self._process = self._task = None
+            error = f"unreadable answer from the hashing process: {type(exc).__name__}"
+            # One line, no traceback: what happened and what follows is what the operator needs.
+            log.error("hashing process replaced; its files are read again", error=error)  # noqa: TRY400
+            self._fail_waiting(error)
 
     async def _start(self) -> asyncio.subprocess.Process | None:
         """The process, started; None (said in one line) if it cannot be."""

@@ -8,6 +8,7 @@ import hashlib
 import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -175,3 +176,31 @@ def test_a_process_that_cannot_start_ends_its_files_in_hashing_error(tmp_path: P
     assert len(outcomes) == 2
     assert all(isinstance(o, HashingError) for o in outcomes)
     assert "cannot start a hashing process" in str(outcomes[0])
+
+
+def test_a_process_that_answers_garbage_is_replaced_and_its_files_wait(tmp_path: Path) -> None:
+    (path, _), *_ = _images(tmp_path / "card", 4)
+    liar = tmp_path / "liar.py"
+    # A process that reads a batch and answers with a well-framed message that is not a pickle.
+    liar.write_text(
+        "import struct, sys\n"
+        "header = sys.stdin.buffer.read(4)\n"
+        "sys.stdin.buffer.read(struct.unpack('>I', header)[0])\n"
+        "sys.stdout.buffer.write(struct.pack('>I', 5) + b'junk!')\n"
+        "sys.stdout.buffer.flush()\n"
+        "sys.stdin.buffer.read()\n"
+    )
+
+    async def run() -> list[Outcome]:
+        pool = HashPool(1, argv=(sys.executable, os.fspath(liar)))
+        try:
+            return await asyncio.wait_for(pool.submit([_job(path), _job(path)]), DEADLINE_S)
+        finally:
+            await pool.aclose()
+
+    outcomes = asyncio.run(run())
+    # Not left waiting forever, and not failed: read again, by the next process.
+    assert len(outcomes) == 2
+    assert all(isinstance(o, HashingError) for o in outcomes)
+    assert "unreadable answer from the hashing process" in str(outcomes[0])
+    assert _children() == set()
