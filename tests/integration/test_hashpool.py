@@ -162,17 +162,23 @@ def _uploaded(box: Box) -> int:
     return sum(d["files"]["uploaded"] for d in box.status()["datasets"])
 
 
-def test_a_process_that_cannot_start_ends_its_files_in_hashing_error(tmp_path: Path) -> None:
-    (path, _), *_ = _images(tmp_path / "card", 4)
+def _one_batch(argv: tuple[str, ...], jobs: list[Job]) -> list[Outcome]:
+    """The outcomes of one batch sent to a pool of one process run as ``argv``."""
 
     async def run() -> list[Outcome]:
-        pool = HashPool(1, argv=(os.fspath(tmp_path / "no-such-python"),))
+        pool = HashPool(1, argv=argv)
         try:
-            return await asyncio.wait_for(pool.submit([_job(path), _job(path)]), DEADLINE_S)
+            return await asyncio.wait_for(pool.submit(jobs), DEADLINE_S)
         finally:
             await pool.aclose()
 
-    outcomes = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_process_that_cannot_start_ends_its_files_in_hashing_error(tmp_path: Path) -> None:
+    (path, _), *_ = _images(tmp_path / "card", 4)
+
+    outcomes = _one_batch((os.fspath(tmp_path / "no-such-python"),), [_job(path), _job(path)])
     assert len(outcomes) == 2
     assert all(isinstance(o, HashingError) for o in outcomes)
     assert "cannot start a hashing process" in str(outcomes[0])
@@ -191,14 +197,7 @@ def test_a_process_that_answers_garbage_is_replaced_and_its_files_wait(tmp_path:
         "sys.stdin.buffer.read()\n"
     )
 
-    async def run() -> list[Outcome]:
-        pool = HashPool(1, argv=(sys.executable, os.fspath(liar)))
-        try:
-            return await asyncio.wait_for(pool.submit([_job(path), _job(path)]), DEADLINE_S)
-        finally:
-            await pool.aclose()
-
-    outcomes = asyncio.run(run())
+    outcomes = _one_batch((sys.executable, os.fspath(liar)), [_job(path), _job(path)])
     # Not left waiting forever, and not failed: read again, by the next process.
     assert len(outcomes) == 2
     assert all(isinstance(o, HashingError) for o in outcomes)
