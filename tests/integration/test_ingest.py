@@ -386,3 +386,36 @@ def test_a_folder_deleted_after_its_upload_stays_uploaded(box: Box) -> None:
     files = box.datasets()["first"]["files"]
     assert (files["uploaded"], files["failed"]) == (3, 0), files
     assert box.stop(proc) == 0
+
+
+def test_a_file_deleted_while_its_upload_waits_fails_alone(box: Box) -> None:
+    # Without staging, uploads read the folder itself; slow ones keep the rest waiting, hashed.
+    box.write_config(target="staging = false", upload="bandwidth_limit = 50000\nconcurrency = 1")
+    rng = random.Random(33)
+    _images(box.inbox / "first", 6, rng)
+    proc = box.start()
+    wait_until(
+        lambda: box.datasets().get("first", {}).get("files", {}).get("waiting") == 5,
+        what="one upload under way, the other five hashed and waiting",
+    )
+    listing = box.status("first", files=True)["datasets"][0]["file_list"]
+    gone = next(box.inbox / "first" / f["path"] for f in listing if f["status"] == "waiting")
+    gone.unlink()
+    # A folder moved in makes the daemon scan the inbox again: the scan passes over the
+    # files it hashed and still finds there, and finds the deleted one missing.
+    _images(box.root / "second", 1, rng)
+    (box.root / "second").rename(box.inbox / "second")
+    wait_until(
+        lambda: box.datasets().get("second", {}).get("files", {}).get("uploaded") == 1,
+        what="the rescan that found the second folder",
+    )
+    wait_until(
+        lambda: box.datasets()["first"]["files"]["uploaded"] == 5,
+        what="the five files still there uploaded",
+    )
+    files = box.datasets()["first"]["files"]
+    assert (files["uploaded"], files["failed"], files["waiting"]) == (5, 1, 0), files
+    listing = box.status("first", files=True)["datasets"][0]["file_list"]
+    failed = [box.inbox / "first" / f["path"] for f in listing if f["last_error"]]
+    assert failed == [gone]
+    assert box.stop(proc) == 0
