@@ -108,11 +108,11 @@ KNOWN_COLUMNS = "relpath, id, dataset_id, size, mtime_ns, sha256 IS NOT NULL, st
 
 
 class Known(NamedTuple):
-    """What the scanner needs to know about a file not hashed yet, or one it meets changed.
+    """What the scanner needs to know about a file with work left, or one it meets changed.
 
-    Files hashed are held more compactly (:meth:`Journal.settled_files`); a record is read for
-    one of them only when it changes or goes. It keeps whether the file was hashed, not the
-    hash (64 characters the scanner never reads).
+    Files with nothing left to do are held more compactly (:meth:`Journal.settled_files`); a
+    record is read for one of them only when it changes. It keeps whether the file was hashed,
+    not the hash (64 characters the scanner never reads).
     """
 
     id: int
@@ -617,36 +617,30 @@ class Journal:
     # -- files -----------------------------------------------------------------------------
 
     def settled_files(self, volume: str) -> dict[bytes, tuple[int, int]]:
-        """The hash cache of one volume, for the files hashed: (size, mtime_ns).
+        """The hash cache of one volume, for files with nothing left to do: (size, mtime_ns).
 
-        Whatever is left to send (the upload engine takes it from the journal), a scan passes
-        over such a file while its size and mtime are these. Three columns, not the whole
-        record: at 100,000 files this is the larger part of a restart's scan.
+        Hashed and no longer waiting (uploaded, duplicate, skipped, failed): a scan passes over
+        such a file while its size and mtime are these. Three columns, not the whole record:
+        at 100,000 files this is the larger part of a restart's scan.
         """
         rows = self._conn.execute(
-            "SELECT relpath, size, mtime_ns FROM files WHERE volume = ? AND sha256 IS NOT NULL",
+            "SELECT relpath, size, mtime_ns FROM files"
+            " WHERE volume = ? AND sha256 IS NOT NULL AND status != 'waiting'",
             (volume,),
         )
         return {relpath: (size, mtime_ns) for relpath, size, mtime_ns in rows}
 
     def open_files(self, volume: str) -> dict[bytes, Known]:
-        """The volume's files never hashed (waiting to be read, or failed), by relative path."""
+        """The volume's files with work left (waiting, or never hashed), by relative path."""
         rows = self._conn.execute(
-            f"SELECT {KNOWN_COLUMNS} FROM files INDEXED BY files_hash"  # noqa: S608
-            " WHERE sha256 IS NULL AND volume = ?",
-            (volume,),
+            f"SELECT {KNOWN_COLUMNS} FROM files INDEXED BY files_queue"  # noqa: S608
+            " WHERE status = 'waiting' AND volume = ?"
+            f" UNION ALL SELECT {KNOWN_COLUMNS} FROM files INDEXED BY files_hash"
+            " WHERE sha256 IS NULL AND status != 'waiting' AND volume = ?",
+            (volume, volume),
         ).fetchall()
         # The status last, as one shared string: each row read has its own copy otherwise.
         return {r[0]: Known._make((*r[1:-1], sys.intern(r[-1]))) for r in rows}
-
-    def unsent_files(self, volume: str) -> set[bytes]:
-        """The relative paths of the volume's files hashed and waiting to be sent."""
-        rows = self._conn.execute(
-            "SELECT relpath FROM files INDEXED BY files_due"
-            " WHERE status = 'waiting' AND sha256 IS NOT NULL AND volume = ?",
-            (volume,),
-        )
-        return {relpath for (relpath,) in rows}
 
     def known_file(self, volume: str, relpath: bytes) -> Known | None:
         """What was recorded for one file of the volume, if anything."""

@@ -353,7 +353,7 @@ class Hasher:
                     row.id, "empty file (0 bytes): nothing to send", hashed.sha256
                 )
                 log.info("file skipped", file=os.fsdecode(candidate.path), reason="empty file")
-            self._sources.note_hashed(candidate)
+            self._sources.note_hashed(candidate, "skipped")
             return None
         dataset_id = row.dataset_id
         unchanged = row.sha256 == hashed.sha256 and row.status in DONE_STATUSES
@@ -377,7 +377,7 @@ class Hasher:
         if spool is not None and recorded.status != "waiting":
             # Nothing to send: no copy kept.
             spool.discard(spool.copy_path(recorded.id), candidate.size)
-        self._sources.note_hashed(candidate)
+        self._sources.note_hashed(candidate, recorded.status)
         unchanged = before.sha256 == recorded.sha256 and before.status in DONE_STATUSES
         if recorded.status == "duplicate" and not unchanged:
             original = self._journal.file(recorded.duplicate_of or 0)

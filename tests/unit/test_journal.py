@@ -417,7 +417,7 @@ def test_a_hash_recorded_again_changes_only_what_differs(journal: Journal) -> No
     assert row == journal.file(fid)  # the row returned is the row stored
 
 
-def test_the_hash_cache_splits_hashed_files_from_files_not_read_yet(journal: Journal) -> None:
+def test_the_hash_cache_splits_settled_files_from_files_with_work_left(journal: Journal) -> None:
     ds = dataset(journal, "m1")
     done = add(journal, ds, b"done.jpg", "e" * 64)
     journal.mark_uploaded(done, b"done.jpg", NOW)
@@ -431,17 +431,14 @@ def test_the_hash_cache_splits_hashed_files_from_files_not_read_yet(journal: Jou
         mtime_ns=2, now=NOW,
     )  # fmt: skip
     journal.mark_failed(unreadable, "read error")  # failed before it was ever hashed
-    # Hashed, sent or not: size and mtime only. Never hashed: the whole record.
-    assert journal.settled_files("/srv/inbox") == {b"done.jpg": (10, 1), b"waiting.jpg": (10, 1)}
+    assert journal.settled_files("/srv/inbox") == {b"done.jpg": (10, 1)}
     open_files = journal.open_files("/srv/inbox")
     assert {rel: k.id for rel, k in open_files.items()} == {
+        b"waiting.jpg": waiting,
         b"new.jpg": unhashed,
         b"bad.jpg": unreadable,
     }
     assert journal.open_files("/elsewhere") == {}
-    assert journal.unsent_files("/srv/inbox") == {b"waiting.jpg"}
-    assert journal.unsent_files("/elsewhere") == set()
-    assert journal.known_file("/srv/inbox", b"waiting.jpg") == (waiting, ds, 10, 1, True, "waiting")
     assert journal.known_file("/srv/inbox", b"missing.jpg") is None
 
 
