@@ -394,12 +394,18 @@ def test_a_file_deleted_while_its_upload_waits_fails_alone(box: Box) -> None:
     rng = random.Random(33)
     _images(box.inbox / "first", 6, rng)
     proc = box.start()
+
+    def hashed_and_waiting() -> list[Path]:
+        if "first" not in box.datasets():
+            return []
+        listing = box.status("first", files=True)["datasets"][0]["file_list"]
+        return [Path(f["source_path"]) for f in listing if f["status"] == "waiting" and f["sha256"]]
+
     wait_until(
-        lambda: box.datasets().get("first", {}).get("files", {}).get("waiting") == 5,
+        lambda: len(hashed_and_waiting()) == 5,
         what="one upload under way, the other five hashed and waiting",
     )
-    listing = box.status("first", files=True)["datasets"][0]["file_list"]
-    gone = next(box.inbox / "first" / f["path"] for f in listing if f["status"] == "waiting")
+    gone = hashed_and_waiting()[-1]
     gone.unlink()
     # A folder moved in makes the daemon scan the inbox again: the scan passes over the
     # files it hashed and still finds there, and finds the deleted one missing.
@@ -416,6 +422,6 @@ def test_a_file_deleted_while_its_upload_waits_fails_alone(box: Box) -> None:
     files = box.datasets()["first"]["files"]
     assert (files["uploaded"], files["failed"], files["waiting"]) == (5, 1, 0), files
     listing = box.status("first", files=True)["datasets"][0]["file_list"]
-    failed = [box.inbox / "first" / f["path"] for f in listing if f["last_error"]]
+    failed = [Path(f["source_path"]) for f in listing if f["last_error"]]
     assert failed == [gone]
     assert box.stop(proc) == 0
