@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from importlib import resources
@@ -886,39 +886,88 @@ class Journal:
             (error, file_id),
         )
 
-    def take_uploads(self, now: float, limit: int, exclude: Iterable[int]) -> list[FileRow]:
+    def _collecting(self) -> list[int]:
+        """The ids of the datasets whose files may be uploaded (collecting or ready)."""
+        rows = self._rows("SELECT id FROM datasets WHERE state IN ('collecting', 'ready')")
+        return [row[0] for row in rows]
+
+    def take_uploads(
+        self,
+        now: float,
+        limit: int,
+        exclude: Iterable[int],
+        busy: Mapping[int, int] | None = None,
+    ) -> list[FileRow]:
         """Take up to ``limit`` files for upload: marked uploading (one attempt more) as read.
 
         The files are hashed, waiting, due, of datasets still collecting, and not in
-        ``exclude``; the oldest due first. One statement reads and takes them all, so nothing
-        can change them in between.
+        ``exclude``. The workers are shared fairly between datasets: each dataset's files
+        go in the order they became due, and the next file taken is from the dataset with
+        the fewest uploads going (``busy``: uploads in flight by dataset id), so a big card
+        does not hold back a small one that arrived after it, and one dataset's files
+        failing again and again cannot starve the others.
         """
+        busy = busy or {}
         skip = list(exclude)
         marks = ",".join("?" * len(skip))
+        candidates: list[tuple[int, float, int]] = []
+        for dataset_id in self._collecting():
+            rows = self._rows(
+                "SELECT id, next_attempt_at FROM files INDEXED BY files_due_dataset"  # noqa: S608
+                " WHERE dataset_id = ? AND status = 'waiting' AND sha256 IS NOT NULL"
+                f" AND next_attempt_at <= ? AND id NOT IN ({marks})"
+                " ORDER BY next_attempt_at, id LIMIT ?",
+                (dataset_id, now, *skip, limit),
+            )
+            start = busy.get(dataset_id, 0)
+            candidates.extend(
+                (start + rank, due, file_id) for rank, (file_id, due) in enumerate(rows)
+            )
+        chosen = [file_id for _, _, file_id in sorted(candidates)[:limit]]
+        if not chosen:
+            return []
         _, rows = self._write_fetch(
-            "UPDATE files SET status = 'uploading', attempts = attempts + 1 WHERE id IN ("  # noqa: S608
-            # INDEXED BY: the planner would take files_queue and step over every unhashed file.
-            " SELECT f.id FROM files f INDEXED BY files_due"
-            " JOIN datasets d ON d.id = f.dataset_id"
-            " WHERE f.status = 'waiting' AND f.sha256 IS NOT NULL AND f.next_attempt_at <= ?"
-            f" AND d.state IN ('collecting', 'ready') AND f.id NOT IN ({marks})"
-            f" ORDER BY f.next_attempt_at, f.id LIMIT ?) RETURNING {FILE_COLUMNS}",
-            (now, *skip, limit),
+            "UPDATE files SET status = 'uploading', attempts = attempts + 1"  # noqa: S608
+            f" WHERE id IN ({','.join('?' * len(chosen))}) AND status = 'waiting'"
+            f" RETURNING {FILE_COLUMNS}",
+            chosen,
         )
+        order = {file_id: n for n, file_id in enumerate(chosen)}
         taken = [FileRow(*row) for row in rows]
-        # RETURNING gives the rows in no promised order: put them back in the order of due.
-        taken.sort(key=lambda row: (row.next_attempt_at, row.id))
+        # RETURNING gives the rows in no promised order: put them back in the order chosen.
+        taken.sort(key=lambda row: order[row.id])
         return taken
 
     def next_due(self) -> float | None:
         """When the earliest parked file becomes due again (None: nothing parked)."""
-        row = self._conn.execute(
-            "SELECT min(f.next_attempt_at) FROM files f INDEXED BY files_due"
-            " JOIN datasets d ON d.id = f.dataset_id"
-            " WHERE f.status = 'waiting' AND f.sha256 IS NOT NULL"
-            " AND d.state IN ('collecting', 'ready')"
-        ).fetchone()
-        return float(row[0]) if row and row[0] is not None else None
+        earliest: float | None = None
+        for dataset_id in self._collecting():
+            row = self._conn.execute(
+                "SELECT min(next_attempt_at) FROM files INDEXED BY files_due_dataset"
+                " WHERE dataset_id = ? AND status = 'waiting' AND sha256 IS NOT NULL",
+                (dataset_id,),
+            ).fetchone()
+            if row and row[0] is not None:
+                due = float(row[0])
+                earliest = due if earliest is None else min(earliest, due)
+        return earliest
+
+    def troubles(self) -> dict[int, dict[str, tuple[int, str]]]:
+        """Files retrying or failed, by dataset: for each, how many and the latest error.
+
+        What the dataset line of ``status`` shows ("6 retrying: ...", "2 failed: ...");
+        "retrying" are the files waiting after a failed attempt.
+        """
+        rows = self._rows(
+            "SELECT dataset_id, status, count(*), last_error, max(next_attempt_at) FROM files"
+            " WHERE status IN ('waiting', 'failed') AND last_error IS NOT NULL AND attempts > 0"
+            " GROUP BY dataset_id, status"
+        )
+        result: dict[int, dict[str, tuple[int, str]]] = {}
+        for dataset_id, status, count, error, _ in rows:
+            kind = "retrying" if status == "waiting" else "failed"
+            result.setdefault(dataset_id, {})[kind] = (count, error)
+        return result
 
     def mark_uploading(self, file_id: int) -> None:
         """Another attempt of a file taken earlier (:meth:`take_uploads`) begins."""
@@ -986,9 +1035,13 @@ class Journal:
         )
 
     def recover(self) -> int:
-        """After a crash: files left uploading go back to waiting. Returns how many."""
+        """After a crash: files left uploading go back to waiting. Returns how many.
+
+        A crash or a power cut is not the file's fault: the attempt it was on is not counted.
+        """
         return self._write(
-            "UPDATE files SET status = 'waiting' WHERE status = 'uploading'"
+            "UPDATE files SET status = 'waiting', attempts = max(attempts - 1, 0)"
+            " WHERE status = 'uploading'"
         ).rowcount
 
     def make_due(self) -> int:

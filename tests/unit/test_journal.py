@@ -174,6 +174,7 @@ def test_recover_puts_interrupted_uploads_back_to_waiting(journal: Journal) -> N
     assert journal.file(interrupted).status == "waiting"
     assert journal.file(done).status == "uploaded"
     assert journal.recover() == 0
+    assert journal.file(interrupted).attempts == 0  # a crash is not the file's fault
     assert [f.id for f in journal.take_uploads(NOW, 10, exclude=[])] == [interrupted]
 
 
