@@ -415,7 +415,7 @@ class Daemon:
     def _retry(journal: Journal, engine: UploadEngine, dataset: DatasetRow | None) -> str:
         if dataset is None:
             count = journal.retry_failed(None)
-            engine.wake()
+            engine.retried(None)
             return f"{count} failed file(s) back to waiting"
         note = ""
         if dataset.state == "cancelled":
@@ -424,7 +424,7 @@ class Daemon:
         elif dataset.state == "failed":
             note = "; its processing failed: `dronesync process` runs it again"
         count = journal.retry_failed(dataset.id)
-        engine.wake()
+        engine.retried(dataset.id)
         return f"{dataset.name}: {count} failed file(s) back to waiting{note}"
 
     # -- live figures, STATUS= and the watchdog -------------------------------------------

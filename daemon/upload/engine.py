@@ -1,10 +1,14 @@
 """The upload engine: a dispatcher and ``concurrency`` workers around any target.
 
-The dispatcher takes due files from the journal; each worker uploads one file at a time with
-quick in-process retries (tier 1), then parks it in the journal with ``next_attempt_at``
-(tier 2) or marks it failed when attempts are spent or the error is permanent. A transfer with
-no progress for ``stall_s`` is aborted and counts as a transient failure. Stopping (or
-cancelling a dataset) puts in-flight files back to waiting without counting the attempt.
+The dispatcher takes due files from the journal, sharing the workers fairly between datasets
+(the next file comes from the dataset with the fewest uploads going). Each worker uploads one
+file at a time with a few quick in-process retries (tier 1), then parks it in the journal with
+``next_attempt_at`` (tier 2) or marks it failed when attempts are spent or the error is
+permanent. A file taken up again from parking gets one attempt and parks again with its next
+delay: a worker never sleeps longer than a quick retry, so a long outage holds no worker. A
+transfer with no progress for ``stall_s`` is aborted and counts as a transient failure.
+Stopping (or cancelling a dataset) puts in-flight files back to waiting without counting the
+attempt. The first failed file of a dataset asks for attention (``on_attention``).
 
 An upload the target has returned *lands*: its worker goes on to the next file, and the files
 that landed meanwhile are made durable together (:meth:`Target.make_durable`, one ``syncfs``
@@ -45,6 +49,9 @@ log = structlog.get_logger("dronesync.upload")
 IDLE_WAIT_S = 5.0
 # A paused target (sign-in needed) is tried again this often, or at once after a reload.
 PAUSE_S = 60.0
+# The journal memo that says a dataset's detail is a pause's message: the first upload after
+# it clears the message, even in an engine built later (a reload, a restart).
+PAUSED_MEMO = "upload.paused"
 # The most uploads that may wait for durability at once: the dispatcher hands out no more.
 LANDED_MAX = 256
 
@@ -124,11 +131,18 @@ class UploadEngine:
         # Files taken from the journal, each for a worker waiting for one (``_idle``).
         self._queue: asyncio.Queue[FileRow] = asyncio.Queue()
         self._idle = 0
-        self._claimed: set[int] = set()
+        self._claimed: dict[int, int] = {}  # file id -> dataset id, taken until its worker ends
         self._flights: dict[int, _Flight] = {}
         self._landed: list[_Landed] = []
         self._landing = asyncio.Event()
-        self._paused: dict[int, str] = {}
+        self._paused: dict[int, str] = {
+            dataset.id: message
+            for dataset in journal.datasets()
+            if (message := journal.get_memo(dataset.id, PAUSED_MEMO)) is not None
+        }
+        # Datasets whose failed files were told (needs_attention), until a file of it is
+        # uploaded or its failed files are retried: one notification, not one per file.
+        self._told_failed: set[int] = set()
         self.last_tick = clock.monotonic()  # the watchdog's proof that this loop turns
         self._ensured: set[int] = set()
         self._wake = asyncio.Event()
@@ -136,6 +150,14 @@ class UploadEngine:
 
     def wake(self) -> None:
         """New work may be due (a file was hashed, a retry was asked for)."""
+        self._wake.set()
+
+    def retried(self, dataset_id: int | None) -> None:
+        """Failed files were put back (one dataset's, or all): a new failure is told again."""
+        if dataset_id is None:
+            self._told_failed.clear()
+        else:
+            self._told_failed.discard(dataset_id)
         self._wake.set()
 
     def in_flight(self) -> dict[int, int]:
@@ -180,9 +202,12 @@ class UploadEngine:
             room = self._idle - self._queue.qsize()
             rows = []
             if room > 0 and len(self._landed) < LANDED_MAX:
-                rows = self._journal.take_uploads(self._clock.time(), room, self._claimed)
+                busy: dict[int, int] = {}
+                for dataset_id in self._claimed.values():
+                    busy[dataset_id] = busy.get(dataset_id, 0) + 1
+                rows = self._journal.take_uploads(self._clock.time(), room, self._claimed, busy)
             for row in rows:
-                self._claimed.add(row.id)
+                self._claimed[row.id] = row.dataset_id
                 self._queue.put_nowait(row)
             if rows:
                 await asyncio.sleep(0)  # the workers begin them before the next look
@@ -208,7 +233,7 @@ class UploadEngine:
             finally:
                 # A landed file is 'uploading' in the journal until it is recorded: the
                 # dispatcher does not meet it again.
-                self._claimed.discard(row.id)
+                self._claimed.pop(row.id, None)
                 self._flights.pop(row.id, None)
                 self._wake.set()
 
@@ -243,10 +268,14 @@ class UploadEngine:
     ) -> None:
         """Attempts of one file: quick retries here, then parked in the journal.
 
+        A file that failed before (taken up again from parking) gets one attempt here, then
+        parks again with its next delay. A quick retry never waits longer than its own short
+        backoff: a ``Retry-After`` beyond that parks the file instead of holding the worker.
         A file the target returned lands: :meth:`_settle_landed` records it.
         """
         failures = 0
         attempts = row.attempts  # the first one counted when the dispatcher took the file
+        quick = self._settings.quick_retries if attempts <= 1 else 0
         while True:
             if failures:
                 attempts += 1
@@ -262,10 +291,11 @@ class UploadEngine:
             except TargetError as exc:
                 failures += 1
                 if attempts >= self._settings.attempts:
-                    self._fail(row, dataset.name, item, str(exc), attempts)
+                    self._fail(row, dataset, item, str(exc), attempts)
                     return
-                delay = self._backoff.delay(max(attempts, 1), exc.retry_after)
-                if failures > self._settings.quick_retries:
+                delay = self._backoff.delay(failures, exc.retry_after)
+                if failures > quick or delay > self._backoff.ceiling(failures):
+                    delay = self._backoff.delay(max(attempts, 1), exc.retry_after)
                     self._park(row, dataset.name, item, exc, attempts, delay)
                     return
                 self._journal.mark_retry(row.id, str(exc), 0)
@@ -327,12 +357,17 @@ class UploadEngine:
     def _uploaded(self, landed: _Landed) -> None:
         """Say that a file recorded as uploaded is; a paused dataset is signed in again."""
         dataset, item = landed.dataset, landed.item
-        if self._paused.pop(dataset.id, None) is not None:
-            self._journal.set_dataset_detail(dataset.id, None)  # signed in again
+        self._told_failed.discard(dataset.id)
+        message = self._paused.pop(dataset.id, None)
+        if message is not None:  # signed in again
+            if self._journal.dataset(dataset.id).detail == message:
+                self._journal.set_dataset_detail(dataset.id, None)
+            self._journal.put_memo(dataset.id, PAUSED_MEMO, None)
+            log.info("target resumed", dataset=dataset.name, target=dataset.target)
         log.info(
             "file uploaded",
             dataset=dataset.name,
-            file=str(item.path),
+            **_where(landed.row, item),
             sha256=item.sha256,
             bytes=item.size,
             attempt=landed.attempts,
@@ -343,7 +378,7 @@ class UploadEngine:
         """The target could not make a batch durable: its files count a failed attempt."""
         row, dataset, item = landed.row, landed.dataset, landed.item
         if isinstance(exc, PermanentTargetError) or landed.attempts >= self._settings.attempts:
-            self._fail(row, dataset.name, item, str(exc), landed.attempts)
+            self._fail(row, dataset, item, str(exc), landed.attempts)
             return
         delay = self._backoff.delay(max(landed.attempts, 1), exc.retry_after)
         self._park(row, dataset.name, item, exc, landed.attempts, delay)
@@ -362,7 +397,7 @@ class UploadEngine:
         log.info(
             "upload parked",
             dataset=dataset,
-            file=str(item.path),
+            **_where(row, item),
             attempt=attempts,
             retry_in_s=round(delay, 1),
             error=str(exc),
@@ -380,17 +415,18 @@ class UploadEngine:
         if isinstance(exc, FileChangedError):
             self._journal.rehash(row.id, str(exc))
             self._on_changed(row)
-            log.info("file changed; waiting for it to settle", file=str(item.path))
+            log.info("file changed; waiting for it to settle", **_where(row, item))
         elif isinstance(exc, SourceError):
-            self._source_failed(row, dataset.name, item, exc, attempts)
+            self._source_failed(row, dataset, item, exc, attempts)
         elif isinstance(exc, PermanentTargetError):
-            self._fail(row, dataset.name, item, str(exc), attempts)
+            self._fail(row, dataset, item, str(exc), attempts)
         elif isinstance(exc, TargetPausedError):
             # Nothing can go until the operator acts: wait without using up attempts.
             self._journal.release(row.id)
             self._journal.mark_retry(row.id, str(exc), self._clock.time() + PAUSE_S)
             if self._paused.get(dataset.id) != str(exc):
                 self._paused[dataset.id] = str(exc)
+                self._journal.put_memo(dataset.id, PAUSED_MEMO, str(exc))
                 self._journal.set_dataset_detail(dataset.id, str(exc))
                 log.warning("target paused", dataset=dataset.name, reason=str(exc))
                 self._on_attention(dataset, str(exc))
@@ -444,7 +480,7 @@ class UploadEngine:
                 task.cancel()
 
     def _source_failed(
-        self, row: FileRow, dataset: str, item: UploadItem, exc: SourceError, attempts: int
+        self, row: FileRow, dataset: DatasetRow, item: UploadItem, exc: SourceError, attempts: int
     ) -> None:
         if row.spool_path is not None:
             # The spool's copy is unreadable (deleted, a disk error): the card has the file.
@@ -454,17 +490,36 @@ class UploadEngine:
         if not self._source_online(row.volume):
             # The card was pulled or the share went away: not the file's fault.
             self._journal.release(row.id)
-            log.info("upload paused: source offline", dataset=dataset, file=str(item.path))
+            log.info("upload paused: source offline", dataset=dataset.name, **_where(row, item))
             return
         self._fail(row, dataset, item, str(exc), attempts)
 
     def _fail(
-        self, row: FileRow, dataset: str, item: UploadItem, error: str, attempts: int
+        self, row: FileRow, dataset: DatasetRow, item: UploadItem, error: str, attempts: int
     ) -> None:
+        """The file is failed; the first failure of a dataset sends ``needs_attention``."""
         self._journal.mark_failed(row.id, error)
         log.warning(
-            "file failed", dataset=dataset, file=str(item.path), attempt=attempts, error=error
+            "file failed", dataset=dataset.name, **_where(row, item), attempt=attempts, error=error
         )
+        if dataset.id not in self._told_failed:
+            self._told_failed.add(dataset.id)
+            self._on_attention(
+                dataset, f"{_text(row.dspath)} failed: {error}; `dronesync retry` it"
+            )
+
+
+def _text(raw: bytes) -> str:
+    """A path for people: undecodable bytes shown as escapes, never an error."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _where(row: FileRow, item: UploadItem) -> dict[str, str]:
+    """A file as log events name it: its source path, and the copy read when it is one."""
+    fields = {"file": _text(os.fsencode(row.volume) + b"/" + row.relpath)}
+    if item.spooled:
+        fields["copy"] = str(item.path)
+    return fields
 
 
 class _StalledError(TransientTargetError):

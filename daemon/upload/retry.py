@@ -29,10 +29,13 @@ class Backoff:
             rng or random.Random(),  # noqa: S311 (jitter, not security)
         )
 
+    def ceiling(self, failures: int) -> float:
+        """The longest wait after ``failures`` consecutive failures (before Retry-After)."""
+        return min(self.max_s, self.initial_s * 2.0 ** max(failures - 1, 0))
+
     def delay(self, failures: int, retry_after: float | None = None) -> float:
         """Seconds to wait after ``failures`` consecutive failures."""
-        ceiling = min(self.max_s, self.initial_s * 2 ** max(failures - 1, 0))
-        wait = self.rng.uniform(0, ceiling)
+        wait = self.rng.uniform(0, self.ceiling(failures))
         if retry_after is not None:
             wait = max(wait, min(retry_after, self.max_s))
         return wait

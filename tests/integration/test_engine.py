@@ -11,8 +11,9 @@ from pathlib import Path
 
 from daemon.clock import SystemClock
 from daemon.config import UploadSettings
-from daemon.errors import PermanentTargetError, TransientTargetError
+from daemon.errors import PermanentTargetError, TargetPausedError, TransientTargetError
 from daemon.journal import FileRow, Journal
+from daemon.status import render, snapshot
 from daemon.targets.base import DatasetRef, Transfer, UploadItem
 from daemon.targets.memory import MemoryTarget
 from daemon.upload.engine import UploadEngine
@@ -295,3 +296,191 @@ def test_a_stop_puts_the_files_being_uploaded_back_to_waiting(tmp_path: Path) ->
 
     asyncio.run(scenario())
     assert [(journal.file(i).status, journal.file(i).attempts) for i in ids] == [("waiting", 0)] * 5
+
+
+class RefusingTarget(MemoryTarget):
+    """A target that refuses every upload of the datasets named in ``refuse``."""
+
+    def __init__(self, refuse: set[str], permanent: bool = False) -> None:
+        super().__init__("refusing")
+        self.refuse = refuse
+        self.permanent = permanent
+        self.order: list[str] = []
+
+    async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
+        self.order.append(dataset.name)
+        if dataset.name in self.refuse:
+            if self.permanent:
+                raise PermanentTargetError(f"{dataset.name}: refused")
+            raise TransientTargetError(f"{dataset.name}: refused")
+        await asyncio.sleep(0.01)  # a little time on the wire, so workers overlap
+        return await super().upload(dataset, item, transfer)
+
+
+def _add_dataset(journal: Journal, tmp_path: Path, name: str, count: int) -> list[int]:
+    """Another dataset of ``count`` hashed files, waiting (ids after every file before it)."""
+    src = tmp_path / name
+    src.mkdir()
+    ds = journal.open_dataset(
+        volume=str(src),
+        folder=b"",
+        name=name,
+        target="refusing",
+        source=str(src),
+        auto_process=True,
+        quiet_s=0,
+        now=time.time(),
+    )
+    ids = []
+    for i in range(count):
+        data = os.urandom(2_000)
+        path = src / f"{name}{i}.jpg"
+        path.write_bytes(data)
+        info = path.stat()
+        file_id = journal.add_file(
+            dataset_id=ds.id,
+            volume=str(src),
+            relpath=path.name.encode(),
+            dspath=path.name.encode(),
+            size=info.st_size,
+            mtime_ns=info.st_mtime_ns,
+            now=time.time(),
+        )
+        journal.record_hash(
+            file_id,
+            dataset_id=ds.id,
+            size=info.st_size,
+            mtime_ns=info.st_mtime_ns,
+            sha256=hashlib.sha256(data).hexdigest(),
+            duplicate_scope="target",
+            now=time.time(),
+        )
+        ids.append(file_id)
+    return ids
+
+
+def _refusing_engine(
+    journal: Journal, target: MemoryTarget, attention: list[str] | None = None, **settings: float
+) -> UploadEngine:
+    config = UploadSettings.model_validate(settings)
+    sink = attention if attention is not None else []
+    return UploadEngine(
+        journal,
+        {target.name: target},
+        config,
+        SystemClock(),
+        locate=_locate,
+        source_online=lambda volume: True,
+        on_changed=lambda row: None,
+        on_attention=lambda ds, message: sink.append(f"{ds.name}: {message}"),
+    )
+
+
+def test_files_taken_up_from_parking_hold_no_worker(tmp_path: Path) -> None:
+    """A parked file gets one attempt and parks again: it never sleeps a long backoff."""
+    target = RefusingTarget({"blocked"})
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    blocked = _add_dataset(journal, tmp_path, "blocked", 6)
+    assert len(journal.take_uploads(time.time(), 6, [])) == 6
+    for file_id in blocked:  # failed before, now due again (a reload, or its time came)
+        journal.mark_retry(file_id, "blocked: refused", 0)
+    fresh = _add_dataset(journal, tmp_path, "fresh", 5)
+    # Long waits between attempts, as in the field: a worker sleeping one would hold it minutes.
+    engine = _refusing_engine(
+        journal, target, concurrency=2, backoff_initial_s=30, backoff_max_s=300, quick_retries=3
+    )
+    asyncio.run(_run_until(engine, journal, fresh, {"uploaded"}, limit_s=10))
+    rows = [journal.file(i) for i in blocked]
+    assert {row.status for row in rows} == {"waiting"}
+    assert all(row.next_attempt_at > time.time() for row in rows)  # parked again
+    assert {row.attempts for row in rows} == {2}  # one attempt each, not a round of quick ones
+
+
+def test_workers_are_shared_fairly_between_datasets(tmp_path: Path) -> None:
+    """A big card does not hold back five images that arrived after it."""
+    target = RefusingTarget(set())
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    big = _add_dataset(journal, tmp_path, "big", 120)
+    small = _add_dataset(journal, tmp_path, "small", 5)
+    engine = _refusing_engine(journal, target, concurrency=2)
+    asyncio.run(_run_until(engine, journal, big + small, {"uploaded"}))
+    last_small = max(n for n, name in enumerate(target.order) if name == "small")
+    assert last_small < 15, f"the small dataset's last image went {last_small + 1}th"
+
+
+def test_a_failing_dataset_does_not_starve_the_others(tmp_path: Path) -> None:
+    target = RefusingTarget({"blocked"})
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    _add_dataset(journal, tmp_path, "blocked", 40)
+    fresh = _add_dataset(journal, tmp_path, "fresh", 10)
+    engine = _refusing_engine(journal, target, concurrency=2, backoff_initial_s=1, backoff_max_s=5)
+    asyncio.run(_run_until(engine, journal, fresh, {"uploaded"}, limit_s=10))
+
+
+def test_a_failed_file_asks_for_attention_once_per_dataset(tmp_path: Path) -> None:
+    target = RefusingTarget({"blocked"}, permanent=True)
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    blocked = _add_dataset(journal, tmp_path, "blocked", 6)
+    attention: list[str] = []
+    engine = _refusing_engine(journal, target, attention)
+    asyncio.run(_run_until(engine, journal, blocked, {"failed"}))
+    assert len(attention) == 1
+    assert attention[0].startswith("blocked: blocked0.jpg failed: blocked: refused")
+    assert "dronesync retry" in attention[0]
+
+
+def test_the_dataset_line_says_how_many_files_retry_and_why(tmp_path: Path) -> None:
+    target = RefusingTarget({"blocked"})
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    blocked = _add_dataset(journal, tmp_path, "blocked", 6)
+    engine = _refusing_engine(
+        journal, target, backoff_initial_s=0.01, backoff_max_s=300, quick_retries=1
+    )
+
+    def parked() -> bool:
+        return all(journal.file(i).next_attempt_at > time.time() for i in blocked)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(engine.run())
+        await _until(parked, time.monotonic() + 10)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    doc = snapshot(journal, {})
+    assert doc["datasets"][0]["files_retrying"] == 6
+    assert "  6 retrying: blocked: refused" in render(doc, bars=False).splitlines()
+
+
+class SignInTarget(MemoryTarget):
+    """A target whose sign-in is refused until ``signed_in`` (a wrong, then fixed, secret)."""
+
+    def __init__(self, signed_in: bool) -> None:
+        super().__init__("refusing")
+        self.signed_in = signed_in
+
+    async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
+        if not self.signed_in:
+            raise TargetPausedError("sign-in needed: the secret was refused")
+        return await super().upload(dataset, item, transfer)
+
+
+def test_sign_in_needed_clears_once_uploads_resume_after_a_reload(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    ids = _add_dataset(journal, tmp_path, "ds", 3)
+    attention: list[str] = []
+
+    async def until_paused() -> None:
+        task = asyncio.create_task(_refusing_engine(journal, SignInTarget(False), attention).run())
+        await _until(lambda: journal.dataset(1).detail is not None, time.monotonic() + 10)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(until_paused())
+    assert journal.dataset(1).detail == "sign-in needed: the secret was refused"
+    assert {journal.file(i).attempts for i in ids} == {0}  # waiting costs no attempt
+    assert attention == ["ds: sign-in needed: the secret was refused"]
+    journal.make_due()  # the secret was fixed and the service reloaded: a new engine
+    engine = _refusing_engine(journal, SignInTarget(True))
+    asyncio.run(_run_until(engine, journal, ids, {"uploaded"}))
+    assert journal.dataset(1).detail is None
