@@ -49,6 +49,7 @@ def snapshot(
 ) -> dict[str, Any]:
     """The ``status --json`` document (shape documented in README "status --json")."""
     counts = journal.counts()
+    troubles = journal.troubles()
     live_sets: dict[str, Any] = live.get("datasets", {})
     out = []
     for row in journal.datasets():
@@ -65,6 +66,9 @@ def snapshot(
         in_flight = int(figures.get("in_flight_bytes", 0))
         remaining = max(total - uploaded - in_flight, 0)
         eta = round(remaining / rate, 1) if rate > 1 and remaining else None
+        trouble = troubles.get(row.id, {})
+        retry_count, retry_error = trouble.get("retrying", (0, None))
+        failed_error = trouble.get("failed", (0, None))[1]
         entry: dict[str, Any] = {
             "name": row.name,
             "target": row.target,
@@ -73,6 +77,9 @@ def snapshot(
             "detail": row.detail,
             "files": per_status,
             "files_hashing": c.pending_hash if c else 0,
+            "files_retrying": retry_count,
+            "last_error": retry_error or failed_error,
+            "failed_error": failed_error,
             "bytes_total": total,
             "bytes_uploaded": uploaded,
             "bytes_in_flight": in_flight,
@@ -154,6 +161,16 @@ def _card_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _trouble_lines(ds: dict[str, Any]) -> list[str]:
+    """The dataset's detail, and why files retry or failed, as the dataset line says them."""
+    lines = [f"  {ds['detail']}"] if ds["detail"] else []
+    if ds.get("files_retrying") and ds["state"] in ("collecting", "ready"):
+        lines.append(f"  {ds['files_retrying']} retrying: {ds['last_error']}")
+    if ds["files"]["failed"] and ds.get("failed_error"):
+        lines.append(f"  {ds['files']['failed']} failed: {ds['failed_error']}")
+    return lines
+
+
 def render(doc: dict[str, Any], *, bars: bool, now: float | None = None) -> str:
     """The human-readable ``status`` table (progress bars on a terminal)."""
     now = time.time() if now is None else now
@@ -184,8 +201,7 @@ def render(doc: dict[str, Any], *, bars: bool, now: float | None = None) -> str:
             left = ds["quiet_s"] - (now - ds["last_activity_at"])
             if left > 0:
                 lines.append(f"  processing starts after {_duration(left)} of quiet")
-        if ds["detail"]:
-            lines.append(f"  {ds['detail']}")
+        lines.extend(_trouble_lines(ds))
         for item in ds.get("file_list", []):
             note = ""
             if item["status"] == "duplicate":
