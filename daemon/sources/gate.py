@@ -60,12 +60,17 @@ class StabilityGate:
     def __contains__(self, file_id: int) -> bool:
         return file_id in self._pending
 
-    def offer(self, candidate: Candidate) -> None:
-        """Watch a file (again); a known one keeps its clock unless its stat differs."""
+    def offer(self, candidate: Candidate) -> bool:
+        """Watch a file (again); a known one keeps its clock unless its stat differs.
+
+        True when the file was already here and has changed: an event or a scan noticed a
+        write before a tick did, and the caller counts it as the dataset's activity.
+        """
         known = self._pending.get(candidate.file_id)
         if known and (known.size, known.mtime_ns) == (candidate.size, candidate.mtime_ns):
-            return
+            return False
         self._pending[candidate.file_id] = candidate
+        return known is not None
 
     def discard(self, file_id: int) -> None:
         """Stop watching a file."""

@@ -484,7 +484,7 @@ class SourceManager:
         self._admit(root, entry, known, now)
 
     def _admit(self, root: Root, entry: Entry, known: Known, since: float) -> None:
-        self.gate.offer(
+        changed = self.gate.offer(
             Candidate(
                 file_id=known.id,
                 dataset_id=known.dataset_id,
@@ -496,6 +496,8 @@ class SourceManager:
                 stable_s=root.config.stable_s,
             )
         )
+        if changed:  # written to since it was met: the dataset is not quiet
+            self._journal.touch_dataset(known.dataset_id, self._clock.time())
 
     def _known(self, root: Root, relpath: bytes) -> Known | None:
         """The record of a file; one the compact cache held as settled is read in full."""

@@ -48,7 +48,19 @@ from daemon.hashing import CHUNK, open_regular, read_chunks
 from daemon.targets.base import DatasetRef, ProcessingStatus, Transfer, UploadItem
 
 # Errors the operator must fix (permissions, read-only share, bad names): retrying won't help.
-_PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.EINVAL}
+# Errors no retry can fix until the operator acts: permissions, a read-only file system, a
+# name too long or invalid, and a name that exists as the wrong kind of file (a file where the
+# dataset's folder goes: EEXIST from mkdir, ENOTDIR below it; a folder where a file goes).
+_PERMANENT_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENAMETOOLONG,
+    errno.EINVAL,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+}
 # link() refusals that mean "this filesystem pair cannot share a file": copy instead.
 _NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES}
 MAX_NAME_TRIES = 1000
@@ -71,6 +83,8 @@ class _Run:
 
 def _target_error(path: Path, exc: OSError) -> Exception:
     message = f"{path}: {exc.strerror or exc}"
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        message += " (a file is where a folder should be)"
     if exc.errno in _PERMANENT_ERRNOS:
         return PermanentTargetError(message)
     return TransientTargetError(message)

@@ -425,3 +425,49 @@ def test_a_file_deleted_while_its_upload_waits_fails_alone(box: Box) -> None:
     failed = [Path(f["source_path"]) for f in listing if f["last_error"]]
     assert failed == [gone]
     assert box.stop(proc) == 0
+
+
+def test_a_file_still_being_written_keeps_its_dataset_from_processing(box: Box) -> None:
+    """The quiet period starts at the last change of any file of the dataset."""
+    text = box.config.read_text(encoding="utf-8")
+    text = text.replace("stable_s = 0.3", "stable_s = 1").replace("quiet_s = 1.5", "quiet_s = 4")
+    box.config.write_text(text, encoding="utf-8")
+    box.start()
+    rng = random.Random(21)
+    mission = box.inbox / "mission"
+    _images(mission, 24, rng)
+    wait_until(lambda: box.datasets().get("mission"), what="the dataset to be noticed")
+    data = rng.randbytes(400_000)
+    last_write = 0.0
+    with (mission / "DJI_0100.JPG").open("wb") as fh:
+        for i in range(8):
+            fh.write(data[i * 50_000 : (i + 1) * 50_000])
+            fh.flush()
+            last_write = time.time()
+            time.sleep(0.5)  # pacing a slow writer, not synchronising the test
+    wait_until(box.processed_runs, what="processing to start")
+    started = box.process_log.stat().st_mtime
+    assert started - last_write >= 4.0 - 0.1, f"processing began {started - last_write:.1f} s after"
+    assert box.datasets()["mission"]["files"]["uploaded"] == 25
+
+
+def test_a_dataset_the_archive_cannot_take_fails_at_once_and_holds_back_no_other(
+    box: Box,
+) -> None:
+    """A file where the dataset's folder goes: failed with the reason, the others go on."""
+    box.archive.mkdir()
+    (box.archive / "blocked").write_text("x")
+    box.start()
+    rng = random.Random(5)
+    _images(box.inbox / "blocked", 6, rng)
+    wait_until(
+        lambda: box.datasets().get("blocked", {}).get("files", {}).get("failed") == 6,
+        timeout=20,
+        what="the six files to fail",
+    )
+    _images(box.inbox / "fresh", 5, rng)
+    wait_until(lambda: box.processed_runs() == ["fresh"], timeout=20, what="fresh processed")
+    listing = box.cli("status").stdout
+    assert "a file is where a folder should be" in listing
+    files = box.status("blocked", files=True)["datasets"][0]["file_list"]
+    assert {f["attempts"] for f in files} == {1}  # no retry can fix it: one attempt each

@@ -7,6 +7,7 @@ into its dataset folder; nothing is left there once every file is uploaded.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from pathlib import Path
 
@@ -72,6 +73,12 @@ def test_each_image_is_read_once_and_staging_is_left_empty(box: Box, tmp_path: P
     assert _archived(box) == expected
     assert list((box.archive / ".dronesync-staging").iterdir()) == []
     assert box.stop(proc) == 0
+    # Log events name the image on the source; the staged copy has a field of its own.
+    events = [json.loads(line) for line in box.log().splitlines() if line.startswith("{")]
+    uploaded = [event for event in events if event["event"] == "file uploaded"]
+    assert len(uploaded) == 16
+    assert all(event["file"].startswith(f"{box.inbox}/flight/DJI_") for event in uploaded)
+    assert all(".dronesync-staging" in event["copy"] for event in uploaded)
 
 
 def test_without_staging_each_image_is_read_twice(box: Box, tmp_path: Path) -> None:
