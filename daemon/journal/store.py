@@ -18,6 +18,7 @@ answer that a card can be removed) commit at once, and everything before them wi
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -908,16 +909,17 @@ class Journal:
         failing again and again cannot starve the others.
         """
         busy = busy or {}
-        skip = list(exclude)
-        marks = ",".join("?" * len(skip))
+        # Lists go in as one JSON parameter: one statement shape whatever their length, so
+        # SQLite compiles each statement once.
+        skip = json.dumps(list(exclude))
         candidates: list[tuple[int, float, int]] = []
         for dataset_id in self._collecting():
             rows = self._rows(
-                "SELECT id, next_attempt_at FROM files INDEXED BY files_due_dataset"  # noqa: S608
+                "SELECT id, next_attempt_at FROM files INDEXED BY files_due_dataset"
                 " WHERE dataset_id = ? AND status = 'waiting' AND sha256 IS NOT NULL"
-                f" AND next_attempt_at <= ? AND id NOT IN ({marks})"
+                " AND next_attempt_at <= ? AND id NOT IN (SELECT value FROM json_each(?))"
                 " ORDER BY next_attempt_at, id LIMIT ?",
-                (dataset_id, now, *skip, limit),
+                (dataset_id, now, skip, limit),
             )
             start = busy.get(dataset_id, 0)
             candidates.extend(
@@ -928,12 +930,12 @@ class Journal:
             return []
         _, rows = self._write_fetch(
             "UPDATE files SET status = 'uploading', attempts = attempts + 1"  # noqa: S608
-            f" WHERE id IN ({','.join('?' * len(chosen))}) AND status = 'waiting'"
+            " WHERE id IN (SELECT value FROM json_each(?)) AND status = 'waiting'"
             f" RETURNING {FILE_COLUMNS}",
-            chosen,
+            (json.dumps(chosen),),
         )
-        order = {file_id: n for n, file_id in enumerate(chosen)}
         taken = [FileRow(*row) for row in rows]
+        order = {file_id: n for n, file_id in enumerate(chosen)}
         # RETURNING gives the rows in no promised order: put them back in the order chosen.
         taken.sort(key=lambda row: order[row.id])
         return taken
