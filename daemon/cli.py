@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from daemon import __version__, control, logs
-from daemon.config import Settings, config_path, load_config, runtime_problems, runtime_warnings
+from daemon.config import (
+    Settings,
+    config_path,
+    load_config,
+    runtime_findings,
+    runtime_problems,
+    runtime_warnings,
+)
 from daemon.config_example import example
 from daemon.errors import EXIT_OK, ConfigError, DronesyncError, UsageError
 from daemon.journal import Journal
@@ -86,9 +93,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             sys.stdout.write(example())
             return EXIT_OK
         path, settings = _settings(args)
-        problems = runtime_problems(path, settings)
+        problems, access = runtime_findings(path, settings)
         if problems:
             raise ConfigError(problems)
+        # The service's user may have the access this user lacks: said, not fatal here.
+        for line in access:
+            print(f"dronesync: warning: {line}", file=sys.stderr)
         for note in runtime_warnings(settings):
             print(f"note: {note}")
         print(f"{path}: ok ({len(settings.sources)} sources, {len(settings.targets)} targets)")
