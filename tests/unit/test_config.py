@@ -697,3 +697,22 @@ def test_load_config_lists_every_problem_in_the_error(tmp_path: Path) -> None:
         "sources[0].rescan_s",
     ]
     assert all(p.startswith(f"{path}: ") for p in caught.value.problems)
+
+
+def test_a_secret_this_user_cannot_read_warns_in_check(tmp_path: Path) -> None:
+    path = _odm(tmp_path, "s3cret", 0o200)  # the owner's, and not readable: another user's
+    checked = subprocess.run(
+        _without_dac_override(
+            [sys.executable, "-m", "daemon", "config", "check", "--config", str(path)]
+        ),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stderr == (
+        f"dronesync: warning: {path}: targets.odm.token_file: {tmp_path / 'node.token'}"
+        " cannot be read by this user; check its owner and mode\n"
+    )
+    assert f"{path}: ok (1 sources, 2 targets)" in checked.stdout
