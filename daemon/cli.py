@@ -1,7 +1,8 @@
 """The ``dronesync`` command line (also ``python -m daemon``).
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage error, 78 configuration error (EX_CONFIG).
-Expected errors end with one clear message and no traceback.
+Exit codes: 0 ok, 1 runtime failure, 2 usage error, 78 configuration error (EX_CONFIG), 141
+when the reader of the output went away (``dronesync status | head``), as for a tool ended by
+SIGPIPE. Expected errors end with one clear message and no traceback.
 """
 
 from __future__ import annotations
@@ -10,12 +11,20 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from daemon import __version__, control, logs
-from daemon.config import Settings, config_path, load_config, runtime_problems, runtime_warnings
+from daemon.config import (
+    Settings,
+    config_path,
+    load_config,
+    runtime_findings,
+    runtime_problems,
+    runtime_warnings,
+)
 from daemon.config_example import example
 from daemon.errors import EXIT_OK, ConfigError, DronesyncError, UsageError
 from daemon.journal import Journal
@@ -24,6 +33,7 @@ from daemon.status import read_live, render, snapshot
 ANSWER_TIMEOUT_S = 2.5
 GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest objects (700)
 SWITCH_INTERVAL_S = 0.001  # how long a thread waits for the GIL before asking for it (0.005)
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell shows for `yes | head`
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dronesync`` command."""
     args = _parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit where it cannot be caught
+    except BrokenPipeError:
+        return _reader_gone()
     except ConfigError as exc:
         for line in exc.problems:
             print(f"dronesync: {line}", file=sys.stderr)
@@ -73,6 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    return code
+
+
+def _reader_gone() -> int:
+    """The output's reader closed it (``| head``): end quietly, as tools ended by SIGPIPE do."""
+    # What is still buffered goes nowhere instead of failing again when Python exits.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def _settings(args: argparse.Namespace) -> tuple[Path, Settings]:
@@ -86,9 +109,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             sys.stdout.write(example())
             return EXIT_OK
         path, settings = _settings(args)
-        problems = runtime_problems(path, settings)
+        problems, access = runtime_findings(path, settings)
         if problems:
             raise ConfigError(problems)
+        # The service's user may have the access this user lacks: said, not fatal here.
+        for line in access:
+            print(f"dronesync: warning: {line}", file=sys.stderr)
         for note in runtime_warnings(settings):
             print(f"note: {note}")
         print(f"{path}: ok ({len(settings.sources)} sources, {len(settings.targets)} targets)")

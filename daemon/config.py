@@ -22,15 +22,18 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
+from daemon.config_checks import folder_problem, may_contain, path_parts, program_problem
 from daemon.errors import ConfigError
-from daemon.secrets import secret_path, secret_problem
+from daemon.secrets import secret_finding, secret_path
 
 DEFAULT_CONFIG_PATH = Path("/etc/dronesync/dronesync.toml")
 IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.dng"]
 DAY_S = 86_400.0
+ENV_PREFIX = "DRONESYNC_"
 
 _toml_path: contextvars.ContextVar[Path] = contextvars.ContextVar("toml_path")
 
@@ -440,7 +443,7 @@ class Settings(BaseSettings):
     """The whole configuration file."""
 
     model_config = SettingsConfigDict(
-        extra="forbid", frozen=True, env_prefix="DRONESYNC_", env_nested_delimiter="__"
+        extra="forbid", frozen=True, env_prefix=ENV_PREFIX, env_nested_delimiter="__"
     )
     state_dir: Path = Field(
         default_factory=_default_state_dir,
@@ -477,21 +480,56 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path))
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
+def _keys(loc: tuple[int | str, ...]) -> list[int | str]:
+    keys: list[int | str] = []
     skip_next_tag = False
     for index, item in enumerate(loc):
         if skip_next_tag:
             skip_next_tag = False
             continue
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-            continue
-        parts.append(("." if parts else "") + item)
+        keys.append(item)
         # targets.NAME is followed by the discriminator tag ("directory"): not a key.
         if index >= 1 and loc[index - 1] == "targets" and len(loc) > index + 1:
             skip_next_tag = True
+    return keys
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in _keys(loc):
+        parts.append(f"[{item}]" if isinstance(item, int) else ("." if parts else "") + item)
     return "".join(parts) or "(top level)"
+
+
+def _env_variable(loc: tuple[int | str, ...]) -> str | None:
+    """The ``DRONESYNC_*`` variable that set the value at ``loc``, if one did.
+
+    The environment wins over the file: a variable named after the key or a table holding it
+    (a JSON value), or one below the key (which replaces what the file has there), is where
+    the value came from. Names are not case-sensitive.
+    """
+    names = {name.upper(): name for name in os.environ if name.upper().startswith(ENV_PREFIX)}
+    words: list[str] = []
+    found = None
+    for item in _keys(loc):
+        if isinstance(item, int):
+            break
+        words.append(item.upper())
+        found = names.get(ENV_PREFIX + "__".join(words), found)
+    if found is None and words:
+        below = sorted(n for n in names if n.startswith(ENV_PREFIX + "__".join(words) + "__"))
+        found = names[below[0]] if below else None
+    return found
+
+
+def _problem_line(path: Path, error: Any) -> str:
+    variable = _env_variable(error["loc"])
+    if variable is not None:
+        return (
+            f"environment variable {variable}: {_loc(error['loc'])}: {_describe(error)};"
+            " fix or unset the variable"
+        )
+    return f"{path}: {_loc(error['loc'])}: {_describe(error)}"
 
 
 def _describe(error: Any) -> str:
@@ -564,13 +602,26 @@ def load_config(path: Path) -> Settings:
     try:
         settings = Settings()
     except ValidationError as exc:
-        problems.extend(f"{path}: {_loc(e['loc'])}: {_describe(e)}" for e in exc.errors())
+        problems.extend(_problem_line(path, e) for e in exc.errors())
+    except SettingsError as exc:
+        # A value that is not JSON where a table or list is expected (DRONESYNC_UPLOAD={...).
+        field = re.search(r'field "([^"]+)"', str(exc))
+        key = field.group(1) if field else ""
+        variable = _env_variable((key,)) or f"{ENV_PREFIX}{key.upper()}"
+        problems.append(
+            f"environment variable {variable}: {key}: not valid JSON for this table or list;"
+            " fix or unset the variable"
+        )
     finally:
         _toml_path.reset(token)
     problems.extend(_reference_problems(path, raw))
     if problems or settings is None:
         raise ConfigError(problems)
-    return _relative_to(settings, path.parent.resolve())
+    settings = _relative_to(settings, path.parent.resolve())
+    problems = _overlap_problems(path, settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
 
 
 def _anchor(path: Path, base: Path) -> Path:
@@ -609,24 +660,118 @@ def _relative_to(settings: Settings, base: Path) -> Settings:
     )
 
 
+def _overlap_problems(file: Path, settings: Settings) -> list[str]:
+    """Sources that take the same files, and folders written by dronesync inside a source."""
+    sources = [
+        (f"sources[{i}].path", s.path, path_parts(s.path)) for i, s in enumerate(settings.sources)
+    ]
+    problems: list[str] = []
+    for j, (key, path, parts) in enumerate(sources):
+        for other_key, other, other_parts in sources[:j]:
+            if parts == other_parts:
+                problems.append(
+                    f"{file}: {key}: {path} is already watched by {other_key}; a folder is"
+                    " watched by one source only: remove one of the two [[sources]]"
+                )
+            elif may_contain(other_parts, parts) or may_contain(parts, other_parts):
+                where = "inside" if may_contain(other_parts, parts) else "around"
+                problems.append(
+                    f"{file}: {key}: {path} is {where} {other_key} ({other}): the files there"
+                    " would be taken twice; make the two sources separate folders"
+                )
+    written = [
+        (f"targets.{name}.path", target.path)
+        for name, target in settings.targets.items()
+        if isinstance(target, DirectoryTargetConfig)
+    ]
+    if settings.spool.dir is not None:
+        written.append(("spool.dir", settings.spool.dir))
+    for key, path in written:
+        parts = path_parts(path)
+        for source_key, source, source_parts in sources:
+            if may_contain(source_parts, parts):
+                problems.append(
+                    f"{file}: {key}: {path} is inside the watched {source_key} ({source}):"
+                    " what dronesync writes there would come back as a new dataset; move it"
+                    " out of every source"
+                )
+            elif may_contain(parts, source_parts):
+                problems.append(
+                    f"{file}: {source_key}: {source} is inside {key} ({path}), which dronesync"
+                    " writes: it would come back as a new dataset; watch a folder outside it"
+                )
+    return problems
+
+
 def runtime_problems(path: Path, settings: Settings) -> list[str]:
-    """Problems only visible on this machine: a state_dir that cannot be written."""
+    """Problems only visible on this machine, all of them fatal to the daemon."""
+    errors, access = runtime_findings(path, settings)
+    return errors + access
+
+
+def runtime_findings(path: Path, settings: Settings) -> tuple[list[str], list[str]]:
+    """Problems on this machine, split: errors, and what only this user may not access.
+
+    ``config check`` run by an operator instead of the service's user warns on the second
+    kind (a state_dir or a secret of the service's user); the daemon fails on both.
+    """
+    errors: list[str] = []
+    access: list[str] = []
     state = settings.state_dir
     try:
         state.mkdir(parents=True, exist_ok=True)
         probe = state / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
+    except PermissionError as exc:
+        access.append(
+            f"{path}: state_dir: {state} cannot be written by this user ({exc.strerror});"
+            " the service's user must be able to: create it for that user or point state_dir"
+            " elsewhere"
+        )
     except OSError as exc:
-        return [
+        errors.append(
             f"{path}: state_dir: {state} cannot be written ({exc.strerror}); create it for this"
             " user or point state_dir elsewhere"
-        ]
-    return _secret_problems(path, settings)
+        )
+    folders = [
+        (f"targets.{name}.path", target.path)
+        for name, target in settings.targets.items()
+        if isinstance(target, DirectoryTargetConfig)
+    ]
+    if settings.spool.dir is not None:
+        folders.append(("spool.dir", settings.spool.dir))
+    for key, folder in folders:
+        found = folder_problem(folder)
+        if found is not None:
+            text, only_access = found
+            line = f"{path}: {key}: {text}; point {key.rsplit('.', 1)[-1]} at a folder"
+            (access if only_access else errors).append(line)
+    errors.extend(_program_problems(path, settings))
+    secret_errors, secret_access = _secret_problems(path, settings)
+    return errors + secret_errors, access + secret_access
 
 
-def _secret_problems(path: Path, settings: Settings) -> list[str]:
+def _program_problems(path: Path, settings: Settings) -> list[str]:
+    commands = [
+        (f"targets.{name}.process_command", target.process_command)
+        for name, target in settings.targets.items()
+        if isinstance(target, DirectoryTargetConfig)
+    ]
+    commands.append(("notifications.command", settings.notifications.command))
     problems: list[str] = []
+    for key, command in commands:
+        problem = program_problem(command[0]) if command else None
+        if problem is not None:
+            problems.append(
+                f"{path}: {key}: {problem}; install it, or name the program by its full path"
+            )
+    return problems
+
+
+def _secret_problems(path: Path, settings: Settings) -> tuple[list[str], list[str]]:
+    problems: list[str] = []
+    access: list[str] = []
     for name, target in settings.targets.items():
         if isinstance(target, NodeODMTargetConfig):
             file, credential, stem = target.token_file, target.token_credential, "token"
@@ -647,10 +792,11 @@ def _secret_problems(path: Path, settings: Settings) -> list[str]:
         except ConfigError as exc:
             problems.extend(f"{path}: targets.{name}.{key}: {p}" for p in exc.problems)
             continue
-        problem = None if secret is None else secret_problem(secret)
-        if problem is not None:
-            problems.append(f"{path}: targets.{name}.{key}: {problem}")
-    return problems
+        found = None if secret is None else secret_finding(secret)
+        if found is not None:
+            text, only_access = found
+            (access if only_access else problems).append(f"{path}: targets.{name}.{key}: {text}")
+    return problems, access
 
 
 def runtime_warnings(settings: Settings) -> list[str]:
@@ -662,7 +808,7 @@ def runtime_warnings(settings: Settings) -> list[str]:
                 f"sources[{index}].path: {source.path} does not exist yet; it is watched for"
             )
     for name, target in settings.targets.items():
-        if isinstance(target, DirectoryTargetConfig) and not target.path.is_dir():
+        if isinstance(target, DirectoryTargetConfig) and not target.path.exists():
             notes.append(
                 f"targets.{name}.path: {target.path} does not exist yet; it is created on first"
                 " upload"

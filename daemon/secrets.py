@@ -32,20 +32,28 @@ def secret_path(file: Path | None, credential: str | None) -> Path | None:
 
 def secret_problem(path: Path) -> str | None:
     """Why ``path`` cannot serve as a secret file, or None when it can."""
+    found = secret_finding(path)
+    return None if found is None else found[0]
+
+
+def secret_finding(path: Path) -> tuple[str, bool] | None:
+    """As ``secret_problem``; the flag says only this user lacks access (not the file's fault)."""
     try:
         info = path.stat()
     except FileNotFoundError:
-        return f"{path} does not exist; write the secret into it (mode 0600)"
+        return f"{path} does not exist; write the secret into it (mode 0600)", False
+    except PermissionError as exc:
+        return f"{path} cannot be reached by this user ({exc.strerror}); check its folder", True
     except OSError as exc:
-        return f"{path} cannot be read ({exc.strerror}); check its permissions"
+        return f"{path} cannot be read ({exc.strerror}); check its permissions", False
     if not stat.S_ISREG(info.st_mode):
-        return f"{path} is not a regular file"
+        return f"{path} is not a regular file", False
     if info.st_mode & stat.S_IROTH:
-        return f"{path} is readable by every user; run `chmod 600 {path}`"
+        return f"{path} is readable by every user; run `chmod 600 {path}`", False
     if not os.access(path, os.R_OK):
-        return f"{path} cannot be read by this user; check its owner and mode"
+        return f"{path} cannot be read by this user; check its owner and mode", True
     if info.st_size == 0:
-        return f"{path} is empty; write the secret into it"
+        return f"{path} is empty; write the secret into it", False
     return None
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,36 @@ LIVE_FRESH_S = 5.0
 def display_path(raw: bytes) -> str:
     """A path for people and JSON: undecodable bytes shown as escapes, never an error."""
     return raw.decode("utf-8", "backslashreplace")
+
+
+# Characters that steer a terminal or the text's direction rather than print.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str) -> str:
+    """``text`` for a terminal, its control characters shown as escapes.
+
+    A hostile file name can then neither forge a line of output nor steer the terminal.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in {"Cc", "Zl", "Zp"} or ch in _BIDI:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _printable_doc(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {key: _printable_doc(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_printable_doc(item) for item in value]
+    return value
 
 
 def write_live(state_dir: Path, live: dict[str, Any]) -> None:
@@ -174,6 +205,7 @@ def _trouble_lines(ds: dict[str, Any]) -> list[str]:
 def render(doc: dict[str, Any], *, bars: bool, now: float | None = None) -> str:
     """The human-readable ``status`` table (progress bars on a terminal)."""
     now = time.time() if now is None else now
+    doc = _printable_doc(doc)
     lines = []
     if not doc["daemon"]["running"]:
         lines.append("daemon: not running (figures are from the journal)")

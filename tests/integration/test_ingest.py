@@ -221,7 +221,10 @@ def test_requests_made_while_stopped_are_applied_at_next_start(box: Box) -> None
 
 def test_failed_files_hold_processing_back_until_retried(box: Box) -> None:
     box.write_config(upload="attempts = 2\nquick_retries = 0")
-    box.archive.write_text("not a folder: the share is not mounted")  # every copy fails
+    # A file where the dataset's folder goes: every copy fails (an archive path that is a
+    # file is refused at start, so the obstacle is one level down).
+    box.archive.mkdir()
+    (box.archive / "blocked").write_text("not a folder")
     _images(box.inbox / "blocked", 4, random.Random(9))
     proc = box.start()
     wait_until(
@@ -237,8 +240,7 @@ def test_failed_files_hold_processing_back_until_retried(box: Box) -> None:
     assert all(f["last_error"] for f in listing)
     assert box.processed_runs() == []
 
-    box.archive.unlink()
-    box.archive.mkdir()
+    (box.archive / "blocked").unlink()
     out = box.cli("retry", "--all").stdout
     assert "4 failed file(s) back to waiting" in out
     wait_until(lambda: box.datasets()["blocked"]["state"] == "processed", what="processed")

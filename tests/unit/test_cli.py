@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -59,3 +60,68 @@ def test_usage_errors_exit_2() -> None:
 def test_version_and_help() -> None:
     assert _run("--version").stdout.startswith("dronesync ")
     assert "status" in _run("--help").stdout
+
+
+def _into_closed_pipe(box: Box, *args: str) -> subprocess.CompletedProcess[str]:
+    """``dronesync ARGS`` with its output read by nobody: ``| head`` after head has ended."""
+    read, write = os.pipe()
+    os.close(read)  # closed before the command writes a byte: every write meets EPIPE
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "daemon", *args, "--config", str(box.config)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+
+
+def test_output_into_a_closed_pipe_ends_quietly_with_141(box: Box) -> None:
+    (box.inbox / "m").mkdir()
+    for index in range(3):
+        (box.inbox / "m" / f"{index}.jpg").write_bytes(random.Random(index).randbytes(100))
+    proc = box.start()
+    wait_until(lambda: box.datasets().get("m", {}).get("files", {}).get("uploaded") == 3)
+    assert box.stop(proc) == 0
+    for command in (
+        ["status"],
+        ["status", "--files"],
+        ["status", "--json"],
+        ["status", "m", "--files", "--json"],
+        ["config", "check"],
+    ):
+        result = _into_closed_pipe(box, *command)
+        assert result.stderr == "", (command, result.stderr)
+        assert result.returncode == 141, command
+
+
+def test_status_files_escapes_control_characters_in_names(box: Box) -> None:
+    dataset = box.inbox / "m"
+    dataset.mkdir()
+    hostile = {
+        b"two\n    uploaded  forged.jpg": 1,
+        b"clear\x1b[2J\x1b]0;title\x07.jpg": 2,
+        b"latin-\xe9.jpg": 3,
+        b"back\rspace\x08.jpg": 4,
+    }
+    for name, seed in hostile.items():
+        with open(os.fsencode(dataset) + b"/" + name, "wb") as fh:
+            fh.write(random.Random(seed).randbytes(100))
+    proc = box.start()
+    wait_until(lambda: box.datasets().get("m", {}).get("files", {}).get("uploaded") == 4)
+    assert box.stop(proc) == 0
+
+    out = box.cli("status", "--files").stdout
+    file_lines = [line for line in out.splitlines() if line.startswith("    ")]
+    assert len(file_lines) == 4, out  # one line per file: no name forged another
+    assert all(line.startswith("    uploaded  ") for line in file_lines), file_lines
+    assert not any(ch in out for ch in "\x1b\x07\r\x08"), repr(out)
+    assert "    uploaded  two\\n    uploaded  forged.jpg" in out
+    assert "clear\\x1b[2J\\x1b]0;title\\x07.jpg" in out
+    assert "latin-\\xe9.jpg" in out
+    # the JSON keeps the name as it is (escaped by JSON itself)
+    names = {f["path"] for f in box.status(files=True)["datasets"][0]["file_list"]}
+    assert "two\n    uploaded  forged.jpg" in names

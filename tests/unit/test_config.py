@@ -7,6 +7,7 @@ it), no traceback, and one line per problem that names the file and the key to f
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -94,6 +95,40 @@ def _symlink_loop(folder: Path) -> Path:
     (folder / "one.toml").symlink_to(folder / "two.toml")
     (folder / "two.toml").symlink_to(folder / "one.toml")
     return folder / "one.toml"
+
+
+def _layout(folder: Path, *, sources: list[str], target: str = "archive", extra: str = "") -> Path:
+    """A file whose paths (relative to ``folder``) make the folders overlap some way."""
+    tables = f'[targets.archive]\ntype = "directory"\npath = "{folder / target}"\n{extra}'
+    for source in sources:
+        tables += f'[[sources]]\npath = "{folder / source}"\ntarget = "archive"\n'
+    return _write(folder, f'state_dir = "{STATE}"\n{tables}')
+
+
+def _target_is_a_file(folder: Path) -> Path:
+    (folder / "archive").write_text("not a folder")
+    return _layout(folder, sources=["inbox"])
+
+
+def _target_under_a_file(folder: Path) -> Path:
+    (folder / "nas").write_text("not a folder")
+    return _layout(folder, sources=["inbox"], target="nas/archive")
+
+
+def _symlinked_source_twice(folder: Path) -> Path:
+    (folder / "inbox").mkdir()
+    (folder / "link").symlink_to(folder / "inbox")
+    return _layout(folder, sources=["inbox", "link"])
+
+
+def _command(folder: Path, program: str, mode: int | None = None) -> Path:
+    if mode is not None:
+        (folder / program).write_text("#!/bin/sh\n")
+        (folder / program).chmod(mode)
+        program = str(folder / program)
+    return _layout(
+        folder, sources=["inbox"], extra=f'process_command = ["{program}", "{{dataset}}"]\n'
+    )
 
 
 # Run through the real CLI: one process each (about a third of a second apiece).
@@ -230,6 +265,106 @@ CLI_CASES: dict[str, Case] = {
         config_text(target="process_command = []\n"),
         "targets.archive.process_command",
         "must name a program",
+    ),
+    # folders that overlap: what is written or watched comes back, or is taken twice
+    "archive inside a watched source": Case(
+        None,
+        "targets.archive.path",
+        "is inside the watched sources[0].path",
+        make=lambda f: _layout(f, sources=["inbox"], target="inbox/archive"),
+    ),
+    "archive is the watched source": Case(
+        None,
+        "targets.archive.path",
+        "is inside the watched sources[0].path",
+        make=lambda f: _layout(f, sources=["inbox"], target="inbox"),
+    ),
+    "source inside the archive": Case(
+        None,
+        "sources[0].path",
+        "is inside targets.archive.path",
+        make=lambda f: _layout(f, sources=["archive/inbox"]),
+    ),
+    "archive inside a card mount glob": Case(
+        None,
+        "targets.archive.path",
+        "is inside the watched sources[0].path",
+        make=lambda f: _layout(f, sources=["cards/*"], target="cards/usb0/archive"),
+    ),
+    "spool inside a watched source": Case(
+        None,
+        "spool.dir",
+        "is inside the watched sources[0].path",
+        make=lambda f: _layout(f, sources=["inbox"], extra=f'[spool]\ndir = "{f}/inbox/spool"\n'),
+    ),
+    "the same source twice": Case(
+        None,
+        "sources[1].path",
+        "is already watched by sources[0].path",
+        make=lambda f: _layout(f, sources=["inbox", "inbox/"]),
+    ),
+    "the same source through a symlink": Case(
+        None, "sources[1].path", "already watched", make=_symlinked_source_twice
+    ),
+    "a source inside another": Case(
+        None,
+        "sources[1].path",
+        "is inside sources[0].path",
+        make=lambda f: _layout(f, sources=["inbox", "inbox/drone-2"]),
+    ),
+    "a source around another": Case(
+        None,
+        "sources[1].path",
+        "is around sources[0].path",
+        make=lambda f: _layout(f, sources=["inbox/drone-2", "inbox"]),
+    ),
+    "a folder source inside a card glob": Case(
+        None,
+        "sources[1].path",
+        "is inside sources[0].path",
+        make=lambda f: _layout(f, sources=["cards/*", "cards/usb0/DCIM"]),
+    ),
+    "two card globs that match the same mounts": Case(
+        None,
+        "sources[1].path",
+        "is inside sources[0].path",
+        make=lambda f: _layout(f, sources=["cards/usb*", "cards/*/DCIM"]),
+    ),
+    # paths and programs the daemon would trip on later
+    "archive path is a regular file": Case(
+        None, "targets.archive.path", "is a regular file, not a folder", make=_target_is_a_file
+    ),
+    "archive path under a regular file": Case(
+        None, "targets.archive.path", "a part of it is a regular file", make=_target_under_a_file
+    ),
+    "process_command program missing": Case(
+        None,
+        "targets.archive.process_command",
+        "does not exist",
+        make=lambda f: _command(f, str(f / "bin" / "process")),
+    ),
+    "process_command program not executable": Case(
+        None,
+        "targets.archive.process_command",
+        "cannot be executed",
+        make=lambda f: _command(f, "process.sh", 0o644),
+    ),
+    "process_command program is a folder": Case(
+        None,
+        "targets.archive.process_command",
+        "is a folder, not a program",
+        make=lambda f: _command(f, str(f)),
+    ),
+    "process_command bare name not on PATH": Case(
+        None,
+        "targets.archive.process_command",
+        "'no-such-dronesync-program' is not an executable program on PATH",
+        make=lambda f: _command(f, "no-such-dronesync-program"),
+    ),
+    "notifications command missing": Case(
+        config_text(top='[notifications]\ncommand = ["/nonexistent/notify-pilot"]\n'),
+        "notifications.command",
+        "does not exist",
     ),
     # the file and the machine
     "state_dir under a regular file": Case(
@@ -445,12 +580,112 @@ def test_the_environment_overrides_one_key_and_keeps_the_rest(
     assert settings.sources[0].target == "archive"
 
 
-def test_a_bad_environment_value_is_a_config_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "key"),
+    [
+        ("DRONESYNC_UPLOAD__CONCURRENCY", "abc", "upload.concurrency"),
+        ("DRONESYNC_UPLOAD__CONCURRENCY", "0", "upload.concurrency"),
+        # a list cannot be indexed from the environment: the variable replaces it
+        ("dronesync_sources__0__quiet_s", "5", "sources"),
+        ("DRONESYNC_UPLOAD", "{not json", "upload"),
+    ],
+)
+def test_a_bad_environment_value_names_the_variable_not_the_file(
+    tmp_path: Path, variable: str, value: str, key: str
+) -> None:
     path = _write(tmp_path, config_text(upload="concurrency = 4\n"))
-    bad = check(path, env={**os.environ, "DRONESYNC_UPLOAD__CONCURRENCY": "0"})
+    bad = check(path, env={**os.environ, variable: value})
     assert bad.returncode == 78
     assert "Traceback" not in bad.stderr
+    lines = bad.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"dronesync: environment variable {variable}: {key}: "), lines
+    assert lines[0].endswith("fix or unset the variable")
+    assert str(path) not in lines[0]
+
+
+def test_a_file_error_still_names_the_file_when_the_environment_sets_another_key(
+    tmp_path: Path,
+) -> None:
+    path = _write(tmp_path, config_text(upload="concurrency = 0\n"))
+    bad = check(path, env={**os.environ, "DRONESYNC_UPLOAD__ATTEMPTS": "3"})
+    assert bad.returncode == 78
     assert bad.stderr.startswith(f"dronesync: {path}: upload.concurrency: ")
+
+
+@pytest.mark.parametrize(
+    ("sources", "target"),
+    [
+        (["inbox", "inbox2"], "archive"),  # a shared prefix of the text is not a parent
+        (["inbox"], "inbox-archive"),
+        (["cards/a*", "cards/b*"], "archive"),  # globs that cannot match the same folder
+        (["cards/*"], "archive"),
+        (["cards/usb*/DCIM", "cards/backup"], "cards-archive"),
+    ],
+)
+def test_folders_side_by_side_are_not_taken_for_overlapping(
+    tmp_path: Path, sources: list[str], target: str
+) -> None:
+    settings = load_config(_layout(tmp_path, sources=sources, target=target))
+    assert len(settings.sources) == len(sources)
+
+
+def test_a_program_found_on_path_or_named_by_a_placeholder_passes(tmp_path: Path) -> None:
+    path = _layout(
+        tmp_path,
+        sources=["inbox"],
+        extra='process_command = ["sh", "-c", "true"]\n'
+        '[targets.other]\ntype = "directory"\npath = "other"\n'
+        'process_command = ["{dataset_dir}/process.sh"]\n',
+    )
+    result = check(path)
+    assert result.returncode == 0, result.stderr
+
+
+def _without_dac_override(argv: list[str]) -> list[str]:
+    """``argv`` run without the capability that lets root write any folder: as another user."""
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv (util-linux) is not installed")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", *argv]
+
+
+def test_a_state_dir_this_user_cannot_write_warns_in_check_and_fails_the_daemon(
+    tmp_path: Path,
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    path = _write(tmp_path, config_text().replace(STATE, str(locked / "state")))
+    cli = [sys.executable, "-m", "daemon"]
+
+    checked = subprocess.run(
+        _without_dac_override([*cli, "config", "check", "--config", str(path)]),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stderr.startswith(
+        f"dronesync: warning: {path}: state_dir: {locked / 'state'} cannot be written by this"
+        " user (Permission denied)"
+    )
+    assert f"{path}: ok (1 sources, 1 targets)" in checked.stdout
+
+    run = subprocess.run(
+        _without_dac_override([*cli, "run", "--config", str(path)]),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert run.returncode == 78
+    assert "Traceback" not in run.stderr
+    assert f"dronesync: {path}: state_dir: " in run.stderr
+    assert not (locked / "state").exists()
 
 
 def test_load_config_lists_every_problem_in_the_error(tmp_path: Path) -> None:
@@ -462,3 +697,22 @@ def test_load_config_lists_every_problem_in_the_error(tmp_path: Path) -> None:
         "sources[0].rescan_s",
     ]
     assert all(p.startswith(f"{path}: ") for p in caught.value.problems)
+
+
+def test_a_secret_this_user_cannot_read_warns_in_check(tmp_path: Path) -> None:
+    path = _odm(tmp_path, "s3cret", 0o200)  # the owner's, and not readable: another user's
+    checked = subprocess.run(
+        _without_dac_override(
+            [sys.executable, "-m", "daemon", "config", "check", "--config", str(path)]
+        ),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stderr == (
+        f"dronesync: warning: {path}: targets.odm.token_file: {tmp_path / 'node.token'}"
+        " cannot be read by this user; check its owner and mode\n"
+    )
+    assert f"{path}: ok (1 sources, 2 targets)" in checked.stdout

@@ -66,3 +66,29 @@ def test_detail_and_file_errors_are_shown() -> None:
     assert "hold processing back" in text
     assert "failed    a.jpg  (disk full)" in text
     assert "duplicate b.jpg  (same as /in/c.jpg)" in text
+
+
+def test_control_characters_in_names_and_errors_are_escaped() -> None:
+    doc = _doc(name="card\x1b[31m-red", detail="retrying: /in/x\ny.jpg: denied")
+    doc["datasets"][0]["file_list"] = [
+        {
+            "path": "a\n    uploaded  forged.jpg",
+            "status": "failed",
+            "last_error": "cannot open 'a\rb\u202ec.jpg'",
+            "duplicate_of": None,
+        },
+        {
+            "path": "tab\there.jpg",
+            "status": "duplicate",
+            "last_error": None,
+            "duplicate_of": "/in/\x9bc.jpg",
+        },
+    ]
+    text = render(doc, bars=False, now=200.0)
+    lines = text.splitlines()
+    assert not any(line.lstrip().startswith("uploaded  forged") for line in lines), text
+    assert all(line.isprintable() for line in lines), text
+    assert "card\\x1b[31m-red  [collecting]" in text
+    assert "/in/x\\ny.jpg: denied" in text
+    assert "failed    a\\n    uploaded  forged.jpg  (cannot open 'a\\rb\\u202ec.jpg')" in text
+    assert "duplicate tab\\there.jpg  (same as /in/\\x9bc.jpg)" in text
