@@ -16,7 +16,8 @@ github.com/Pix4D/demo-pix4d-cloud-api, and developer.pix4d.com/cloud-api; neithe
 - **creating a project twice**: a POST whose reply is lost may have made the project. The
   journal records the attempt first; before creating again, the projects are listed (a
   Django REST Framework list: paged ``{"results", "next"}`` or a plain list, both read) and
-  a project of this name that never started, made since the attempt, is taken instead;
+  a project of this name that never started, made at most a day before the attempt (a
+  box's clock may be off), is taken instead;
 - **registering a key twice**: how ``nb_images_registered`` counts a key registered before
   is unknown (every key sent, or only keys new to the project). The journal records the
   keys of a batch before it is sent and, once a reply is clear, which keys are registered;
@@ -230,7 +231,7 @@ class Pix4DCloudTarget:
             return project
 
     async def _find_project(self, name: str, since: float) -> int | None:
-        """A project called ``name``, never started, made since ``since``: the lost one.
+        """A project called ``name``, never started, recent beside ``since``: the lost one.
 
         Of several (more than one reply lost), the newest; the others stay empty and are named
         in the log. The list's query parameters are undocumented: none is sent, and the pages
