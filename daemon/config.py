@@ -105,6 +105,13 @@ class UploadSettings(_Model):
     stall_s: float = Field(
         60.0, gt=0, le=DAY_S, description="Abort and retry a transfer that made no progress."
     )
+    stuck_s: float = Field(
+        1800.0,
+        gt=0,
+        le=7 * DAY_S,
+        description="A dataset whose processing could not start for this long needs attention"
+        " (status and one notification); it is still tried again.",
+    )
     bandwidth_limit: int | None = Field(
         None,
         ge=1024,

@@ -6,6 +6,11 @@ starts processing by itself, or waits as ``ready`` for ``dronesync process`` whe
 ``auto_process = false``. Failed files hold automatic processing back until retried; a manual
 ``process`` goes ahead with what is uploaded, and files not uploaded yet move on to the
 folder's next dataset.
+
+A start that fails for a reason a retry may fix (the target unreachable, busy, or still
+settling an unclear reply) is tried again with backoff, for as long as it takes; once it
+has failed for ``stuck_s`` the dataset needs attention: its detail says so and one
+``needs_attention`` notification goes out.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class ProcessingController:
         *,
         retry_s: float = 5.0,
         retry_max_s: float = 300.0,
+        stuck_s: float = 1800.0,
     ) -> None:
         self._journal = journal
         self._targets = targets
@@ -56,6 +62,10 @@ class ProcessingController:
         self._retry_max_s = retry_max_s
         self.last_tick = clock.monotonic()  # the watchdog's proof that this loop turns
         self._start_failures: dict[int, int] = {}
+        self._stuck_s = stuck_s
+        # When each dataset's start first failed (this process's clock), and those told.
+        self._failing_since: dict[int, float] = {}
+        self._stuck_told: set[int] = set()
 
     async def run(self) -> None:
         """Check every dataset a few times a second, until cancelled."""
@@ -171,17 +181,27 @@ class ProcessingController:
             # The [upload] backoff, doubling, and never sooner than the server asked.
             delay = min(self._retry_max_s, self._retry_s * 2 ** (tries - 1))
             delay = max(delay, min(exc.retry_after or 0.0, self._retry_max_s))
-            self._not_before[dataset.id] = self._clock.time() + delay
+            now = self._clock.time()
+            self._not_before[dataset.id] = now + delay
+            since = self._failing_since.setdefault(dataset.id, now)
+            detail = f"processing could not start yet ({exc}); trying again in {delay:g} s"
+            stuck = now - since >= self._stuck_s
+            if stuck:
+                detail = (
+                    f"needs attention: processing has not started for"
+                    f" {_duration(now - since)} ({exc}); trying again in {delay:g} s"
+                )
             self._journal.set_dataset_state(
-                dataset.id,
-                "collecting",
-                f"processing could not start yet ({exc}); trying again in {delay:g} s",
-                processing_started_at=None,
+                dataset.id, "collecting", detail, processing_started_at=None
             )
             log.warning("processing not started", dataset=dataset.name, error=str(exc))
+            if stuck and dataset.id not in self._stuck_told:
+                self._stuck_told.add(dataset.id)
+                self._notify("needs_attention", self._journal.dataset(dataset.id), detail)
             return
         except TargetError as exc:
             # Refused before it ran (a pre-flight check, a bad template): the operator must act.
+            self._forget_failures(dataset.id)
             detail = f"processing could not start: {exc}"
             self._finish(dataset, "failed", detail)
             self._notify("needs_attention", self._journal.dataset(dataset.id), detail)
@@ -191,9 +211,15 @@ class ProcessingController:
         self._journal.set_dataset_state(
             dataset.id, "processing", "processing started", processing_handle=handle
         )
-        self._start_failures.pop(dataset.id, None)
+        self._forget_failures(dataset.id)
         log.info("processing started", dataset=dataset.name, target=dataset.target)
         self._notify("processing_started", dataset, None)
+
+    def _forget_failures(self, dataset_id: int) -> None:
+        """The start succeeded or was refused for good: a later failure counts afresh."""
+        self._start_failures.pop(dataset_id, None)
+        self._failing_since.pop(dataset_id, None)
+        self._stuck_told.discard(dataset_id)
 
     async def _poll(self, dataset: DatasetRow, now: float) -> None:
         target = self._targets.get(dataset.target)
@@ -255,3 +281,13 @@ class ProcessingController:
                 f" continue in {successor.name}"
             )
         return f"{dataset.name}: processing started"
+
+
+def _duration(seconds: float) -> str:
+    """A short human duration: "45 s", "12 min", "3 h 05 min"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    minutes = int(seconds // 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"

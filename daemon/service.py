@@ -292,6 +292,7 @@ class Daemon:
             ),
             retry_s=settings.upload.backoff_initial_s,
             retry_max_s=settings.upload.backoff_max_s,
+            stuck_s=settings.upload.stuck_s,
         )
         tasks = [
             asyncio.create_task(sources.run(self._session_end), name="sources"),

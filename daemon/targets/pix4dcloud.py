@@ -10,13 +10,33 @@ S3 keys are ``<project prefix>/<path inside the dataset>``: DCIM folders keep fi
 repeat across folders apart. Bytes outside ``[A-Za-z0-9._~/-]`` are percent-encoded (``%``
 too), so the mapping is one-to-one and a non-UTF-8 card name still makes a valid key.
 
-``start_processing`` is not known to be idempotent: before it is sent the journal records the
-attempt, and after an ambiguous failure (or a restart) the project is read first.
+What the API leaves undocumented is not relied on (sources: the official demo client,
+github.com/Pix4D/demo-pix4d-cloud-api, and developer.pix4d.com/cloud-api; neither says):
+
+- **creating a project twice**: a POST whose reply is lost may have made the project. The
+  journal records the attempt first; before creating again, the projects are listed (a
+  Django REST Framework list: paged ``{"results", "next"}`` or a plain list, both read) and
+  a project of this name that never started, made at most a day before the attempt (a
+  box's clock may be off), is taken instead;
+- **registering a key twice**: how ``nb_images_registered`` counts a key registered before
+  is unknown (every key sent, or only keys new to the project). The journal records the
+  keys of a batch before it is sent and, once a reply is clear, which keys are registered;
+  only keys not registered for sure are sent again, and a count is read both ways: it may
+  fall short of the batch by at most the keys an earlier, unclear attempt may have
+  registered. The API has no documented call that lists a project's inputs, so a short
+  count nothing explains is not retried: the dataset needs attention;
+- **starting twice**: ``start_processing`` is not known to be idempotent. Before it is
+  sent the journal records the attempt, and after an ambiguous failure (or a restart) the
+  project's ``public_status`` is read before anything is sent again;
+- **unfinished multipart uploads**: an upload cut by a crash is never resumed, so the first
+  time this process uses a project's S3 credentials it aborts the unfinished uploads under
+  the project's prefix that it is not sending (when the credentials may list them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +59,12 @@ from daemon.errors import (
 from daemon.targets.base import DatasetRef, ProcessingStatus, TargetState, Transfer, UploadItem
 from daemon.targets.http import json_body, status_error, transport_error
 from daemon.targets.oauth import TokenSource
-from daemon.targets.s3upload import CredentialsExpiredError, PartSenders, put_file
+from daemon.targets.s3upload import (
+    CredentialsExpiredError,
+    PartSenders,
+    abort_stale_uploads,
+    put_file,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -57,9 +82,23 @@ _FAILED = {"FAILED", "ERROR", "CANCELED", "CANCELLED"}
 # Fetch S3 credentials again this long before they say they expire.
 _CREDENTIALS_MARGIN_S = 300.0
 
+# Statuses of a project that was never started.
+_NEW = {"", "NEW", "CREATED"}
+# A project found by name after a lost reply must be this recent (wall clock, both sides):
+# generous for a box whose clock is off, short enough to pass over last week's project.
+_ADOPT_WINDOW_S = 86400.0
+# Pages of the project list read when looking for a project made by a lost request.
+_LIST_PAGES = 50
+
 _PROJECT = "pix4d.project"
 _PREFIX = "pix4d.prefix"
 _STARTED = "pix4d.started"
+# A project creation sent whose reply was not clear: {"name", "at"} (wall clock).
+_CREATING = "pix4d.creating"
+# Keys sent to bulk_register whose reply was not clear (a JSON list).
+_REGISTERING = "pix4d.registering"
+# Keys registered for sure, one memo per batch (a JSON list each): "pix4d.registered.<n>".
+_REGISTERED = "pix4d.registered."
 
 
 def s3_key(prefix: str, key: bytes) -> str:
@@ -123,6 +162,7 @@ class Pix4DCloudTarget:
         self._project_locks: dict[int, asyncio.Lock] = {}
         self._credentials: dict[int, _Credentials] = {}
         self._credential_locks: dict[int, asyncio.Lock] = {}
+        self._swept: set[int] = set()
         self._s3_config = Config(
             connect_timeout=config.timeout_s,
             read_timeout=config.timeout_s,
@@ -167,13 +207,74 @@ class Pix4DCloudTarget:
             if known is not None:
                 return int(known)
             name = self.config.project_name.format(dataset=dataset.name, target=self.name)
+            attempt = self._state.get_memo(dataset.id, _CREATING)
+            if attempt is not None:
+                found = await self._find_project(name, _attempted_at(attempt))
+                if found is not None:
+                    self._state.put_memo(dataset.id, _PROJECT, str(found))
+                    self._state.put_memo(dataset.id, _CREATING, None)
+                    log.info(
+                        "project found after a lost reply", dataset=dataset.name, project=found
+                    )
+                    return found
+            # Recorded first: a reply lost from here on leaves a project to find, not to repeat.
+            self._state.put_memo(
+                dataset.id, _CREATING, json.dumps({"name": name, "at": time.time()})
+            )
             body = await self._api("POST", "/project/api/v3/projects/", json={"name": name})
             project = body.get("id") if isinstance(body, dict) else None
             if not isinstance(project, int):
                 raise TransientTargetError("POST /project/api/v3/projects/: no project id")
             self._state.put_memo(dataset.id, _PROJECT, str(project))
+            self._state.put_memo(dataset.id, _CREATING, None)
             log.info("project created", dataset=dataset.name, project=project)
             return project
+
+    async def _find_project(self, name: str, since: float) -> int | None:
+        """A project called ``name``, never started, recent beside ``since``: the lost one.
+
+        Of several (more than one reply lost), the newest; the others stay empty and are named
+        in the log. The list's query parameters are undocumented: none is sent, and the pages
+        are followed on this server only (the token never goes anywhere else).
+        """
+        base = self.config.url.rstrip("/")
+        path: str | None = "/project/api/v3/projects/"
+        found: list[int] = []
+        for _ in range(_LIST_PAGES):
+            if path is None:
+                break
+            body = await self._api("GET", path)
+            results, following = (body, None) if isinstance(body, list) else _page(body)
+            for entry in results:
+                project = await self._candidate(entry, name, since)
+                if project is not None:
+                    found.append(project)
+            path = None
+            if isinstance(following, str) and following.startswith(base + "/"):
+                path = following.removeprefix(base)
+            elif isinstance(following, str) and following.startswith("/"):
+                path = following
+        if not found:
+            return None
+        found.sort()
+        if len(found) > 1:
+            log.warning("projects left empty by lost replies", name=name, projects=found[:-1])
+        return found[-1]
+
+    async def _candidate(self, entry: Any, name: str, since: float) -> int | None:
+        """The id of a listed project that may be the one a lost reply made, else None."""
+        if not isinstance(entry, dict) or entry.get("name") != name:
+            return None
+        project = entry.get("id")
+        if not isinstance(project, int):
+            return None
+        made = _timestamp(entry.get("create_date"))
+        if made is not None and made < since - _ADOPT_WINDOW_S:
+            return None
+        if "public_status" not in entry:  # a short listing: the project itself says
+            entry = await self._api("GET", f"/project/api/v3/projects/{project}/")
+        status = str(entry.get("public_status", "")).upper() if isinstance(entry, dict) else "?"
+        return project if status in _NEW else None
 
     def project_id(self, dataset: DatasetRef) -> int | None:
         """The dataset's project id, once created."""
@@ -218,13 +319,45 @@ class Pix4DCloudTarget:
                 raise TransientTargetError(f"GET {path}: incomplete S3 credentials") from exc
             self._credentials[project] = fresh
             self._state.put_memo(dataset.id, _PREFIX, fresh.prefix)
+            if project not in self._swept:
+                # Before this process sends any part into the project (under this lock).
+                self._swept.add(project)
+                await self._sweep(dataset, project, fresh)
             return fresh
+
+    async def _sweep(self, dataset: DatasetRef, project: int, creds: _Credentials) -> None:
+        """Abort the multipart uploads a crash left unfinished under the project's prefix."""
+        prefix = creds.prefix.rstrip("/") + "/"
+        try:
+            aborted = await asyncio.to_thread(
+                abort_stale_uploads, creds.client, creds.bucket, prefix
+            )
+        except TargetError as exc:
+            # The credentials may not allow listing: the uploads wait for a lifecycle rule.
+            log.warning(
+                "unfinished uploads not checked",
+                dataset=dataset.name,
+                project=project,
+                error=str(exc),
+            )
+            return
+        if aborted:
+            log.info(
+                "unfinished uploads aborted",
+                dataset=dataset.name,
+                project=project,
+                count=len(aborted),
+            )
 
     # -- the Target protocol ----------------------------------------------------------------
 
     async def ensure_dataset(self, dataset: DatasetRef) -> None:
-        """Create the dataset's project (once; a restart resumes into it)."""
-        await self._project(dataset)
+        """Create the dataset's project (once; a restart resumes into it).
+
+        Its S3 credentials are fetched too: the first time in this process, the uploads a
+        crash left unfinished under the project's prefix are aborted before any is sent.
+        """
+        await self._s3(dataset, await self._project(dataset))
 
     async def make_durable(self) -> None:
         """Nothing to do: S3 stored each part before answering, and the upload is complete."""
@@ -267,17 +400,7 @@ class Pix4DCloudTarget:
         prefix = self._state.get_memo(dataset.id, _PREFIX)
         if prefix is None:
             prefix = (await self._s3(dataset, project)).prefix
-        full = [s3_key(prefix, k) for k in keys]
-        for start in range(0, len(full), REGISTER_BATCH):
-            batch = full[start : start + REGISTER_BATCH]
-            body = await self._api(
-                "POST", f"{base}/inputs/bulk_register/", json={"input_file_keys": batch}
-            )
-            count = body.get("nb_images_registered") if isinstance(body, dict) else None
-            if count != len(batch):
-                raise TransientTargetError(
-                    f"bulk_register: {count} of {len(batch)} images registered; trying again"
-                )
+        await self._register(dataset, base, [s3_key(prefix, k) for k in keys])
         payload: dict[str, str] = {}
         if self.config.processing_template:
             creds = await self._s3(dataset, project)
@@ -300,6 +423,54 @@ class Pix4DCloudTarget:
         estimate = reply.get("estimated_time") if isinstance(reply, dict) else None
         log.info("processing started", dataset=dataset.name, project=project, estimate=estimate)
         return str(project)
+
+    async def _register(self, dataset: DatasetRef, base: str, keys: list[str]) -> None:
+        """Register every key not registered for sure yet, a batch at a time."""
+        done: set[str] = set()
+        for value in self._state.memos(dataset.id, _REGISTERED).values():
+            done.update(json.loads(value))
+        unclear = set(json.loads(self._state.get_memo(dataset.id, _REGISTERING) or "[]"))
+        pending = [key for key in keys if key not in done]
+        for start in range(0, len(pending), REGISTER_BATCH):
+            batch = pending[start : start + REGISTER_BATCH]
+            # Keys an earlier attempt may have registered: a server counting only new keys
+            # does not count them again.
+            before = set(unclear)
+            maybe = len(before.intersection(batch))
+            unclear.update(batch)
+            self._state.put_memo(dataset.id, _REGISTERING, json.dumps(sorted(unclear)))
+            try:
+                body = await self._api(
+                    "POST", f"{base}/inputs/bulk_register/", json={"input_file_keys": batch}
+                )
+            except PermanentTargetError:
+                # Refused outright: this request registered nothing.
+                self._state.put_memo(
+                    dataset.id, _REGISTERING, json.dumps(sorted(before)) if before else None
+                )
+                raise
+            count = body.get("nb_images_registered") if isinstance(body, dict) else None
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise TransientTargetError("bulk_register: no count of images in the reply")
+            # Recorded whatever the count: sending them again cannot make a count clearer.
+            self._state.put_memo(dataset.id, f"{_REGISTERED}{len(done) + start}", json.dumps(batch))
+            unclear.difference_update(batch)
+            self._state.put_memo(
+                dataset.id, _REGISTERING, json.dumps(sorted(unclear)) if unclear else None
+            )
+            if count < len(batch) - maybe:
+                raise PermanentTargetError(
+                    f"bulk_register: PIX4Dcloud registered {count} of {len(batch)} images;"
+                    " open the project in PIX4Dcloud to see which are missing, then"
+                    " `dronesync process` the dataset to start it with what is there"
+                )
+            if count != len(batch):
+                log.info(
+                    "bulk_register counted only images new to the project",
+                    dataset=dataset.name,
+                    sent=len(batch),
+                    counted=count,
+                )
 
     async def _running(self, base: str) -> bool:
         """Whether the project left NEW (processing was started, whatever its reply said).
@@ -348,6 +519,33 @@ def _lifetime(body: dict[str, Any]) -> float:
         except ValueError:
             pass
     return 3600.0
+
+
+def _page(body: Any) -> tuple[list[Any], Any]:
+    """The entries of one page of a Django REST Framework list, and the next page's URL."""
+    if not isinstance(body, dict):
+        return [], None
+    results = body.get("results")
+    return (results if isinstance(results, list) else []), body.get("next")
+
+
+def _timestamp(value: Any) -> float | None:
+    """Seconds since the epoch of an ISO 8601 date from the API (None: absent or unreadable)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _attempted_at(memo: str) -> float:
+    """When the recorded project creation was sent (0: unknown, any date will do)."""
+    try:
+        at = json.loads(memo).get("at")
+    except (ValueError, AttributeError):
+        return 0.0
+    return float(at) if isinstance(at, int | float) else 0.0
 
 
 def _error_text(response: httpx.Response) -> str:

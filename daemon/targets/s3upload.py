@@ -31,6 +31,11 @@ for its checksum header in the thread that sends it. A part is held in memory fr
 until S3 has it, so the number in flight, shared by every upload of the target, bounds the
 memory: ``parallel_parts * part_size``.
 
+A multipart upload is never resumed across a crash or a restart (a part list left by a
+crash is not trusted): the file is sent again in a new upload. The one left behind holds
+its parts in the bucket until it is aborted, so :func:`abort_stale_uploads` aborts every
+unfinished upload under a prefix that no upload of this process is sending.
+
 Signing, retries of our own and multipart bookkeeping stay with botocore; its own retries are
 off, because the upload engine owns retry and backoff.
 """
@@ -87,6 +92,12 @@ _TRANSIENT_CODES = {
     # 409: a conditional write raced another write of the key; S3 says to retry.
     "ConditionalRequestConflict",
 }
+
+
+# Multipart uploads this process is sending, whichever target object started them (a reload
+# builds new targets while the old ones finish): a sweep never aborts one of these.
+_ACTIVE_UPLOADS: set[str] = set()
+_ACTIVE_LOCK = threading.Lock()
 
 
 class CredentialsExpiredError(TransientTargetError):
@@ -296,6 +307,26 @@ def _put_parts(
             Metadata={SHA256_META: item.sha256},
         )["UploadId"]
     )
+    with _ACTIVE_LOCK:
+        _ACTIVE_UPLOADS.add(upload_id)
+    try:
+        return _send_parts(s3, bucket, key, fd, item, transfer, part_size, senders, upload_id)
+    finally:
+        with _ACTIVE_LOCK:
+            _ACTIVE_UPLOADS.discard(upload_id)
+
+
+def _send_parts(
+    s3: S3Client,
+    bucket: str,
+    key: str,
+    fd: int,
+    item: UploadItem,
+    transfer: Transfer,
+    part_size: int,
+    senders: PartSenders,
+    upload_id: str,
+) -> tuple[Stored, str]:
     whole = hashlib.sha256()
     sending: list[Future[_Part]] = []
     try:
@@ -525,6 +556,33 @@ def _read_part(
         del view, data
         raise
     return data
+
+
+def abort_stale_uploads(s3: S3Client, bucket: str, prefix: str) -> list[str]:
+    """Abort the unfinished multipart uploads under ``prefix`` this process is not sending.
+
+    Returns the keys of the uploads aborted. Raises the project's errors when the uploads
+    cannot be listed (a credential that does not allow it, say); an upload that vanished
+    meanwhile (finished or aborted by someone else) is not an error.
+    """
+    aborted: list[str] = []
+    try:
+        pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                upload_id, key = str(upload["UploadId"]), str(upload["Key"])
+                with _ACTIVE_LOCK:
+                    if upload_id in _ACTIVE_UPLOADS:
+                        continue
+                try:
+                    s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                        raise
+                aborted.append(key)
+    except (ClientError, BotoCoreError) as exc:
+        raise s3_error("ListMultipartUploads", exc) from exc
+    return aborted
 
 
 def _abort(s3: S3Client, bucket: str, key: str, upload_id: str) -> None:

@@ -8,12 +8,22 @@ makes, in the same order and shapes, plus the reply fields other clients read:
   call needs ``Authorization: Bearer <token>``; an unknown or expired token is a 401.
 - ``POST /project/api/v3/projects/`` creates a project (integer ``id``, ``bucket_name``,
   ``s3_base_path``); ``GET .../projects/{id}/`` reads it, with ``public_status``.
+- ``GET /project/api/v3/projects/`` lists the projects. The API is Django REST Framework
+  (its browsable root answers an unauthenticated call), but neither the demo client nor the
+  documentation shows the list: whether it is paged, and which query parameters filter it,
+  is unknown. ``project_list`` answers each plausible way: ``"paged"`` (DRF's page-number
+  pagination, ``{"count", "next", "previous", "results"}``, ``page_size`` per page,
+  ``?page=N``) or ``"plain"`` (a JSON list, DRF without pagination). Query parameters other
+  than ``page`` are ignored, as DRF ignores those it has no filter for.
 - ``GET .../projects/{id}/s3_credentials/`` issues fresh temporary S3 credentials scoped to
   the project's key prefix (``key``), with the ``endpoint_override`` clients must use: an
   :class:`~tests.fakes.s3proxy.S3FaultProxy` in front of moto that checks them the way S3
   checks STS credentials (expiry, prefix, signature).
 - ``POST .../inputs/bulk_register/`` registers keys (idempotent) and answers
-  ``nb_images_registered``.
+  ``nb_images_registered`` (third-party clients read it; PIX4D does not document it). How a
+  key registered before is counted is not documented: ``register_counts`` answers each
+  plausible way, ``"sent"`` (every distinct key sent) or ``"new"`` (only keys the project
+  did not have).
 - ``POST .../start_processing/`` (no body: default template; or a custom template) starts
   processing; the project then goes WAITING, PROCESSING, DONE (or ERROR).
 - ``GET .../outputs/`` lists outputs (``result_type``, ``output_type``, ``availability``,
@@ -30,7 +40,9 @@ seconds, the S3 credentials' ``expiration`` format, the JWT claims, the GET redi
 a missing trailing slash.
 
 Faults can be injected on both sides (``api_faults``, ``s3_faults``) to exercise a
-client's retries and its handling of ambiguous outcomes. Run by hand with
+client's retries and its handling of ambiguous outcomes: for example ``reset_after`` on
+``projects`` (a project created, its reply lost), on ``register`` (keys registered, the
+reply lost), or ``status503`` on ``start`` (refused before it acts). Run by hand with
 ``python -m tests.fakes.pix4dcloud --port 8000``.
 """
 
@@ -58,7 +70,7 @@ from collections import Counter
 from collections.abc import Callable
 from email.message import Message
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import boto3
 from botocore.config import Config
@@ -89,9 +101,20 @@ if TYPE_CHECKING:
 REGION = "us-east-1"
 API_PREFIX = "/project/api/v3/projects/"
 
-#: Route names for API faults and request counts (``"any"`` matches every route).
+#: Route names for API faults and request counts (``"any"`` matches every route);
+#: ``projects`` is the creation (POST), ``list`` the listing (GET) of the same path.
 API_ROUTES = frozenset(
-    {"any", "token", "projects", "credentials", "register", "start", "project", "outputs"}
+    {
+        "any",
+        "token",
+        "projects",
+        "list",
+        "credentials",
+        "register",
+        "start",
+        "project",
+        "outputs",
+    }
 )
 #: Fault kinds of the API side. Before the request takes effect: ``status500/502/503``
 #: (HTML error page), ``status429`` (JSON, ``Retry-After: retry_after``), ``reset``
@@ -295,6 +318,9 @@ class FakePix4DCloud:
         self.min_images = min_images
         self.max_images = max_images
         self.fail_processing = False
+        self.register_counts: Literal["sent", "new"] = "sent"
+        self.project_list: Literal["paged", "plain"] = "paged"
+        self.page_size = 10
         self.failure_reason = "Not enough matches between images: calibration failed."
         self.clock = clock
         # moto's state is per process: a bucket per instance keeps instances apart.
@@ -547,7 +573,8 @@ class FakePix4DCloud:
                 continue
             if method not in methods:
                 return route, None, Reply.detail(405, f'Method "{method}" not allowed.')
-            return route, int(m.group(1)) if m.groups() else None, None
+            named = "list" if route == "projects" and method == "GET" else route
+            return named, int(m.group(1)) if m.groups() else None, None
         # Django's APPEND_SLASH redirects GETs (it cannot redirect a POST body).
         if (
             method in {"GET", "HEAD"}
@@ -564,7 +591,9 @@ class FakePix4DCloud:
         if auth_error is not None:
             return auth_error
         if route == "projects":
-            return self._create_project(req) if req.method == "POST" else self._list_projects()
+            return self._create_project(req)
+        if route == "list":
+            return self._list_projects(req)
         with self._lock:
             project = self._projects.get(project_id) if project_id is not None else None
         if project is None:
@@ -690,11 +719,31 @@ class FakePix4DCloud:
             self._projects[pid] = project
             return Reply.json(201, self._project_json(project))
 
-    def _list_projects(self) -> Reply:
+    def _list_projects(self, req: ApiRequest) -> Reply:
         with self._lock:
             results = [self._project_json(p) for p in self._projects.values()]
+        if self.project_list == "plain":
+            return Reply.json(200, results)
+        params = urllib.parse.parse_qs(req.query)
+        try:
+            page = int(params.get("page", ["1"])[0])
+        except ValueError:
+            page = 0
+        pages = max(1, math.ceil(len(results) / self.page_size))
+        if not 1 <= page <= pages:
+            return Reply.detail(404, "Invalid page.")
+
+        def link(number: int) -> str | None:
+            return f"{self.url}{API_PREFIX}?page={number}" if 1 <= number <= pages else None
+
         return Reply.json(
-            200, {"count": len(results), "next": None, "previous": None, "results": results}
+            200,
+            {
+                "count": len(results),
+                "next": link(page + 1),
+                "previous": link(page - 1),
+                "results": results[(page - 1) * self.page_size : page * self.page_size],
+            },
         )
 
     def _get_project(self, project: _Project, req: ApiRequest) -> Reply:
@@ -749,9 +798,11 @@ class FakePix4DCloud:
                 invalid_keys=invalid,
             )
         with self._lock:
+            new = [k for k in dict.fromkeys(keys) if k not in project.registered]
             for key in keys:
                 project.registered[key] = None
-        return Reply.json(200, {"nb_images_registered": len(set(keys))})
+        counted = len(new) if self.register_counts == "new" else len(set(keys))
+        return Reply.json(200, {"nb_images_registered": counted})
 
     def _start(self, project: _Project, req: ApiRequest) -> Reply:
         data, error = self._json_body(req)

@@ -244,3 +244,40 @@ def test_too_few_images_are_refused_before_processing_with_a_clear_message(
     )
     assert box.stop(proc) == 0
     hook.close()
+
+
+def test_a_dataset_whose_processing_cannot_start_needs_attention_once(
+    box: Box, cloud: FakePix4DCloud, tmp_path: Path
+) -> None:
+    hook = Webhook()
+    _configure(
+        box,
+        cloud,
+        tmp_path,
+        upload="stuck_s = 3\n",
+        extra=f'[notifications]\nwebhook_url = "{hook.url}"\n',
+    )
+    _flight(box.inbox / "field-f", 6, 6)
+    cloud.api_faults.add("status503", "start", times=None)  # PIX4Dcloud refuses, for long
+    proc = box.start()
+    wait_until(lambda: hook.events("field-f") == ["needs_attention"], what="the operator told")
+    assert "processing has not started for" in hook.received[0]["detail"]
+    dataset = box.datasets()["field-f"]
+    assert dataset["state"] == "collecting"
+    assert (dataset["detail"] or "").startswith("needs attention: processing has not started")
+    assert "503" in dataset["detail"]
+    cloud.api_faults.clear()
+    wait_until(
+        lambda: box.datasets()["field-f"]["state"] == "processed",
+        timeout=60,
+        what="the dataset processed once PIX4Dcloud accepts",
+    )
+    assert _project(cloud, "field-f").start_calls == 1
+    # Told once, however many tries it took; then as usual.
+    assert hook.events("field-f") == [
+        "needs_attention",
+        "processing_started",
+        "processing_finished",
+    ]
+    assert box.stop(proc) == 0
+    hook.close()

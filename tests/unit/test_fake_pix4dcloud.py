@@ -211,6 +211,52 @@ def test_bulk_register_accepts_existing_keys_only(
     assert cloud.projects()[project_id].registered == set(keys)
 
 
+def test_bulk_register_counts_a_key_registered_before_either_way(
+    cloud: FakePix4DCloud, api: httpx.Client, s3_clients: Callable[..., S3Client]
+) -> None:
+    project_id, creds = new_project(api)
+    keys = upload(s3_clients(creds), creds, ["a.jpg", "b.jpg", "c.jpg"])
+    url = f"{PROJECTS}{project_id}/inputs/bulk_register/"
+    assert api.post(url, json={"input_file_keys": keys[:2]}).json()["nb_images_registered"] == 2
+    cloud.register_counts = "new"
+    assert api.post(url, json={"input_file_keys": keys}).json()["nb_images_registered"] == 1
+    assert api.post(url, json={"input_file_keys": keys}).json()["nb_images_registered"] == 0
+    cloud.register_counts = "sent"
+    assert api.post(url, json={"input_file_keys": keys}).json()["nb_images_registered"] == 3
+    assert cloud.project(project_id).registered == set(keys)
+
+
+def test_the_project_list_is_paged_or_plain(cloud: FakePix4DCloud, api: httpx.Client) -> None:
+    names = [f"flight {n}" for n in range(5)]
+    for name in names:
+        new_project(api, name)
+    cloud.page_size = 2
+    seen: list[str] = []
+    url: str | None = PROJECTS
+    while url is not None:
+        page = api.get(url).json()
+        assert page["count"] == 5
+        seen += [p["name"] for p in page["results"]]
+        assert all(p["public_status"] == "NEW" and p["create_date"] for p in page["results"])
+        url = page["next"]
+    assert seen == names
+    assert api.get(f"{PROJECTS}?page=9").status_code == 404
+    cloud.project_list = "plain"
+    assert [p["name"] for p in api.get(PROJECTS).json()] == names
+    assert cloud.requests["list"] == 5
+    assert cloud.requests["projects"] == 5  # the creations only
+
+
+def test_a_creation_whose_reply_is_lost_still_makes_the_project(
+    cloud: FakePix4DCloud, api: httpx.Client
+) -> None:
+    cloud.api_faults.add("reset_after", "projects")
+    assert api.get(PROJECTS).json()["count"] == 0  # the listing is not the creation
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.post(PROJECTS, json={"name": "quarry 3"})
+    assert [p.name for p in cloud.projects().values()] == ["quarry 3"]
+
+
 def test_start_processing_runs_to_done_with_outputs(
     cloud: FakePix4DCloud, api: httpx.Client, s3_clients: Callable[..., S3Client]
 ) -> None:

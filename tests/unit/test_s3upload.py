@@ -48,7 +48,13 @@ class Cloud:
             multipart_threshold_mb=5,
             part_size_mb=5,
         )
-        self.target = Pix4DCloudTarget("cloud", config, MemoryState(), client_secret="s3cret")
+        self.config = config
+        self.state = MemoryState()
+        self.target = self.restarted()
+
+    def restarted(self) -> Pix4DCloudTarget:
+        """The target as a new daemon process makes it: same journal, nothing in memory."""
+        return Pix4DCloudTarget("cloud", self.config, self.state, client_secret="s3cret")
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.runner.run(coro)
@@ -80,6 +86,7 @@ def cloud() -> Iterator[Cloud]:
     ):
         made = Cloud(runner, server)
         made.run(made.target.ensure_dataset(DS))
+        server.s3_requests.clear()  # each test counts its own requests
         yield made
         made.run(made.target.aclose())
 
@@ -217,6 +224,38 @@ def test_stopping_during_a_large_file_ends_it_and_leaves_no_upload_behind(
     assert cloud.objects() == {}
     uploads = cloud.server.moto_s3.list_multipart_uploads(Bucket=cloud.server.bucket)
     assert uploads.get("Uploads", []) == []  # aborted
+
+
+def test_uploads_a_crash_left_unfinished_are_aborted_on_the_next_start(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    s3, bucket = cloud.server.moto_s3, cloud.server.bucket
+    project = cloud.server.project(cloud.target.project_id(DS) or 0)
+    # What a SIGKILL in the middle of two large files leaves in the bucket: their parts.
+    left = [f"{project.prefix}/DCIM/100MEDIA/DJI_{n:04d}.JPG" for n in range(2)]
+    for key in left:
+        upload = s3.create_multipart_upload(Bucket=bucket, Key=key)
+        s3.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1000
+        )
+    other = s3.create_multipart_upload(Bucket=bucket, Key="user-9/project-7/DJI_0001.JPG")
+    big = image(tmp_path, "DJI_0010.JPG", 5 * MIB + 77)  # in parts, sent at the same time
+    cloud.server.s3_faults.add("stall", "upload_part", delay_s=1.0)
+
+    async def restart_while_sending() -> None:
+        sending = asyncio.ensure_future(cloud.target.upload(DS, big, Transfer()))
+        started = lambda: cloud.requests().get("upload_part", 0) >= 1  # noqa: E731
+        await asyncio.to_thread(wait_until, started, what="a part on the wire")
+        restarted = cloud.restarted()
+        await restarted.ensure_dataset(DS)
+        await restarted.aclose()
+        await sending
+
+    cloud.run(restart_while_sending())
+    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    # The crash's leftovers are gone; another project's upload and this process's own are not.
+    assert [(u["Key"], u["UploadId"]) for u in uploads] == [(other["Key"], other["UploadId"])]
+    assert cloud.objects() == {cloud.key(big): (big.size, big.sha256)}
 
 
 def _b64(data: bytes) -> str:
