@@ -930,7 +930,8 @@ class Journal:
             return []
         _, rows = self._write_fetch(
             "UPDATE files SET status = 'uploading', attempts = attempts + 1"  # noqa: S608
-            " WHERE id IN (SELECT value FROM json_each(?)) AND status = 'waiting'"
+            # +status: a lookup by id, not a walk of every waiting file by the status index.
+            " WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'waiting'"
             f" RETURNING {FILE_COLUMNS}",
             (json.dumps(chosen),),
         )
