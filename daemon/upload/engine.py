@@ -140,8 +140,8 @@ class UploadEngine:
             for dataset in journal.datasets()
             if (message := journal.get_memo(dataset.id, PAUSED_MEMO)) is not None
         }
-        # Datasets whose failed files were told (needs_attention), until a file of it is
-        # uploaded or its failed files are retried: one notification, not one per file.
+        # Datasets whose failed files were told (needs_attention), until its failed files
+        # are retried: one notification per dataset, not one per file.
         self._told_failed: set[int] = set()
         self.last_tick = clock.monotonic()  # the watchdog's proof that this loop turns
         self._ensured: set[int] = set()
@@ -212,7 +212,10 @@ class UploadEngine:
             if rows:
                 await asyncio.sleep(0)  # the workers begin them before the next look
                 continue
-            due = self._journal.next_due()
+            # With no worker free, a worker that frees up wakes this loop: no need to look
+            # for when parked files are due. Files the workers hold (a quick retry's wait)
+            # are not what this loop waits for.
+            due = self._journal.next_due(self._claimed) if room > 0 else None
             wait = (
                 IDLE_WAIT_S
                 if due is None
@@ -300,10 +303,22 @@ class UploadEngine:
                     return
                 self._journal.mark_retry(row.id, str(exc), 0)
                 await asyncio.sleep(delay)
+                if not self._still_wanted(row):
+                    return  # cancelled, or moved to the folder's next dataset, meanwhile
                 continue
             self._landed.append(_Landed(row, dataset, item, target, key, attempts))
             self._landing.set()
             return
+
+    def _still_wanted(self, row: FileRow) -> bool:
+        """Whether a file waiting between quick retries is still to go as it was taken."""
+        current = self._journal.find_file(row.id)
+        return (
+            current is not None
+            and current.status == "waiting"
+            and current.dataset_id == row.dataset_id
+            and self._journal.dataset(row.dataset_id).state in ("collecting", "ready")
+        )
 
     async def _settle_landed(self) -> None:
         """Make the files that landed durable, a batch at a time, then record them uploaded.
@@ -357,7 +372,6 @@ class UploadEngine:
     def _uploaded(self, landed: _Landed) -> None:
         """Say that a file recorded as uploaded is; a paused dataset is signed in again."""
         dataset, item = landed.dataset, landed.item
-        self._told_failed.discard(dataset.id)
         message = self._paused.pop(dataset.id, None)
         if message is not None:  # signed in again
             if self._journal.dataset(dataset.id).detail == message:

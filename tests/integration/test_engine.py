@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from daemon.status import render, snapshot
 from daemon.targets.base import DatasetRef, Transfer, UploadItem
 from daemon.targets.memory import MemoryTarget
 from daemon.upload.engine import UploadEngine
+from daemon.upload.retry import Backoff
 
 
 class StallingTarget(MemoryTarget):
@@ -484,3 +486,68 @@ def test_sign_in_needed_clears_once_uploads_resume_after_a_reload(tmp_path: Path
     engine = _refusing_engine(journal, SignInTarget(True))
     asyncio.run(_run_until(engine, journal, ids, {"uploaded"}))
     assert journal.dataset(1).detail is None
+
+
+def test_failures_between_uploads_ask_for_attention_once(tmp_path: Path) -> None:
+    """A card whose every other image is refused sends one notification, not one per image."""
+
+    class EveryOther(RefusingTarget):
+        async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
+            if int(item.key.decode().removeprefix("ds").removesuffix(".jpg")) % 2:
+                raise PermanentTargetError("refused")
+            return await super().upload(dataset, item, transfer)
+
+    target = EveryOther(set())
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    ids = _add_dataset(journal, tmp_path, "ds", 20)
+    attention: list[str] = []
+    engine = _refusing_engine(journal, target, attention, concurrency=1)
+    asyncio.run(_run_until(engine, journal, ids, {"uploaded", "failed"}))
+    assert [journal.file(i).status for i in ids].count("failed") == 10
+    assert len(attention) == 1
+
+
+class _Longest(random.Random):
+    """Full jitter at its longest: every backoff waits its whole ceiling."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_a_file_between_quick_retries_is_not_sent_once_its_dataset_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    target = RefusingTarget(set())
+    target.fail_next.append(TransientTargetError("503"))
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    [first] = _add_dataset(journal, tmp_path, "cancelled", 1)
+    settings = UploadSettings.model_validate(
+        {"concurrency": 1, "backoff_initial_s": 0.5, "backoff_max_s": 0.5}
+    )
+    engine = UploadEngine(
+        journal,
+        {target.name: target},
+        settings,
+        SystemClock(),
+        locate=_locate,
+        source_online=lambda volume: True,
+        on_changed=lambda row: None,
+        backoff=Backoff.from_settings(settings, _Longest()),
+    )
+
+    async def scenario() -> None:
+        task = asyncio.create_task(engine.run())
+        deadline = time.monotonic() + 10
+        await _until(lambda: journal.file(first).last_error == "503", deadline)
+        journal.set_dataset_state(1, "cancelled", "cancelled by the operator")
+        engine.cancel_dataset(1, "cancelled by the operator")
+        # The one worker takes the next dataset's file once it is done with the first.
+        other = _add_dataset(journal, tmp_path, "next", 1)
+        engine.wake()
+        await _until(lambda: journal.file(other[0]).status == "uploaded", deadline)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert ("cancelled", b"cancelled0.jpg") not in target.puts
+    assert journal.file(first).status == "waiting"
