@@ -887,11 +887,6 @@ class Journal:
             (error, file_id),
         )
 
-    def _collecting(self) -> list[int]:
-        """The ids of the datasets whose files may be uploaded (collecting or ready)."""
-        rows = self._rows("SELECT id FROM datasets WHERE state IN ('collecting', 'ready')")
-        return [row[0] for row in rows]
-
     def take_uploads(
         self,
         now: float,
@@ -909,22 +904,20 @@ class Journal:
         failing again and again cannot starve the others.
         """
         busy = busy or {}
-        # Lists go in as one JSON parameter: one statement shape whatever their length, so
-        # SQLite compiles each statement once.
-        skip = json.dumps(list(exclude))
-        candidates: list[tuple[int, float, int]] = []
-        for dataset_id in self._collecting():
-            rows = self._rows(
-                "SELECT id, next_attempt_at FROM files INDEXED BY files_due_dataset"
-                " WHERE dataset_id = ? AND status = 'waiting' AND sha256 IS NOT NULL"
-                " AND next_attempt_at <= ? AND id NOT IN (SELECT value FROM json_each(?))"
-                " ORDER BY next_attempt_at, id LIMIT ?",
-                (dataset_id, now, skip, limit),
-            )
-            start = busy.get(dataset_id, 0)
-            candidates.extend(
-                (start + rank, due, file_id) for rank, (file_id, due) in enumerate(rows)
-            )
+        due_of: dict[int, list[tuple[float, int]]] = {}
+        for dataset_id, file_id, due in self._per_dataset(
+            "SELECT dataset_id, id, next_attempt_at FROM files INDEXED BY files_due_dataset"
+            " WHERE dataset_id = ? AND status = 'waiting' AND sha256 IS NOT NULL"
+            " AND next_attempt_at <= ? AND id NOT IN (SELECT value FROM json_each(?))"
+            " ORDER BY next_attempt_at, id LIMIT ?",
+            (now, json.dumps(list(exclude)), limit),
+        ):
+            due_of.setdefault(dataset_id, []).append((due, file_id))
+        candidates = [
+            (busy.get(dataset_id, 0) + rank, due, file_id)
+            for dataset_id, files in due_of.items()
+            for rank, (due, file_id) in enumerate(sorted(files))
+        ]
         chosen = [file_id for _, _, file_id in sorted(candidates)[:limit]]
         if not chosen:
             return []
@@ -941,19 +934,38 @@ class Journal:
         taken.sort(key=lambda row: order[row.id])
         return taken
 
-    def next_due(self) -> float | None:
-        """When the earliest parked file becomes due again (None: nothing parked)."""
-        earliest: float | None = None
-        for dataset_id in self._collecting():
-            row = self._conn.execute(
+    def next_due(self, exclude: Iterable[int] = ()) -> float | None:
+        """When the earliest parked file not in ``exclude`` is due (None: nothing parked)."""
+        dues = [
+            float(due)
+            for (due,) in self._per_dataset(
                 "SELECT min(next_attempt_at) FROM files INDEXED BY files_due_dataset"
-                " WHERE dataset_id = ? AND status = 'waiting' AND sha256 IS NOT NULL",
-                (dataset_id,),
-            ).fetchone()
-            if row and row[0] is not None:
-                due = float(row[0])
-                earliest = due if earliest is None else min(earliest, due)
-        return earliest
+                " WHERE dataset_id = ? AND status = 'waiting' AND sha256 IS NOT NULL"
+                " AND id NOT IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(exclude)),),
+            )
+            if due is not None
+        ]
+        return min(dues, default=None)
+
+    def _per_dataset(self, select: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """``select`` (its first parameter a dataset id) for each dataset still collecting.
+
+        One statement for all, each dataset's part answered from its own range of the index:
+        one round trip however many datasets are open, and one statement shape per count.
+        """
+        ids = [
+            row[0]
+            for row in self._rows(
+                "SELECT id FROM datasets WHERE state IN ('collecting', 'ready') ORDER BY id"
+            )
+        ]
+        rows: list[tuple[Any, ...]] = []
+        for chunk in _chunks(ids):  # below SQLite's limit on a compound statement
+            # ``select`` is one of this module's constant statements, never input.
+            sql = " UNION ALL ".join([f"SELECT * FROM ({select})"] * len(chunk))  # noqa: S608
+            rows.extend(self._rows(sql, [v for i in chunk for v in (i, *params)]))
+        return rows
 
     def troubles(self) -> dict[int, dict[str, tuple[int, str]]]:
         """Files retrying or failed, by dataset: for each, how many and the latest error.
@@ -963,7 +975,8 @@ class Journal:
         """
         rows = self._rows(
             "SELECT dataset_id, status, count(*), last_error, max(next_attempt_at) FROM files"
-            " WHERE status IN ('waiting', 'failed') AND last_error IS NOT NULL AND attempts > 0"
+            " WHERE status IN ('waiting', 'failed') AND last_error IS NOT NULL"
+            " AND (status = 'failed' OR attempts > 0)"
             " GROUP BY dataset_id, status"
         )
         result: dict[int, dict[str, tuple[int, str]]] = {}

@@ -561,3 +561,10 @@ def test_recording_a_hash_costs_no_more_in_a_big_dataset_than_in_a_small_one(
 
     small, big = steps_to_record(50), steps_to_record(2000)
     assert big <= 2 * small + 2, (small, big)
+
+
+def test_troubles_name_the_reason_of_files_failed_before_any_upload(journal: Journal) -> None:
+    ds = dataset(journal, "m1")
+    unreadable = add(journal, ds, b"m1/a.jpg", "h1")
+    journal.mark_failed(unreadable, "cannot read: Input/output error")  # by the hasher
+    assert journal.troubles() == {ds: {"failed": (1, "cannot read: Input/output error")}}
