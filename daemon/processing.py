@@ -105,7 +105,11 @@ class ProcessingController:
         if dataset.state == "ready" and (pending or busy):
             self._journal.set_dataset_state(dataset.id, "collecting")
             return
-        if pending or busy or not (done or failed):
+        if pending or busy:
+            # Files still arriving or uploading: a start that failed before is not stuck.
+            self._failing_since.pop(dataset.id, None)
+            return
+        if not (done or failed):
             return
         if failed:
             if self._held.get(dataset.id) != failed:
@@ -170,6 +174,7 @@ class ProcessingController:
             # The target starts the dataset afresh: its files are waiting again, and
             # processing follows once they are all uploaded.
             detail = self._journal.dataset(dataset.id).detail or str(exc)
+            self._failing_since.pop(dataset.id, None)  # new uploads first: not stuck
             self._journal.set_dataset_state(
                 dataset.id, "collecting", detail, processing_started_at=None
             )

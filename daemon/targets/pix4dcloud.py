@@ -84,16 +84,18 @@ _CREDENTIALS_MARGIN_S = 300.0
 
 # Statuses of a project that was never started.
 _NEW = {"", "NEW", "CREATED"}
-# A project found by name after a lost reply must be this recent (wall clock, both sides):
-# generous for a box whose clock is off, short enough to pass over last week's project.
-_ADOPT_WINDOW_S = 86400.0
+# A project found by name after a lost reply must have been made this close to one of this
+# dataset's creation requests (the server's clock against the box's). Names repeat (another
+# box, another client, a folder name used again): a project made at another moment is not
+# ours, and a box whose clock is further off makes a new project rather than take another's.
+_ADOPT_SKEW_S = 300.0
 # Pages of the project list read when looking for a project made by a lost request.
 _LIST_PAGES = 50
 
 _PROJECT = "pix4d.project"
 _PREFIX = "pix4d.prefix"
 _STARTED = "pix4d.started"
-# A project creation sent whose reply was not clear: {"name", "at"} (wall clock).
+# Project creations sent whose reply was not clear: {"name", "at": [wall clock, ...]}.
 _CREATING = "pix4d.creating"
 # Keys sent to bulk_register whose reply was not clear (a JSON list).
 _REGISTERING = "pix4d.registering"
@@ -208,8 +210,9 @@ class Pix4DCloudTarget:
                 return int(known)
             name = self.config.project_name.format(dataset=dataset.name, target=self.name)
             attempt = self._state.get_memo(dataset.id, _CREATING)
-            if attempt is not None:
-                found = await self._find_project(name, _attempted_at(attempt))
+            sent = _attempts(attempt) if attempt is not None else []
+            if sent:
+                found = await self._find_project(name, sent)
                 if found is not None:
                     self._state.put_memo(dataset.id, _PROJECT, str(found))
                     self._state.put_memo(dataset.id, _CREATING, None)
@@ -219,7 +222,7 @@ class Pix4DCloudTarget:
                     return found
             # Recorded first: a reply lost from here on leaves a project to find, not to repeat.
             self._state.put_memo(
-                dataset.id, _CREATING, json.dumps({"name": name, "at": time.time()})
+                dataset.id, _CREATING, json.dumps({"name": name, "at": [*sent, time.time()]})
             )
             body = await self._api("POST", "/project/api/v3/projects/", json={"name": name})
             project = body.get("id") if isinstance(body, dict) else None
@@ -230,8 +233,8 @@ class Pix4DCloudTarget:
             log.info("project created", dataset=dataset.name, project=project)
             return project
 
-    async def _find_project(self, name: str, since: float) -> int | None:
-        """A project called ``name``, never started, recent beside ``since``: the lost one.
+    async def _find_project(self, name: str, sent: list[float]) -> int | None:
+        """A project called ``name``, never started, made when one of ``sent`` was: ours.
 
         Of several (more than one reply lost), the newest; the others stay empty and are named
         in the log. The list's query parameters are undocumented: none is sent, and the pages
@@ -246,7 +249,7 @@ class Pix4DCloudTarget:
             body = await self._api("GET", path)
             results, following = (body, None) if isinstance(body, list) else _page(body)
             for entry in results:
-                project = await self._candidate(entry, name, since)
+                project = await self._candidate(entry, name, sent)
                 if project is not None:
                     found.append(project)
             path = None
@@ -261,7 +264,7 @@ class Pix4DCloudTarget:
             log.warning("projects left empty by lost replies", name=name, projects=found[:-1])
         return found[-1]
 
-    async def _candidate(self, entry: Any, name: str, since: float) -> int | None:
+    async def _candidate(self, entry: Any, name: str, sent: list[float]) -> int | None:
         """The id of a listed project that may be the one a lost reply made, else None."""
         if not isinstance(entry, dict) or entry.get("name") != name:
             return None
@@ -269,8 +272,8 @@ class Pix4DCloudTarget:
         if not isinstance(project, int):
             return None
         made = _timestamp(entry.get("create_date"))
-        if made is not None and made < since - _ADOPT_WINDOW_S:
-            return None
+        if made is None or all(abs(made - at) > _ADOPT_SKEW_S for at in sent):
+            return None  # made at another moment (or when, unknown): someone else's
         if "public_status" not in entry:  # a short listing: the project itself says
             entry = await self._api("GET", f"/project/api/v3/projects/{project}/")
         status = str(entry.get("public_status", "")).upper() if isinstance(entry, dict) else "?"
@@ -539,13 +542,14 @@ def _timestamp(value: Any) -> float | None:
         return None
 
 
-def _attempted_at(memo: str) -> float:
-    """When the recorded project creation was sent (0: unknown, any date will do)."""
+def _attempts(memo: str) -> list[float]:
+    """When the recorded project creations were sent (wall clock)."""
     try:
         at = json.loads(memo).get("at")
     except (ValueError, AttributeError):
-        return 0.0
-    return float(at) if isinstance(at, int | float) else 0.0
+        return []
+    values = at if isinstance(at, list) else [at]
+    return [float(v) for v in values if isinstance(v, int | float)]
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -570,7 +570,9 @@ def abort_stale_uploads(s3: S3Client, bucket: str, prefix: str) -> list[str]:
         pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
         for page in pages:
             for upload in page.get("Uploads", []):
-                upload_id, key = str(upload["UploadId"]), str(upload["Key"])
+                upload_id, key = upload.get("UploadId"), upload.get("Key")
+                if not isinstance(upload_id, str) or not isinstance(key, str):
+                    continue  # a listing this cannot read is no reason to stop uploading
                 with _ACTIVE_LOCK:
                     if upload_id in _ACTIVE_UPLOADS:
                         continue

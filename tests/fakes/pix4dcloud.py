@@ -464,6 +464,11 @@ class FakePix4DCloud:
         with self._lock:
             return self._view(self._projects[project_id])
 
+    def backdate(self, project_id: int, seconds: float) -> None:
+        """Make a project look created ``seconds`` earlier (another client's, made before)."""
+        with self._lock:
+            self._projects[project_id].created_at -= seconds
+
     def objects(self, prefix: str = "") -> dict[str, tuple[int, str]]:
         """Objects in the bucket under ``prefix``: key -> (size, sha256 hex), read from moto."""
         s3 = self.moto_s3

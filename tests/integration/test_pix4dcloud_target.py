@@ -186,6 +186,26 @@ def test_a_lost_reply_to_the_project_creation_makes_no_second_project(
     assert box.server.requests["projects"] == 5  # four by the other client, one by the box
 
 
+@pytest.mark.parametrize("lost", ["reset_after", "reset"])
+def test_a_new_project_of_the_same_name_made_by_someone_else_is_never_taken(
+    box: Box, lost: str
+) -> None:
+    """Names repeat: only a project made when this box's request was sent can be its own."""
+    with _api(box.server) as api:
+        other = api.post("/project/api/v3/projects/", json={"name": "mission"}).json()["id"]
+    box.server.backdate(other, 3600)  # another box's, an hour ago, still uploading
+    box.server.api_faults.add(lost, "projects")  # made with its reply lost, or never made
+    with pytest.raises(TransientTargetError):
+        box.run(box.target.ensure_dataset(DS))
+    restarted = box.restarted()
+    box.run(restarted.ensure_dataset(DS))
+    box.run(restarted.aclose())
+    assert box.project_id() != other
+    assert box.server.project(box.project_id()).name == "mission"
+    missions = [p for p in box.server.projects().values() if p.name == "mission"]
+    assert len(missions) == 2  # the other one, untouched, and this dataset's
+
+
 def _start(server: FakePix4DCloud, api: httpx.Client, project: dict[str, Any]) -> None:
     """Process a project of six tiny images, as another client would."""
     keys = [f"{project['s3_base_path']}/IMG_{n}.JPG" for n in range(6)]
