@@ -42,10 +42,23 @@ def _may_match(one: str, other: str) -> bool:
         return fnmatch.fnmatchcase(other, one)
     if not is_glob(one):
         return fnmatch.fnmatchcase(one, other)
-    # Two globs: compare what each fixes before its first glob character.
-    head = min((one.find(ch) for ch in GLOB_CHARS if ch in one), default=len(one))
-    other_head = min((other.find(ch) for ch in GLOB_CHARS if ch in other), default=len(other))
-    return one[:head].startswith(other[:other_head]) or other[:other_head].startswith(one[:head])
+    # Two globs: compare what each fixes before its first glob character, and after its last.
+    head, other_head = _fixed_head(one), _fixed_head(other)
+    tail, other_tail = _fixed_tail(one), _fixed_tail(other)
+    return (head.startswith(other_head) or other_head.startswith(head)) and (
+        tail.endswith(other_tail) or other_tail.endswith(tail)
+    )
+
+
+def _fixed_head(glob: str) -> str:
+    """What a glob fixes before its first glob character."""
+    return glob[: min(glob.find(ch) for ch in GLOB_CHARS if ch in glob)]
+
+
+def _fixed_tail(glob: str) -> str:
+    """What a glob fixes after its last glob character (a ``]`` ends a class)."""
+    last = max(glob.rfind(ch) for ch in (*GLOB_CHARS, "]") if ch in glob)
+    return glob[last + 1 :]
 
 
 def may_contain(outer: tuple[str, ...], inner: tuple[str, ...]) -> bool:

@@ -619,6 +619,7 @@ def test_a_file_error_still_names_the_file_when_the_environment_sets_another_key
         (["inbox", "inbox2"], "archive"),  # a shared prefix of the text is not a parent
         (["inbox"], "inbox-archive"),
         (["cards/a*", "cards/b*"], "archive"),  # globs that cannot match the same folder
+        (["fields/*-north", "fields/*-south"], "archive"),  # nor by what they end with
         (["cards/*"], "archive"),
         (["cards/usb*/DCIM", "cards/backup"], "cards-archive"),
     ],
