@@ -904,15 +904,18 @@ class Journal:
         failing again and again cannot starve the others.
         """
         busy = busy or {}
+        skip = set(exclude)
         due_of: dict[int, list[tuple[float, int]]] = {}
+        # The files left out are few (those the workers hold between two quick retries):
+        # asked for beyond the limit and dropped here, not in each dataset's query.
         for dataset_id, file_id, due in self._per_dataset(
             "SELECT dataset_id, id, next_attempt_at FROM files INDEXED BY files_due_dataset"
             " WHERE dataset_id = ? AND status = 'waiting' AND sha256 IS NOT NULL"
-            " AND next_attempt_at <= ? AND id NOT IN (SELECT value FROM json_each(?))"
-            " ORDER BY next_attempt_at, id LIMIT ?",
-            (now, json.dumps(list(exclude)), limit),
+            " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+            (now, limit + len(skip)),
         ):
-            due_of.setdefault(dataset_id, []).append((due, file_id))
+            if file_id not in skip:
+                due_of.setdefault(dataset_id, []).append((due, file_id))
         candidates = [
             (busy.get(dataset_id, 0) + rank, due, file_id)
             for dataset_id, files in due_of.items()
@@ -936,15 +939,16 @@ class Journal:
 
     def next_due(self, exclude: Iterable[int] = ()) -> float | None:
         """When the earliest parked file not in ``exclude`` is due (None: nothing parked)."""
+        skip = set(exclude)
         dues = [
             float(due)
-            for (due,) in self._per_dataset(
-                "SELECT min(next_attempt_at) FROM files INDEXED BY files_due_dataset"
+            for _, file_id, due in self._per_dataset(
+                "SELECT dataset_id, id, next_attempt_at FROM files INDEXED BY files_due_dataset"
                 " WHERE dataset_id = ? AND status = 'waiting' AND sha256 IS NOT NULL"
-                " AND id NOT IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(exclude)),),
+                " ORDER BY next_attempt_at, id LIMIT ?",
+                (1 + len(skip),),
             )
-            if due is not None
+            if file_id not in skip
         ]
         return min(dues, default=None)
 
