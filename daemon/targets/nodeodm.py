@@ -456,7 +456,8 @@ class NodeODMTarget:
             )
         self._state.put_memo(dataset.id, memo, f"{task} sent")
         if name in ANCILLARY:
-            await asyncio.to_thread(self._note_refs, dataset, name, item)
+            refs = await asyncio.to_thread(_image_names, item)
+            self._state.put_memo(dataset.id, _refs_memo(name), json.dumps(refs))
         return item.key
 
     def _failed(
@@ -483,16 +484,6 @@ class NodeODMTarget:
                     raise
             else:
                 return
-
-    def _note_refs(self, dataset: DatasetRef, name: str, item: UploadItem) -> None:
-        """Remember which image names an ancillary file mentions (checked at commit)."""
-        try:
-            with item.path.open("rb") as f:
-                text = f.read(_MAX_ANCILLARY).decode("utf-8", "replace")
-        except OSError:
-            return  # sent already; the check at commit is a courtesy
-        names = sorted({m.group(0).rpartition("/")[2] for m in _IMAGE_NAME.finditer(text)})
-        self._state.put_memo(dataset.id, _refs_memo(name), json.dumps(names))
 
     def _renamed_refs(self, dataset: DatasetRef) -> str | None:
         """Which ancillary files name an image that reached the node under another name."""
@@ -786,6 +777,16 @@ def _body(
             yield bytes(chunk)
     check.verify()
     yield part.tail
+
+
+def _image_names(item: UploadItem) -> list[str]:
+    """The image names an ancillary file mentions (worker thread; checked at commit)."""
+    try:
+        with item.path.open("rb") as f:
+            text = f.read(_MAX_ANCILLARY).decode("utf-8", "replace")
+    except OSError:
+        return []  # sent already; the check at commit is a courtesy
+    return sorted({m.group(0).rpartition("/")[2] for m in _IMAGE_NAME.finditer(text)})
 
 
 def _short(exc: BaseException) -> str:
