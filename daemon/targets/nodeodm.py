@@ -80,6 +80,7 @@ _TASK = "nodeodm.task"  # the current task uuid (chosen before init)
 _READY = "nodeodm.ready"  # the uuid once /task/new/init accepted it
 _TAINT = "nodeodm.taint"  # "<uuid> <reason>": that task may hold a bad copy
 _COMMITTED = "nodeodm.committed"  # the uuid once committed
+_COMMIT_SENT = "nodeodm.commit_sent"  # the uuid once a commit was sent for it
 _RESETS = "nodeodm.resets"  # how many times the dataset's task was replaced after a fault
 _NEXT_REPLACE = "nodeodm.next_replace"  # wall-clock time before which no replacement is made
 _EXHAUSTED = "nodeodm.exhausted"  # the message once the replacement budget is spent
@@ -566,6 +567,8 @@ class NodeODMTarget:
             self._start_over(dataset, f"{len(missing)} uploaded file(s) are not in task {task}")
             raise DatasetResetError("the task was incomplete; the images are sent again")
         route = f"POST /task/new/commit/{task}"
+        sent_before = self._state.get_memo(dataset.id, _COMMIT_SENT) == task
+        self._state.put_memo(dataset.id, _COMMIT_SENT, task)
         try:
             await self._call("POST", f"/task/new/commit/{task}")
         except TransientTargetError:
@@ -574,13 +577,19 @@ class NodeODMTarget:
                 raise
         except _RefusedError as exc:
             if not await self._known(task):
-                if "not found" in str(exc).lower():
+                if "not found" in str(exc).lower() and sent_before:
+                    # An earlier commit whose reply was lost used the task's upload area
+                    # (handleCommit deletes body.json first): the task is committed, and
+                    # polling finds it, or reports it lost after a while.
+                    log.info("an earlier commit arrived", dataset=dataset.name, task=task)
+                elif "not found" in str(exc).lower():
                     # The node lost the uncommitted task (restarted, or two days passed).
                     self._start_over(dataset, f"the node no longer knows task {task}")
                     raise DatasetResetError(
                         "a new task is made; the images are sent again"
                     ) from exc
-                raise TransientTargetError(f"{route}: {exc}") from exc
+                else:
+                    raise TransientTargetError(f"{route}: {exc}") from exc
         self._state.put_memo(dataset.id, _COMMITTED, task)
         for key in (_RESETS, _NEXT_REPLACE):  # a fresh budget for a task made later
             self._state.put_memo(dataset.id, key, None)

@@ -307,3 +307,30 @@ def test_a_task_failed_without_a_message_shows_the_end_of_its_output(
     status = wait_until(failed, what="the task failed")
     assert "its output ends" in status.detail
     assert "The program exited with a non-zero status" in status.detail
+
+
+def test_a_commit_whose_reply_was_lost_is_never_followed_by_a_second_task(
+    node: FakeNodeODM, tmp_path: Path
+) -> None:
+    state = MemoryState()
+    target = _target(node, state)
+    keys = [b"A.JPG", b"B.JPG"]
+    for key in keys:
+        _send(target, _item(tmp_path, key.decode()))
+    task = target.current_task(DS)
+    # The commit is acted on but its reply lost, and the node's info is refused twice, so
+    # the task cannot be seen committed; the next commit is answered "not found".
+    node.faults.add("cut_after_body", "commit")
+    node.faults.add("error200", "info", times=2)
+    with pytest.raises(TransientTargetError):
+        asyncio.run(target.start_processing(DS, keys))
+    handle = asyncio.run(target.start_processing(DS, keys))
+    assert handle == task
+    assert state.requeued == {}
+    committed = [t for t in node.tasks().values() if t.committed]
+    assert [t.uuid for t in committed] == [task]
+    status = wait_until(
+        lambda: (s := asyncio.run(target.processing_status(DS, handle))).state == "done" and s,
+        what="the one task processed",
+    )
+    assert status.state == "done"
