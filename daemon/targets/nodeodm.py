@@ -441,7 +441,8 @@ class NodeODMTarget:
         try:
             await asyncio.to_thread(self._send_again, task, name, item, transfer, started)
         except BaseException as exc:
-            self._failed(dataset, task, name, exc, sent_any=started.is_set())
+            if not self._failed(dataset, task, name, exc, sent_any=started.is_set()):
+                self._task_bytes[task] -= item.size  # nothing of it is on the node
             if isinstance(exc, httpx.TransportError):
                 raise transport_error(f"POST /task/new/upload/{task}", exc) from exc
             if isinstance(exc, _RefusedError):
@@ -463,15 +464,20 @@ class NodeODMTarget:
 
     def _failed(
         self, dataset: DatasetRef, task: str, name: str, exc: BaseException, *, sent_any: bool
-    ) -> None:
-        """After a failed upload: forget it when nothing was stored, else taint the task."""
-        if _nothing_stored(exc) or not sent_any or never_sent(exc):
-            self._state.put_memo(dataset.id, _file_memo(name), None)
-        else:
+    ) -> bool:
+        """After a failed upload: forget it when nothing was stored, else taint the task.
+
+        Returns whether the node may hold part of the file.
+        """
+        stored = not (_nothing_stored(exc) or not sent_any or never_sent(exc))
+        if stored:
             self._taint(dataset, task, f"upload of {name} interrupted: {_short(exc)}")
+        else:
+            self._state.put_memo(dataset.id, _file_memo(name), None)
         if isinstance(exc, _RefusedError) and "not found" in str(exc).lower():
             # The node lost the task (restarted, or two days passed): start over.
             self._taint(dataset, task, f"the node no longer knows task {task}")
+        return stored
 
     def _send_again(
         self, task: str, name: str, item: UploadItem, transfer: Transfer, started: threading.Event
