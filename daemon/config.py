@@ -218,8 +218,8 @@ class NodeODMTargetConfig(_Model):
         5,
         ge=0,
         le=100,
-        description="Tasks made anew for a dataset after uploads broke off (waits doubling from"
-        " 5 s) before its files fail and need `dronesync retry`.",
+        description="Tasks made anew for a dataset after uploads broke off (after two, waits"
+        " doubling from 5 s) before its files fail and need `dronesync retry`.",
     )
     download_dir: Path | None = Field(
         None,

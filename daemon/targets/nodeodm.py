@@ -87,7 +87,9 @@ _EXHAUSTED = "nodeodm.exhausted"  # the message once the replacement budget is s
 _WARNING = "nodeodm.warning"  # an ancillary file names a renamed image
 _GAVE_UP = "gave-up"  # a file's memo: it failed because the budget was spent
 
-# The wait before a replacement doubles from this, up to the cap.
+# The first replacements are made at once (a file waiting for one spends attempts); the wait
+# before each later one doubles from the base, up to the cap.
+_FREE_REPLACEMENTS = 2
 _REPLACE_BASE_S = 5.0
 _REPLACE_MAX_S = 600.0
 # A request the node dropped before reading it is sent again at once, this many times.
@@ -276,8 +278,9 @@ class NodeODMTarget:
                 retry_after=due - now,
             )
         self._state.put_memo(dataset.id, _RESETS, str(count + 1))
-        wait = min(_REPLACE_MAX_S, _REPLACE_BASE_S * 2**count)
-        self._state.put_memo(dataset.id, _NEXT_REPLACE, repr(now + wait))
+        if count + 1 >= _FREE_REPLACEMENTS:
+            wait = min(_REPLACE_MAX_S, _REPLACE_BASE_S * 2 ** (count + 1 - _FREE_REPLACEMENTS))
+            self._state.put_memo(dataset.id, _NEXT_REPLACE, repr(now + wait))
         self._start_over(dataset, f"task replaced {count + 1} times: {reason}")
 
     def _start_over(self, dataset: DatasetRef, reason: str) -> None:
