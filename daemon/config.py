@@ -17,7 +17,14 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -32,6 +39,8 @@ from daemon.secrets import secret_finding, secret_path
 
 DEFAULT_CONFIG_PATH = Path("/etc/dronesync/dronesync.toml")
 IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.dng"]
+# Files ODM reads beside the images: a source feeding a nodeodm target takes them by default.
+ODM_ANCILLARY = ["gcp_list.txt", "geo.txt", "image_groups.txt"]
 DAY_S = 86_400.0
 ENV_PREFIX = "DRONESYNC_"
 
@@ -215,6 +224,13 @@ class NodeODMTargetConfig(_Model):
     timeout_s: float = Field(
         60.0, gt=0, le=3600, description="Connect and reply timeout of each request."
     )
+    max_task_replacements: int = Field(
+        5,
+        ge=0,
+        le=100,
+        description="Tasks made anew for a dataset after uploads broke off (after two, waits"
+        " doubling from 5 s) before its files fail and need `dronesync retry`.",
+    )
     download_dir: Path | None = Field(
         None,
         description="Save the task's all.zip here as DATASET.zip when processing ends.",
@@ -395,7 +411,8 @@ class SourceConfig(_Model):
     include: list[str] = Field(
         default_factory=lambda: list(IMAGE_PATTERNS),
         description="Files to take (globs, case-insensitive; a pattern with / matches the path"
-        " inside the dataset folder).",
+        " inside the dataset folder). Unset for a nodeodm target: ODM's gcp_list.txt, geo.txt"
+        " and image_groups.txt too.",
     )
     exclude: list[str] = Field(
         default_factory=list,
@@ -469,6 +486,20 @@ class Settings(BaseSettings):
     sources: list[SourceConfig] = Field(default_factory=list)
 
     _state_dir_ok = field_validator("state_dir", mode="before")(_not_blank)
+
+    @model_validator(mode="after")
+    def _odm_ancillary(self) -> Settings:
+        """A source feeding a NodeODM node takes ODM's ancillary files unless told otherwise."""
+
+        def taken(source: SourceConfig) -> SourceConfig:
+            target = self.targets.get(source.target)
+            if isinstance(target, NodeODMTargetConfig) and "include" not in source.model_fields_set:
+                return source.model_copy(update={"include": [*source.include, *ODM_ANCILLARY]})
+            return source
+
+        # Frozen: set once, while validating.
+        object.__setattr__(self, "sources", [taken(source) for source in self.sources])
+        return self
 
     @classmethod
     def settings_customise_sources(

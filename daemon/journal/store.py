@@ -1154,6 +1154,15 @@ class Journal:
             self.set_dataset_detail(dataset_id, f"{reason}; {count} file(s) are sent again")
         return count
 
+    def file_count(self, dataset_id: int) -> int:
+        """How many files the dataset has to send: every one but duplicates and skipped ones."""
+        row = self._conn.execute(
+            "SELECT count(*) FROM files WHERE dataset_id = ?"
+            " AND status NOT IN ('duplicate', 'skipped')",
+            (dataset_id,),
+        ).fetchone()
+        return int(row[0])
+
     # -- spool ---------------------------------------------------------------------------------
 
     def set_spool(self, file_id: int, path: bytes | None) -> None:

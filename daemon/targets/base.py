@@ -68,6 +68,9 @@ class TargetState(Protocol):
     def requeue_uploaded(self, dataset_id: int, reason: str) -> int:
         """The target lost the dataset: its uploaded files are sent again. Returns how many."""
 
+    def file_count(self, dataset_id: int) -> int:
+        """How many files the dataset has to send (duplicates and skipped ones left out)."""
+
 
 class MemoryState:
     """A TargetState in memory, for targets used outside the daemon (tests, benchmarks)."""
@@ -75,6 +78,7 @@ class MemoryState:
     def __init__(self) -> None:
         self._values: dict[tuple[int, str], str] = {}
         self.requeued: dict[int, int] = {}
+        self.files: dict[int, int] = {}  # file_count's answers, set by tests
 
     def get_memo(self, dataset_id: int, key: str) -> str | None:
         """The stored value, or None."""
@@ -100,6 +104,10 @@ class MemoryState:
         del reason
         self.requeued[dataset_id] = self.requeued.get(dataset_id, 0) + 1
         return 0
+
+    def file_count(self, dataset_id: int) -> int:
+        """The count a test set in :attr:`files` (0 without one)."""
+        return self.files.get(dataset_id, 0)
 
 
 class Throttle(Protocol):

@@ -38,7 +38,7 @@ from daemon.targets.base import (
 )
 from daemon.targets.directory import DirectoryTarget
 from daemon.targets.memory import MemoryTarget
-from daemon.targets.nodeodm import NodeODMTarget, node_name
+from daemon.targets.nodeodm import NodeODMTarget
 from daemon.targets.pix4dcloud import Pix4DCloudTarget, s3_key
 from tests.fakes.nodeodm import FakeNodeODM
 from tests.fakes.pix4dcloud import FakePix4DCloud
@@ -146,7 +146,7 @@ def stored(target: Target, key: bytes) -> bytes:
     if isinstance(target, MemoryTarget):
         return target.objects[(DS.name, key)]
     if isinstance(target, NodeODMTarget):
-        return _node_files(target)[node_name(key)].read_bytes()
+        return _node_files(target)[target.name_of(DS, key)].read_bytes()
     if isinstance(target, Pix4DCloudTarget):
         cloud = CLOUDS[id(target)]
         project = target.project_id(DS)

@@ -22,6 +22,21 @@ and above all with the same pitfalls:
   finished or failed task reports progress 100;
 * idle keep-alive connections are closed after 5 s, like Node's HTTP server.
 
+What a real node (2.2.4, ``--test`` mode) was seen doing has switches of its own, named after
+the node's: ``drop_uploads`` (``--test_drop_uploads``: ``preUpload`` in ``libs/taskNew.js``
+answers about half the uploads ``res.sendStatus(500)`` before multer reads the body; nothing is
+stored), ``max_images`` (``--max_images``: reported as ``maxImages`` by ``GET /info``, null
+without a limit; a larger task fails only after commit) and ``fail_message=""`` with
+``fail_processing`` (``--test_fail_tasks``: the task fails with an empty ``errorMessage``, its
+output lines readable with ``GET /task/{uuid}/output?line=-N``, ``Task.getOutput`` slicing). How
+Node's server ends a request whose body nobody read is not documented: ``drop_style`` answers
+both ways a client may meet, ``"keepalive"`` (the body read and dropped after the answer, as
+Node's ``req._dump()``) and ``"close"`` (``Connection: close``, the body drained, then closed).
+``/task/remove`` knows committed tasks only (``TaskManager.remove``): for a task never
+committed it answers ``{"success": false, "error": "<uuid> not found"}`` and ``tmp/<uuid>``
+stays, as on the real node, until its hourly sweep (``removeStaleUploads``,
+``cleanup_uploads_after``), which is not simulated.
+
 Processing is simulated with configurable durations; the ``all.zip`` asset is a small real zip.
 Faults (HTTP 500, ``{"error"}``, a connection cut mid-body or after the body, a stall, an HTML
 page) can be injected per route, counted, and drawn at random for soak tests. Inspection
@@ -747,6 +762,9 @@ class FakeNodeODM:
         fail_message: str = "Cannot process dataset",
         max_images: int | None = None,
         max_parallel: int = 2,
+        drop_uploads: float = 0.0,
+        drop_style: str = "keepalive",
+        drop_seed: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         keepalive_s: float = 5.0,
@@ -770,6 +788,12 @@ class FakeNodeODM:
         self.fail_message = fail_message
         self.max_images = max_images
         self.max_parallel = max_parallel
+        if drop_style not in {"keepalive", "close"}:
+            raise ValueError("drop_style is 'keepalive' or 'close'")
+        self.drop_uploads = drop_uploads  # the share of uploads answered 500 unread
+        self.drop_style = drop_style
+        self._drops = random.Random(drop_seed)
+        self.dropped = 0
         self.keepalive_s = keepalive_s
         self.io_timeout_s = io_timeout_s
         self.webhook_retry_s = webhook_retry_s
@@ -944,6 +968,22 @@ class FakeNodeODM:
         """Count one request on ``route`` (see :attr:`requests`)."""
         with self._lock:
             self._requests[route] += 1
+
+    def drops(self, req: _Request) -> bool:
+        """Whether this upload is dropped (``--test_drop_uploads``): after the token and uuid
+        checks, before the body is read."""
+        if req.route != "upload" or not self.drop_uploads:
+            return False
+        if self._check_token(req) is not None:
+            return False
+        with self._lock:
+            record = self._records.get(req.params["uuid"])
+            if record is None or record.body is None:
+                return False  # getUUID answers first
+            if self._drops.random() >= self.drop_uploads:
+                return False
+            self.dropped += 1
+            return True
 
     def _h_node_info(self, req: _Request) -> _Reply:
         with self._lock:
@@ -1661,6 +1701,13 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
         )
         node.count(route)
+        if node.drops(req):
+            # Express's res.sendStatus(500): the answer goes before the body is read.
+            self.close_connection = node.drop_style == "close"
+            self._send(_Reply(500, b"Internal Server Error", "text/plain; charset=utf-8"))
+            with contextlib.suppress(OSError, TimeoutError):
+                body.drain()
+            return
         fault = node.faults.take(route)
         if fault is not None and fault.kind == "error200_early":
             # As a proxy in front of a node may do: refuse at once, unread body and all.
@@ -1787,6 +1834,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--fail-processing", action="store_true")
     parser.add_argument(
+        "--test-drop-uploads",
+        action="store_true",
+        help="answer about half the uploads HTTP 500 before reading them, as the real node's"
+        " --test_drop_uploads",
+    )
+    parser.add_argument(
+        "--test-fail-tasks",
+        action="store_true",
+        help="fail every task with an empty errorMessage, as the real node's --test_fail_tasks",
+    )
+    parser.add_argument(
         "--no-digest",
         dest="digest",
         action="store_false",
@@ -1801,8 +1859,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.queued_s,
         args.running_s,
         args.min_images,
-        args.fail_processing,
+        args.fail_processing or args.test_fail_tasks,
+        fail_message="" if args.test_fail_tasks else "Cannot process dataset",
         max_images=args.max_images,
+        drop_uploads=0.5 if args.test_drop_uploads else 0.0,
         host=args.host,
         port=args.port,
         digest=args.digest,

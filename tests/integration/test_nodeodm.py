@@ -8,6 +8,7 @@ is committed once per dataset; and the datasets end ``processed``.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import signal
 import zipfile
@@ -177,4 +178,75 @@ def test_a_task_failed_on_the_node_shows_its_message_and_process_starts_a_new_on
     assert sorted(t.status_code or 0 for t in tasks) == [30, 40]
     done = next(t for t in tasks if t.status_code == 40)
     assert sorted(f.sha256 for f in done.files.values()) == sorted(expected)
+    assert box.stop(proc) == 0
+
+
+def test_half_the_uploads_dropped_by_the_node_still_end_with_each_image_once_in_one_task(
+    box: Box, node: FakeNodeODM, tmp_path: Path
+) -> None:
+    node.drop_uploads = 0.5  # as a real node's --test_drop_uploads
+    _configure(box, node, tmp_path)
+    staging = box.root / "staging"
+    rng = random.Random(5)
+    expected: dict[str, str] = {}
+    for n in range(100):
+        path = staging / "DCIM" / f"{100 + n // 50}MEDIA" / f"DJI_{n:04d}.JPG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = rng.randbytes(rng.randint(2_000, 6_000))
+        path.write_bytes(data)
+        expected[hashlib.sha256(data).hexdigest()] = path.name
+    gcp = b"EPSG:4326\n-91.9 46.8 198.1 1420.0 2840.5 DJI_0001.JPG\n"
+    (staging / "gcp_list.txt").write_bytes(gcp)
+    expected[hashlib.sha256(gcp).hexdigest()] = "gcp_list.txt"
+    proc = box.start()
+    staging.rename(box.inbox / "field-e")
+    wait_until(
+        lambda: box.datasets().get("field-e", {}).get("state") == "processed",
+        timeout=120,
+        what="the dataset processed",
+    )
+    _assert_exactly_once(node, "field-e", expected)
+    task = _committed(node, "field-e")[0]
+    # No image was renamed (no two share a name), and ODM's ground control points went along.
+    assert sorted(task.files) == sorted(expected.values())
+    assert node.dropped >= 20
+    # Every refusal was sent again into the one task: none was made anew.
+    made = [t for t in node.tasks().values() if t.name == "field-e"]
+    assert len(made) == 1, [(t.upload_calls, len(t.files), t.committed) for t in made]
+    assert "new task for the dataset" not in box.log()
+    assert box.stop(proc) == 0
+
+
+def test_a_wrong_token_keeps_files_waiting_until_it_is_fixed_and_the_service_reloaded(
+    box: Box, node: FakeNodeODM, tmp_path: Path
+) -> None:
+    _configure(box, node, tmp_path)
+    token = tmp_path / "node.token"
+    token.write_text("not-the-node-token\n")
+    (box.root / "staging").mkdir()
+    expected = _card(box.root / "staging", 6, nested=0, flat=4)
+    proc = box.start()
+    (box.root / "staging").rename(box.inbox / "field-f")
+    paused = wait_until(
+        lambda: (
+            (d := box.datasets().get("field-f", {})).get("files", {}).get("waiting") == 4
+            and "token" in (d.get("detail") or "")
+            and d
+        ),
+        what="the dataset paused on the token",
+    )
+    assert "reload" in paused["detail"]
+    files = box.status("field-f", files=True)["datasets"][0]["file_list"]
+    assert {f["status"] for f in files} == {"waiting"}
+    assert all(f["attempts"] <= 1 for f in files), files
+    assert "not-the-node-token" not in box.log()
+    assert "not-the-node-token" not in json.dumps(box.status("field-f", files=True))
+    token.write_text("node-token\n")
+    proc.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: box.datasets().get("field-f", {}).get("state") == "processed",
+        timeout=90,
+        what="uploads resumed and the dataset processed",
+    )
+    _assert_exactly_once(node, "field-f", expected)
     assert box.stop(proc) == 0

@@ -35,8 +35,9 @@ CI_RUN = SoakOptions(
     big=1,
     rate=0.3,
     # Enough ambiguous uploads that a NodeODM task is usually replaced at least once, few
-    # enough that a 28-image task goes through between two of them after a handful of tries.
-    ambiguous_rate=0.03,
+    # enough that a 28-image task goes through between two of them after a handful of tries,
+    # replacements waiting 5 s, 10 s... after the first.
+    ambiguous_rate=0.02,
     # The daemon waits 5 s, then 10, 20... after a failed processing start: at 30 % there a
     # run's length is a lottery; the long soak keeps 30 % everywhere.
     processing_rate=0.1,

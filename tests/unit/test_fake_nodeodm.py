@@ -433,3 +433,76 @@ def test_runs_by_hand(tmp_path):
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=10) == 0
+
+
+# -- what a real node (2.2.4, --test mode) was seen doing ---------------------------------------
+
+
+@pytest.mark.parametrize("style", ["keepalive", "close"])
+def test_dropped_uploads_are_answered_500_before_the_body_is_read(tmp_path, style):
+    with FakeNodeODM(tmp_path, drop_uploads=1.0, drop_style=style) as server:
+        with httpx.Client(base_url=server.url, timeout=5) as c:
+            uuid = init(c)["uuid"]
+        # Headers announcing a body that is never sent: the answer comes all the same.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(
+                f"POST /task/new/upload/{uuid} HTTP/1.1\r\nHost: x\r\n"
+                "Content-Type: multipart/form-data; boundary=b\r\n"
+                "Content-Length: 100000\r\n\r\n".encode()
+            )
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 500 ")
+        assert (b"Connection: close" in answer) == (style == "close")
+        # A whole upload dropped stores nothing; the task takes the file once it gets through.
+        with httpx.Client(base_url=server.url, timeout=5) as c:
+            response = c.post(
+                f"/task/new/upload/{uuid}", files=[("images", ("DJI_0001.JPG", b"x" * 5000))]
+            )
+            assert response.status_code == 500
+            assert server.tasks()[uuid].files == {}
+            server.drop_uploads = 0.0
+            assert upload(c, uuid, ("DJI_0001.JPG", b"x" * 5000)) == {"success": True}
+        assert list(server.tasks()[uuid].files) == ["DJI_0001.JPG"]
+        assert server.dropped == 2
+
+
+def test_about_half_the_uploads_drop_and_other_routes_never(tmp_path):
+    with FakeNodeODM(tmp_path, drop_uploads=0.5, drop_seed=7) as server:
+        with httpx.Client(base_url=server.url, timeout=5) as c:
+            uuid = init(c)["uuid"]
+            codes = [
+                c.post(
+                    f"/task/new/upload/{uuid}", files=[("images", (f"{n}.JPG", b"y"))]
+                ).status_code
+                for n in range(200)
+            ]
+            assert c.get("/info").status_code == 200
+        assert 70 < codes.count(500) < 130
+        assert len(server.tasks()[uuid].files) == codes.count(200)
+
+
+def test_removing_a_task_never_committed_is_not_found_and_its_uploads_stay(node, client):
+    uuid = init(client)["uuid"]
+    upload(client, uuid, ("a.JPG", b"a" * 1000))
+    answer = client.post("/task/remove", data={"uuid": uuid}).json()
+    assert answer == {"success": False, "error": f"{uuid} not found"}
+    assert (node.root / "tmp" / uuid / "a.JPG").stat().st_size == 1000
+
+
+def test_info_reports_max_images_or_null(node, client):
+    assert client.get("/info").json()["maxImages"] is None
+    node.max_images = 3
+    assert client.get("/info").json()["maxImages"] == 3
+
+
+def test_test_fail_tasks_gives_an_empty_message_and_output_lines(node, client):
+    node.fail_processing = True
+    node.fail_message = ""
+    uuid = init(client)["uuid"]
+    upload(client, uuid, ("a.JPG", b"a"), ("b.JPG", b"b"))
+    client.post(f"/task/new/commit/{uuid}")
+    failed = wait_code(client, uuid, 30)
+    assert failed["status"]["errorMessage"] == ""
+    last = client.get(f"/task/{uuid}/output", params={"line": "-2"}).json()
+    assert len(last) == 2
+    assert last[-1] == "[ERROR]   The program exited with a non-zero status"
