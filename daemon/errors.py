@@ -13,6 +13,7 @@
     └── TargetError                 1: a target refused or failed an operation
         ├── TransientTargetError       worth retrying (network, timeouts, 408/429/5xx)
         │   ├── DatasetResetError          the target dropped the dataset: send it all again
+        │   ├── TargetWaitError            the dataset's files wait a while, costing no attempt
         │   └── TargetPausedError          nothing can go until the operator acts (sign-in)
         └── PermanentTargetError       retrying will not help (other 4xx, bad config)
 
@@ -94,6 +95,14 @@ class DatasetResetError(TransientTargetError):
     Raised when an upload ended ambiguously on a target that cannot tell what it holds: the
     only safe recovery is an empty remote container. Every file of the dataset already
     uploaded goes back to waiting and is sent again; nothing is lost or stored twice.
+    """
+
+
+class TargetWaitError(TransientTargetError):
+    """The target asks the dataset's files to wait ``retry_after`` seconds; not their fault.
+
+    Raised before anything is sent (a NodeODM task replacement backing off, say): the file is
+    parked for that long without using up an attempt.
     """
 
 

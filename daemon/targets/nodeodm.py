@@ -60,6 +60,7 @@ from daemon.errors import (
     PermanentTargetError,
     TargetError,
     TargetPausedError,
+    TargetWaitError,
     TransientTargetError,
 )
 from daemon.hashing import CHUNK, open_regular
@@ -273,7 +274,7 @@ class NodeODMTarget:
         now = self._clock()
         due = float(self._state.get_memo(dataset.id, _NEXT_REPLACE) or 0)
         if now < due:
-            raise TransientTargetError(
+            raise TargetWaitError(
                 f"task replaced {count} times: {reason}; the next in {due - now:.0f} s",
                 retry_after=due - now,
             )

@@ -37,6 +37,7 @@ from daemon.errors import (
     SourceError,
     TargetError,
     TargetPausedError,
+    TargetWaitError,
     TransientTargetError,
 )
 from daemon.journal import DatasetRow, FileRow, Journal
@@ -288,7 +289,13 @@ class UploadEngine:
             except asyncio.CancelledError:
                 self._journal.release(row.id)
                 raise
-            except (SourceError, PermanentTargetError, TargetPausedError, _CancelledError) as exc:
+            except (
+                SourceError,
+                PermanentTargetError,
+                TargetPausedError,
+                TargetWaitError,
+                _CancelledError,
+            ) as exc:
                 self._settle(row, dataset, item, exc, attempts)
                 return
             except TargetError as exc:
@@ -434,6 +441,11 @@ class UploadEngine:
             self._source_failed(row, dataset, item, exc, attempts)
         elif isinstance(exc, PermanentTargetError):
             self._fail(row, dataset, item, str(exc), attempts)
+        elif isinstance(exc, TargetWaitError):
+            # The target holds the dataset back a while (nothing was sent): no attempt spent.
+            self._journal.release(row.id)
+            wait = max(exc.retry_after or 0.0, 1.0)
+            self._journal.mark_retry(row.id, str(exc), self._clock.time() + wait)
         elif isinstance(exc, TargetPausedError):
             # Nothing can go until the operator acts: wait without using up attempts.
             self._journal.release(row.id)

@@ -12,7 +12,12 @@ from pathlib import Path
 
 from daemon.clock import SystemClock
 from daemon.config import UploadSettings
-from daemon.errors import PermanentTargetError, TargetPausedError, TransientTargetError
+from daemon.errors import (
+    PermanentTargetError,
+    TargetPausedError,
+    TargetWaitError,
+    TransientTargetError,
+)
 from daemon.journal import FileRow, Journal
 from daemon.status import render, snapshot
 from daemon.targets.base import DatasetRef, Transfer, UploadItem
@@ -362,7 +367,11 @@ def _add_dataset(journal: Journal, tmp_path: Path, name: str, count: int) -> lis
 
 
 def _refusing_engine(
-    journal: Journal, target: MemoryTarget, attention: list[str] | None = None, **settings: float
+    journal: Journal,
+    target: MemoryTarget,
+    attention: list[str] | None = None,
+    clock: SystemClock | None = None,
+    **settings: float,
 ) -> UploadEngine:
     config = UploadSettings.model_validate(settings)
     sink = attention if attention is not None else []
@@ -370,7 +379,7 @@ def _refusing_engine(
         journal,
         {target.name: target},
         config,
-        SystemClock(),
+        clock or SystemClock(),
         locate=_locate,
         source_online=lambda volume: True,
         on_changed=lambda row: None,
@@ -551,3 +560,26 @@ def test_a_file_between_quick_retries_is_not_sent_once_its_dataset_is_cancelled(
     asyncio.run(scenario())
     assert ("cancelled", b"cancelled0.jpg") not in target.puts
     assert journal.file(first).status == "waiting"
+
+
+def test_a_wait_the_target_asks_for_costs_no_attempt(tmp_path: Path) -> None:
+    """A NodeODM task replacement backing off holds the files, not their attempts."""
+
+    class Hurried(SystemClock):
+        """Wall-clock time that moves two seconds on at each look: every wait ends at once."""
+
+        def __init__(self) -> None:
+            self.ahead = 0.0
+
+        def time(self) -> float:
+            self.ahead += 2.0
+            return super().time() + self.ahead
+
+    target = RefusingTarget(set())
+    target.fail_next.extend([TargetWaitError("task replaced 3 times: the next in 1 s")] * 12)
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    ids = _add_dataset(journal, tmp_path, "ds", 1)
+    engine = _refusing_engine(journal, target, clock=Hurried(), attempts=3)
+    asyncio.run(_run_until(engine, journal, ids, {"uploaded"}))
+    assert journal.file(ids[0]).attempts == 1
+    assert not target.fail_next  # all twelve waits were met, and none failed the file
