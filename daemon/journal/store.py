@@ -1155,11 +1155,17 @@ class Journal:
         return count
 
     def file_count(self, dataset_id: int) -> int:
-        """How many files the dataset has to send: every one but duplicates and skipped ones."""
+        """How many files the dataset sends, at least: hashed, not duplicate, skipped or failed.
+
+        A file not hashed yet may still turn out to be a duplicate: it is not counted. Both
+        counts come from indexes alone.
+        """
         row = self._conn.execute(
-            "SELECT count(*) FROM files WHERE dataset_id = ?"
-            " AND status NOT IN ('duplicate', 'skipped')",
-            (dataset_id,),
+            "SELECT (SELECT count(*) FROM files INDEXED BY files_counts WHERE dataset_id = ?"
+            "        AND status IN ('waiting', 'uploading', 'uploaded'))"
+            " - (SELECT count(*) FROM files INDEXED BY files_unhashed WHERE dataset_id = ?"
+            "    AND status = 'waiting' AND sha256 IS NULL)",
+            (dataset_id, dataset_id),
         ).fetchone()
         return int(row[0])
 

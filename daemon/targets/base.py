@@ -69,7 +69,7 @@ class TargetState(Protocol):
         """The target lost the dataset: its uploaded files are sent again. Returns how many."""
 
     def file_count(self, dataset_id: int) -> int:
-        """How many files the dataset has to send (duplicates and skipped ones left out)."""
+        """How many files the dataset sends, at least (hashed; no duplicate, skipped, failed)."""
 
 
 class MemoryState:

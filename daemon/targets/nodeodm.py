@@ -71,6 +71,8 @@ from daemon.targets.http import json_body, never_sent, status_error, transport_e
 log = structlog.get_logger("dronesync.nodeodm")
 
 _SAFE = re.compile(rb"[^A-Za-z0-9._-]")
+# Terminal colour sequences and other control characters in a task's output lines.
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x1f\x7f]")
 _MAX_PLAIN_NAME = 150
 # Polls that may find the task unknown right after commit (the node is still moving the
 # uploaded files into place) before the task counts as lost.
@@ -144,7 +146,23 @@ def _refs_memo(name: str) -> str:
 
 
 class _RefusedError(TargetError):
-    """The node answered ``{"error": ...}``: the request was refused, nothing was stored."""
+    """The node answered ``{"error": ...}``: the request was refused.
+
+    ``unread``: the node said it before its upload handler read the body, so nothing of the
+    file was stored. Its error handler answers every other error the same way, some of them
+    after a part of the file was written (a full disk while multer writes it, say).
+    """
+
+    def __init__(self, message: str, *, unread: bool = True) -> None:
+        super().__init__(message)
+        self.unread = unread
+
+
+# What NodeODM answers on the upload route before the body is read or stored (preUpload and
+# the upload handler in libs/taskNew.js): an unknown or missing uuid, no file in the request.
+_UNREAD_REFUSALS = ("invalid uuid", "not found", "need at least 1 file")
+# Express's res.sendStatus(500): the one HTTP 500 the node's upload route answers by itself.
+_EXPRESS_500 = b"Internal Server Error"
 
 
 class _DroppedError(TransientTargetError):
@@ -157,7 +175,9 @@ class _DroppedError(TransientTargetError):
 
 
 def _nothing_stored(exc: BaseException) -> bool:
-    return isinstance(exc, _RefusedError | _DroppedError | TargetPausedError)
+    if isinstance(exc, _RefusedError):
+        return exc.unread
+    return isinstance(exc, _DroppedError | TargetPausedError)
 
 
 class NodeODMTarget:
@@ -192,6 +212,7 @@ class NodeODMTarget:
         self._sends: dict[int, dict[str, tuple[str, Transfer]]] = {}
         self._unknown: dict[str, int] = {}
         self._info: tuple[float, int | None] | None = None  # (monotonic time, maxImages)
+        self._counts: dict[int, tuple[float, int]] = {}  # dataset id -> (when, files)
         self._task_bytes: dict[str, int] = {}  # bytes sent into each task by this process
 
     # -- the task ---------------------------------------------------------------------------
@@ -210,8 +231,13 @@ class NodeODMTarget:
         return int(self._state.get_memo(dataset.id, _RESETS) or 0)
 
     async def ensure_dataset(self, dataset: DatasetRef) -> None:
-        """Create the dataset's task on the node (once; a crash resumes into it)."""
-        await self._task(dataset)
+        """Create the dataset's task on the node (once; a crash resumes into it).
+
+        A spent replacement budget is left to :meth:`upload`, which renews it for a file that
+        `dronesync retry` sent again.
+        """
+        with contextlib.suppress(PermanentTargetError):
+            await self._task(dataset)
 
     async def _task(self, dataset: DatasetRef) -> str:
         lock = self._locks.setdefault(dataset.id, asyncio.Lock())
@@ -272,7 +298,8 @@ class NodeODMTarget:
             log.warning("task replacements exhausted", dataset=dataset.name, reason=reason)
             raise PermanentTargetError(message)
         now = self._clock()
-        due = float(self._state.get_memo(dataset.id, _NEXT_REPLACE) or 0)
+        # Never longer than the longest wait: the clock may have stepped back since.
+        due = min(float(self._state.get_memo(dataset.id, _NEXT_REPLACE) or 0), now + _REPLACE_MAX_S)
         if now < due:
             raise TargetWaitError(
                 f"task replaced {count} times: {reason}; the next in {due - now:.0f} s",
@@ -374,6 +401,13 @@ class NodeODMTarget:
             return plain
         if owner == key.hex():
             return plain
+        if plain in ANCILLARY:
+            # ODM reads these by name (and takes any other .txt for a GCP file): one each.
+            first = bytes.fromhex(owner).decode("utf-8", "backslashreplace")
+            raise PermanentTargetError(
+                f"a second {plain} in the dataset: {first} is the one sent;"
+                " keep one per dataset folder"
+            )
         self._state.put_memo(dataset.id, f"nodeodm.renamed:{plain}", "1")
         return hashed_name(key)
 
@@ -410,7 +444,10 @@ class NodeODMTarget:
         limit = self._info[1]
         if limit is None:
             return
-        count = self._state.file_count(dataset.id)
+        counted = self._counts.get(dataset.id)
+        if counted is None or now - counted[0] > _INFO_TTL_S:
+            counted = self._counts[dataset.id] = (now, self._state.file_count(dataset.id))
+        count = counted[1]
         if count > limit:
             raise PermanentTargetError(
                 f"{count} files in the dataset, but the node takes at most {limit} per task:"
@@ -420,7 +457,9 @@ class NodeODMTarget:
 
     async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
         """Send one image into the dataset's task; its key is the dataset key."""
-        name = self.name_of(dataset, item.key)
+        # Claimed before anything is awaited: two files of one name sent at the same time
+        # then never both take it.
+        name = self._claim(dataset, item.key)
         memo = _file_memo(name)
         self._budget(dataset, memo)
         try:
@@ -435,8 +474,6 @@ class NodeODMTarget:
         if previous == f"{task} sending":
             self._taint(dataset, task, f"{name} may have reached the task already")
             task = await self._task(dataset)
-        name = self._claim(dataset, item.key)
-        memo = _file_memo(name)
         self._state.put_memo(dataset.id, memo, f"{task} sending")
         started = threading.Event()
         sends = self._sends.setdefault(dataset.id, {})
@@ -445,7 +482,8 @@ class NodeODMTarget:
         try:
             await asyncio.to_thread(self._send_again, task, name, item, transfer, started)
         except BaseException as exc:
-            if not self._failed(dataset, task, name, exc, sent_any=started.is_set()):
+            stored = self._failed(dataset, task, name, exc, sent_any=started.is_set())
+            if not stored and task in self._task_bytes:  # gone if the task was replaced
                 self._task_bytes[task] -= item.size  # nothing of it is on the node
             if isinstance(exc, httpx.TransportError):
                 raise transport_error(f"POST /task/new/upload/{task}", exc) from exc
@@ -654,7 +692,7 @@ class NodeODMTarget:
             lines = await self._call_list(f"/task/{task}/output", {"line": str(-_OUTPUT_LINES)})
         except TargetError:
             return "no reason given, and its output could not be read"
-        text = " | ".join(str(line).strip() for line in lines if str(line).strip())
+        text = " | ".join(clean for line in lines if (clean := _CONTROL.sub("", str(line)).strip()))
         if not text:
             return "no reason given, and its output is empty"
         return f"no reason given; its output ends: {text[-600:]}"
@@ -726,7 +764,8 @@ class NodeODMTarget:
     @staticmethod
     def _check(route: str, response: httpx.Response, *, upload: bool = False) -> Any:
         """NodeODM reports errors as HTTP 200 with ``{"error": ...}``: every body is read."""
-        if upload and response.status_code == 500:
+        if upload and response.status_code == 500 and response.content.strip() == _EXPRESS_500:
+            # A proxy's or a front end's 500 looks otherwise: it stays ambiguous (below).
             raise _DroppedError(f"{route}: HTTP 500: the node dropped the upload unread")
         if response.status_code >= 400:
             raise status_error(route, response)
@@ -735,7 +774,9 @@ class NodeODMTarget:
             if "authentication token" in str(body["error"]).lower():
                 # libs/auth/TokenAuthBase.js: the same words for a missing and a wrong token.
                 raise TargetPausedError(_SIGN_IN_NEEDED)
-            raise _RefusedError(f"{route}: the node says: {body['error']}")
+            said = str(body["error"])
+            unread = not upload or any(words in said.lower() for words in _UNREAD_REFUSALS)
+            raise _RefusedError(f"{route}: the node says: {said}", unread=unread)
         if not isinstance(body, dict):
             raise TransientTargetError(f"{route}: unexpected reply {str(body)[:80]!r}")
         return body

@@ -335,3 +335,62 @@ def test_a_commit_whose_reply_was_lost_is_never_followed_by_a_second_task(
         what="the one task processed",
     )
     assert status.state == "done"
+
+
+def test_retry_renews_a_spent_budget_in_a_daemon_started_again(
+    node: FakeNodeODM, tmp_path: Path
+) -> None:
+    """The engine asks ensure_dataset first: a spent budget must not fail it there for good."""
+    clock = Clock()
+    state = MemoryState()
+    target = _target(node, state, clock, max_task_replacements=1)
+    item = _item(tmp_path, "A.JPG")
+    node.faults.add("cut_mid_body", "upload", times=None)
+    with pytest.raises(TransientTargetError):
+        _send(target, item)  # cut: the task is tainted
+    with pytest.raises(TransientTargetError):
+        _send(target, item)  # replaced once, and cut again
+    with pytest.raises(PermanentTargetError, match="task replaced 1 times"):
+        _send(target, item)
+    node.faults.clear()
+    # The node is fixed, the service reloaded (a new target), `dronesync retry flight`.
+    again = _target(node, state, clock, max_task_replacements=1)
+    asyncio.run(again.ensure_dataset(DS))
+    _until_sent(again, item)
+    task = again.current_task(DS)
+    assert task is not None
+    assert sorted(node.tasks()[task].files) == ["A.JPG"]
+
+
+def test_two_images_of_one_name_sent_at_once_each_reach_the_task(
+    node: FakeNodeODM, tmp_path: Path
+) -> None:
+    target = _target(node, MemoryState())
+    first = _item(tmp_path, "100MEDIA/DJI_0001.JPG")
+    second = _item(tmp_path, "101MEDIA/DJI_0001.JPG")
+
+    async def both() -> None:
+        await asyncio.gather(
+            target.upload(DS, first, Transfer()), target.upload(DS, second, Transfer())
+        )
+
+    asyncio.run(both())
+    task = target.current_task(DS)
+    assert task is not None
+    assert not target.tainted(DS)
+    files = node.tasks()[task].files
+    assert len(files) == 2
+    assert "DJI_0001.JPG" in files
+
+
+def test_a_second_ancillary_file_of_one_name_fails_with_the_reason(
+    node: FakeNodeODM, tmp_path: Path
+) -> None:
+    """ODM reads geo.txt by its name, and takes any other .txt for a GCP file."""
+    target = _target(node, MemoryState())
+    _send(target, _item(tmp_path, "A/geo.txt", b"EPSG:4326\n"))
+    with pytest.raises(PermanentTargetError, match=r"a second geo\.txt in the dataset: A/geo\.txt"):
+        _send(target, _item(tmp_path, "B/geo.txt", b"EPSG:4326\n"))
+    task = target.current_task(DS)
+    assert task is not None
+    assert sorted(node.tasks()[task].files) == ["geo.txt"]

@@ -105,7 +105,8 @@ def test_a_node_that_refuses_before_reading_the_image_is_heard(
 
     async def go() -> None:
         await target.ensure_dataset(DS)
-        node.faults.add("error200_early", "upload", message="Upload limit reached")
+        # libs/taskNew.js's preUpload, before multer reads the body.
+        node.faults.add("error200_early", "upload", message="Invalid uuid (not set)")
         try:
             await target.upload(DS, item, Transfer())
         finally:
@@ -114,8 +115,29 @@ def test_a_node_that_refuses_before_reading_the_image_is_heard(
     with pytest.raises(TransientTargetError) as caught:
         asyncio.run(go())
     # The node's own words, not a broken pipe; it stored nothing, so the task stays usable.
-    assert "the node says: Upload limit reached" in str(caught.value)
+    assert "the node says: Invalid uuid (not set)" in str(caught.value)
     assert not target.tainted(DS)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["filepost", "httpx"])
+def test_a_refusal_the_node_may_give_after_storing_part_of_the_image_taints_the_task(
+    node: FakeNodeODM, tmp_path: Path, direct: bool
+) -> None:
+    """NodeODM's error handler also answers errors met while multer writes the file."""
+    item = _image(tmp_path, 4 * 1024 * 1024)
+    target = _target(node, direct=direct)
+
+    async def go() -> None:
+        await target.ensure_dataset(DS)
+        node.faults.add("error200", "upload", message="ENOSPC: no space left on device, write")
+        try:
+            await target.upload(DS, item, Transfer())
+        finally:
+            await target.aclose()
+
+    with pytest.raises(TransientTargetError, match="no space left"):
+        asyncio.run(go())
+    assert target.tainted(DS)  # a truncated copy may be in the task: never committed
 
 
 def test_uploads_bypass_httpx_only_over_plain_http_with_no_proxy_set(
@@ -133,3 +155,20 @@ def test_uploads_bypass_httpx_only_over_plain_http_with_no_proxy_set(
     monkeypatch.delenv("http_proxy")
     monkeypatch.setenv("ALL_PROXY", "socks5://proxy.lan:1080")
     assert not direct_ok(node)
+
+
+@pytest.mark.parametrize(
+    ("body", "dropped"),
+    [
+        (b"Internal Server Error", True),  # Express's res.sendStatus(500): the node's own
+        (b"<html><h1>500 Internal Server Error</h1>nginx</html>", False),  # a proxy's
+    ],
+)
+def test_only_the_nodes_own_500_to_an_upload_means_nothing_was_stored(
+    body: bytes, dropped: bool
+) -> None:
+    request = httpx.Request("POST", "http://node.lan:3000/task/new/upload/u")
+    response = httpx.Response(500, content=body, request=request)
+    with pytest.raises(TransientTargetError) as caught:
+        NodeODMTarget._check("POST /task/new/upload/u", response, upload=True)
+    assert ("dropped the upload unread" in str(caught.value)) is dropped

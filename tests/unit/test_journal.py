@@ -568,3 +568,21 @@ def test_troubles_name_the_reason_of_files_failed_before_any_upload(journal: Jou
     unreadable = add(journal, ds, b"m1/a.jpg", "h1")
     journal.mark_failed(unreadable, "cannot read: Input/output error")  # by the hasher
     assert journal.troubles() == {ds: {"failed": (1, "cannot read: Input/output error")}}
+
+
+def test_file_count_counts_only_files_sure_to_be_sent(journal: Journal) -> None:
+    """NodeODM's maxImages check: a file still to be hashed may yet be a duplicate."""
+    ds = dataset(journal, "m1")
+    add(journal, ds, b"m1/a.jpg", "h1")
+    add(journal, ds, b"m1/b.jpg", "h1")  # the same content: a duplicate
+    journal.mark_failed(add(journal, ds, b"m1/c.jpg", "h3"), "cannot read")
+    journal.add_file(
+        dataset_id=ds,
+        volume="/srv/inbox",
+        relpath=b"m1/d.jpg",
+        dspath=b"d.jpg",
+        size=1,
+        mtime_ns=1,
+        now=NOW,
+    )  # not hashed yet
+    assert journal.file_count(ds) == 1
