@@ -13,13 +13,13 @@ Faults, drawn per request from a seeded generator:
   requests (5xx, reset, reset mid-body, reply dropped after the object was stored, a stall).
 * NodeODM: ``rate`` of requests on every route other than uploads, from every kind the node
   fake has. On the upload route, ``rate`` in all, of which ``ambiguous_rate`` are kinds that
-  leave the daemon unable to know whether the image was stored (cut mid-body, cut after the
-  body, an HTML page, a stall; also a 500, which the daemon takes for the node's own refusal
-  before reading the body and sends again into the same task) and the rest are ``{"error"}``
-  replies, which say plainly that nothing was stored. Every ambiguous upload makes the daemon
-  replace the whole task and send the dataset again (the only way to keep a committed task
-  free of duplicates and truncated images), so a run converges only when a dataset's images
-  all go through between two ambiguous faults; see docs/reliability.md.
+  leave the daemon unable to know whether the image was stored (an ``{"error"}`` reply, cut
+  mid-body, cut after the body, an HTML page, a stall) and the rest are the node's own 500
+  (``Internal Server Error``), its refusal before it reads the body, which says plainly that
+  nothing was stored. Every ambiguous upload makes the daemon replace the whole task and send
+  the dataset again (the only way to keep a committed task free of duplicates and truncated
+  images), so a run converges only when a dataset's images all go through between two
+  ambiguous faults; see docs/reliability.md.
 
 The routes that start processing and follow it get ``processing_rate`` instead (CI lowers it:
 the daemon waits 5 s, 10 s, 20 s... between failed starts). Stalls last longer than both
@@ -67,7 +67,7 @@ NODE_PROCESSING_ROUTES = frozenset({"commit", "info"})
 PIX4D_PROCESSING_ROUTES = frozenset({"register", "start", "project"})
 # Upload faults after which the daemon cannot know whether the node stored the image.
 NODE_AMBIGUOUS: tuple[tuple[str, bool], ...] = (
-    ("status500", False),
+    ("error200", False),  # the node's error handler: it may follow a part of the file written
     ("cut_mid_body", False),
     ("cut_after_body", False),
     ("garbage", False),
@@ -166,7 +166,7 @@ class NodeFaults(Faults):
         self._opts = opts
         self._rng = random.Random(opts.seed + 1)
         self._mix_lock = threading.Lock()
-        self.by_route: Counter[str] = Counter()  # "upload:error200" -> count
+        self.by_route: Counter[str] = Counter()  # "upload:status500" -> count
 
     def take(self, route: str) -> Fault | None:
         fault = super().take(route)
@@ -179,7 +179,10 @@ class NodeFaults(Faults):
                 if draw < opts.ambiguous_rate:
                     kind, before = self._rng.choice(NODE_AMBIGUOUS)
                 elif draw < opts.rate:
-                    kind, before = "error200", False
+                    # A refusal a real node gives before it reads the body (its preUpload's
+                    # 500): nothing stored. Its other {"error"} replies may follow a part of
+                    # the file written, so the client takes them as ambiguous.
+                    kind, before = "status500", False
                 else:
                     return None
             elif draw < (opts.start_rate if route in NODE_PROCESSING_ROUTES else opts.rate):
@@ -195,7 +198,7 @@ class NodeFaults(Faults):
         with self._mix_lock:
             return {
                 "ambiguous": sum(n for k, n in self.by_route.items() if k in ambiguous),
-                "clear": self.by_route["upload:error200"],
+                "clear": self.by_route["upload:status500"],
             }
 
     @property
