@@ -698,6 +698,18 @@ def _relative_to(settings: Settings, base: Path) -> Settings:
     )
 
 
+def _written_folders(settings: Settings) -> list[tuple[str, Path]]:
+    """The folders the daemon writes into, each with its key: directory targets, the spool."""
+    folders = [
+        (f"targets.{name}.path", target.path)
+        for name, target in settings.targets.items()
+        if isinstance(target, DirectoryTargetConfig)
+    ]
+    if settings.spool.dir is not None:
+        folders.append(("spool.dir", settings.spool.dir))
+    return folders
+
+
 def _overlap_problems(file: Path, settings: Settings) -> list[str]:
     """Sources that take the same files, and folders written by dronesync inside a source."""
     sources = [
@@ -717,14 +729,7 @@ def _overlap_problems(file: Path, settings: Settings) -> list[str]:
                     f"{file}: {key}: {path} is {where} {other_key} ({other}): the files there"
                     " would be taken twice; make the two sources separate folders"
                 )
-    written = [
-        (f"targets.{name}.path", target.path)
-        for name, target in settings.targets.items()
-        if isinstance(target, DirectoryTargetConfig)
-    ]
-    if settings.spool.dir is not None:
-        written.append(("spool.dir", settings.spool.dir))
-    for key, path in written:
+    for key, path in _written_folders(settings):
         parts = path_parts(path)
         for source_key, source, source_parts in sources:
             if may_contain(source_parts, parts):
@@ -772,14 +777,7 @@ def runtime_findings(path: Path, settings: Settings) -> tuple[list[str], list[st
             f"{path}: state_dir: {state} cannot be written ({exc.strerror}); create it for this"
             " user or point state_dir elsewhere"
         )
-    folders = [
-        (f"targets.{name}.path", target.path)
-        for name, target in settings.targets.items()
-        if isinstance(target, DirectoryTargetConfig)
-    ]
-    if settings.spool.dir is not None:
-        folders.append(("spool.dir", settings.spool.dir))
-    for key, folder in folders:
+    for key, folder in _written_folders(settings):
         found = folder_problem(folder)
         if found is not None:
             text, only_access = found

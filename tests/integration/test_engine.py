@@ -41,14 +41,24 @@ class StallingTarget(MemoryTarget):
         return await super().upload(dataset, item, transfer)
 
 
-def _journal_with_files(tmp_path: Path, target: str, count: int) -> tuple[Journal, list[int]]:
-    journal = Journal.open(tmp_path / "journal.sqlite3")
-    src = tmp_path / "src"
+def _add_dataset(
+    journal: Journal,
+    tmp_path: Path,
+    name: str,
+    count: int,
+    *,
+    target: str = "refusing",
+    folder: str | None = None,
+    stem: str | None = None,
+    size: int = 2_000,
+) -> list[int]:
+    """Another dataset of ``count`` hashed files, waiting (ids after every file before it)."""
+    src = tmp_path / (folder or name)
     src.mkdir()
     ds = journal.open_dataset(
         volume=str(src),
         folder=b"",
-        name="ds",
+        name=name,
         target=target,
         source=str(src),
         auto_process=True,
@@ -57,8 +67,8 @@ def _journal_with_files(tmp_path: Path, target: str, count: int) -> tuple[Journa
     )
     ids = []
     for i in range(count):
-        data = os.urandom(10_000)
-        path = src / f"f{i}.jpg"
+        data = os.urandom(size)
+        path = src / f"{stem or name}{i}.jpg"
         path.write_bytes(data)
         info = path.stat()
         file_id = journal.add_file(
@@ -80,7 +90,14 @@ def _journal_with_files(tmp_path: Path, target: str, count: int) -> tuple[Journa
             now=time.time(),
         )
         ids.append(file_id)
-    return journal, ids
+    return ids
+
+
+def _journal_with_files(tmp_path: Path, target: str, count: int) -> tuple[Journal, list[int]]:
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    return journal, _add_dataset(
+        journal, tmp_path, "ds", count, target=target, folder="src", stem="f", size=10_000
+    )
 
 
 def _locate(row: FileRow) -> Path:
@@ -322,48 +339,6 @@ class RefusingTarget(MemoryTarget):
             raise TransientTargetError(f"{dataset.name}: refused")
         await asyncio.sleep(0.01)  # a little time on the wire, so workers overlap
         return await super().upload(dataset, item, transfer)
-
-
-def _add_dataset(journal: Journal, tmp_path: Path, name: str, count: int) -> list[int]:
-    """Another dataset of ``count`` hashed files, waiting (ids after every file before it)."""
-    src = tmp_path / name
-    src.mkdir()
-    ds = journal.open_dataset(
-        volume=str(src),
-        folder=b"",
-        name=name,
-        target="refusing",
-        source=str(src),
-        auto_process=True,
-        quiet_s=0,
-        now=time.time(),
-    )
-    ids = []
-    for i in range(count):
-        data = os.urandom(2_000)
-        path = src / f"{name}{i}.jpg"
-        path.write_bytes(data)
-        info = path.stat()
-        file_id = journal.add_file(
-            dataset_id=ds.id,
-            volume=str(src),
-            relpath=path.name.encode(),
-            dspath=path.name.encode(),
-            size=info.st_size,
-            mtime_ns=info.st_mtime_ns,
-            now=time.time(),
-        )
-        journal.record_hash(
-            file_id,
-            dataset_id=ds.id,
-            size=info.st_size,
-            mtime_ns=info.st_mtime_ns,
-            sha256=hashlib.sha256(data).hexdigest(),
-            duplicate_scope="target",
-            now=time.time(),
-        )
-        ids.append(file_id)
-    return ids
 
 
 def _refusing_engine(
