@@ -1138,6 +1138,13 @@ class Journal:
         ).fetchall()
         return {str(k): str(v) for k, v in rows}
 
+    def memo_of_every_dataset(self, key: str) -> dict[int, str]:
+        """The value stored under ``key``, by dataset, for every dataset that has one."""
+        rows = self._conn.execute(
+            "SELECT dataset_id, value FROM target_memos WHERE key = ?", (key,)
+        ).fetchall()
+        return {int(dataset_id): str(value) for dataset_id, value in rows}
+
     def requeue_uploaded(self, dataset_id: int, reason: str) -> int:
         """The target lost the dataset: its uploaded files go back to waiting, due at once.
 

@@ -136,11 +136,8 @@ class UploadEngine:
         self._flights: dict[int, _Flight] = {}
         self._landed: list[_Landed] = []
         self._landing = asyncio.Event()
-        self._paused: dict[int, str] = {
-            dataset.id: message
-            for dataset in journal.datasets()
-            if (message := journal.get_memo(dataset.id, PAUSED_MEMO)) is not None
-        }
+        # One query, not one per dataset the journal has known in a year of cards.
+        self._paused = journal.memo_of_every_dataset(PAUSED_MEMO)
         # Datasets whose failed files were told (needs_attention), until its failed files
         # are retried: one notification per dataset, not one per file.
         self._told_failed: set[int] = set()
