@@ -13,10 +13,10 @@ Faults, drawn per request from a seeded generator:
   requests (5xx, reset, reset mid-body, reply dropped after the object was stored, a stall).
 * NodeODM: ``rate`` of requests on every route other than uploads, from every kind the node
   fake has. On the upload route, ``rate`` in all, of which ``ambiguous_rate`` are kinds that
-  leave the daemon unable to know whether the image was stored (an ``{"error"}`` reply, cut
-  mid-body, cut after the body, an HTML page, a stall) and the rest are the node's own 500
-  (``Internal Server Error``), its refusal before it reads the body, which says plainly that
-  nothing was stored. Every ambiguous upload makes the daemon replace the whole task and send
+  leave the daemon unable to know whether the image was stored (500, cut mid-body, cut after
+  the body, an HTML page, a stall) and the rest are ``{"error"}`` replies the node gives
+  before it reads the body (``Invalid uuid (not set)``), which say plainly that nothing was
+  stored. Every ambiguous upload makes the daemon replace the whole task and send
   the dataset again (the only way to keep a committed task free of duplicates and truncated
   images), so a run converges only when a dataset's images all go through between two
   ambiguous faults; see docs/reliability.md.
@@ -67,7 +67,7 @@ NODE_PROCESSING_ROUTES = frozenset({"commit", "info"})
 PIX4D_PROCESSING_ROUTES = frozenset({"register", "start", "project"})
 # Upload faults after which the daemon cannot know whether the node stored the image.
 NODE_AMBIGUOUS: tuple[tuple[str, bool], ...] = (
-    ("error200", False),  # the node's error handler: it may follow a part of the file written
+    ("status500", False),
     ("cut_mid_body", False),
     ("cut_after_body", False),
     ("garbage", False),
@@ -166,7 +166,7 @@ class NodeFaults(Faults):
         self._opts = opts
         self._rng = random.Random(opts.seed + 1)
         self._mix_lock = threading.Lock()
-        self.by_route: Counter[str] = Counter()  # "upload:status500" -> count
+        self.by_route: Counter[str] = Counter()  # "upload:error200" -> count
 
     def take(self, route: str) -> Fault | None:
         fault = super().take(route)
@@ -179,10 +179,10 @@ class NodeFaults(Faults):
                 if draw < opts.ambiguous_rate:
                     kind, before = self._rng.choice(NODE_AMBIGUOUS)
                 elif draw < opts.rate:
-                    # A refusal a real node gives before it reads the body (its preUpload's
-                    # 500): nothing stored. Its other {"error"} replies may follow a part of
-                    # the file written, so the client takes them as ambiguous.
-                    kind, before = "status500", False
+                    # What a real node's preUpload says before it reads the body: nothing
+                    # stored. Its other {"error"} replies may follow a part of the file
+                    # written, and the daemon takes those as ambiguous.
+                    kind, before = "error200", False
                 else:
                     return None
             elif draw < (opts.start_rate if route in NODE_PROCESSING_ROUTES else opts.rate):
@@ -190,6 +190,8 @@ class NodeFaults(Faults):
             else:
                 return None
             self.by_route[f"{route}:{kind}"] += 1
+        if route == "upload" and kind == "error200":
+            return Fault(kind, delay_s=STALL_DELAY_S, message="Invalid uuid (not set)")
         return Fault(kind, delay_s=STALL_DELAY_S, before=before)
 
     def on_uploads(self) -> dict[str, int]:
@@ -198,7 +200,7 @@ class NodeFaults(Faults):
         with self._mix_lock:
             return {
                 "ambiguous": sum(n for k, n in self.by_route.items() if k in ambiguous),
-                "clear": self.by_route["upload:status500"],
+                "clear": self.by_route["upload:error200"],
             }
 
     @property
