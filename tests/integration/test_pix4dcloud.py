@@ -273,6 +273,8 @@ def test_a_dataset_whose_processing_cannot_start_needs_attention_once(
         what="the dataset processed once PIX4Dcloud accepts",
     )
     assert _project(cloud, "field-f").start_calls == 1
+    # Notifications are sent after the state is written: wait for the last one to arrive.
+    wait_until(lambda: len(hook.events("field-f")) >= 3, what="the notifications delivered")
     # Told once, however many tries it took; then as usual.
     assert hook.events("field-f") == [
         "needs_attention",
