@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from daemon.config import DirectoryTargetConfig, NodeODMTargetConfig, Pix4DCloudTargetConfig
 from daemon.errors import (
     FileChangedError,
     PermanentTargetError,
@@ -36,10 +35,13 @@ from daemon.targets.base import (
     Transfer,
     UploadItem,
 )
-from daemon.targets.directory import DirectoryTarget
+from daemon.targets.directory import DirectoryTargetConfig
+from daemon.targets.directory.target import DirectoryTarget
 from daemon.targets.memory import MemoryTarget
-from daemon.targets.nodeodm import NodeODMTarget
-from daemon.targets.pix4dcloud import Pix4DCloudTarget, s3_key
+from daemon.targets.nodeodm import NodeODMTargetConfig
+from daemon.targets.nodeodm.target import NodeODMTarget
+from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
+from daemon.targets.pix4dcloud.target import Pix4DCloudTarget, s3_key
 from tests.fakes.nodeodm import FakeNodeODM
 from tests.fakes.pix4dcloud import FakePix4DCloud
 
