@@ -54,6 +54,7 @@ class MemoryTarget:
         self.processed: list[tuple[str, list[bytes]]] = []
         self.fail_next: deque[TargetError] = deque()
         self.datasets: set[str] = set()
+        self.fail_processing = False  # processing ends failed while set
 
     async def ensure_dataset(self, dataset: DatasetRef) -> None:
         """Remember the dataset."""
@@ -93,8 +94,10 @@ class MemoryTarget:
         return f"mem-{len(self.processed)}"
 
     async def processing_status(self, dataset: DatasetRef, handle: str) -> ProcessingStatus:
-        """Processing is always done at once."""
+        """Processing ends at once: done, or failed when told to."""
         del dataset, handle
+        if self.fail_processing:
+            return ProcessingStatus("failed", "processing failed in memory (fail_processing)")
         return ProcessingStatus("done", "processed in memory", 100.0)
 
     async def aclose(self) -> None:
