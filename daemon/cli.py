@@ -25,7 +25,7 @@ from daemon.config import (
     runtime_problems,
     runtime_warnings,
 )
-from daemon.config_example import example
+from daemon.config.example import example
 from daemon.errors import EXIT_OK, ConfigError, DronesyncError, UsageError
 from daemon.journal import Journal
 from daemon.status import read_live, render, snapshot

@@ -89,25 +89,92 @@ def read_chunks(fd: int, size: int, path: StrPath) -> Iterator[memoryview]:
         yield view[:count]
 
 
+class StableRead:
+    """One read of a file that must be the one seen before: hashed as it is read, checked after.
+
+    ``seen`` names when the size and mtime were taken ("seen stable", "hashed"), ``doing`` what
+    the read is for ("hashed", "uploaded"); both go into the error. With ``expect`` (the
+    recorded SHA-256) the last chunk is withheld unless the content matches it, so a caller
+    that sends chunks as they come never sends a whole file that is not the recorded one.
+    Use as a context manager: the file is open inside the block only.
+    """
+
+    __slots__ = ("_digest", "_doing", "_expect", "_fd", "_mtime_ns", "_path", "_seen", "_size")
+
+    def __init__(
+        self,
+        path: StrPath,
+        size: int,
+        mtime_ns: int,
+        *,
+        expect: str | None = None,
+        seen: str = "seen stable",
+        doing: str = "hashed",
+    ) -> None:
+        self._path = path
+        self._size = size
+        self._mtime_ns = mtime_ns
+        self._expect = expect
+        self._seen = seen
+        self._doing = doing
+        self._digest = hashlib.sha256()
+        self._fd = -1
+
+    def __enter__(self) -> StableRead:
+        fd, before = open_regular(self._path)
+        if before.st_size != self._size or before.st_mtime_ns != self._mtime_ns:
+            os.close(fd)
+            raise FileChangedError(f"{self._path}: changed since it was {self._seen}")
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)
+
+    @property
+    def fd(self) -> int:
+        """The open file (for a caller that seeks back to send it again)."""
+        return self._fd
+
+    def chunks(self) -> Iterator[memoryview]:
+        """The file's bytes (views of the thread's buffer, each valid until the next)."""
+        left = self._size
+        for chunk in read_chunks(self._fd, self._size, self._path):
+            self._digest.update(chunk)
+            left -= len(chunk)
+            if not left:
+                self._check_content()
+            yield chunk
+        if not self._size:
+            self._check_content()
+
+    def finish(self) -> str:
+        """The content's SHA-256, once the file is known unchanged by the read."""
+        self._check_unchanged()
+        self._check_content()
+        return self._digest.hexdigest()
+
+    def _check_unchanged(self) -> None:
+        after = os.fstat(self._fd)
+        if after.st_size != self._size or after.st_mtime_ns != self._mtime_ns:
+            raise FileChangedError(f"{self._path}: changed while it was being {self._doing}")
+
+    def _check_content(self) -> None:
+        if self._expect is not None and self._digest.hexdigest() != self._expect:
+            self._check_unchanged()  # the likelier story, when it is the true one
+            raise FileChangedError(f"{self._path}: content differs from its recorded hash")
+
+
 def hash_file(path: StrPath, size: int, mtime_ns: int) -> Hashed:
     """Hash ``path``, which the stability gate saw with ``size`` and ``mtime_ns``.
 
     Raises FileChangedError when the file is not the one the gate saw, before or after
     reading, so that a file being written is never recorded with a partial hash.
     """
-    fd, before = open_regular(path)
-    try:
-        if before.st_size != size or before.st_mtime_ns != mtime_ns:
-            raise FileChangedError(f"{path}: changed since it was seen stable")
-        digest = hashlib.sha256()
-        for chunk in read_chunks(fd, size, path):
-            digest.update(chunk)
-        after = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if after.st_size != size or after.st_mtime_ns != mtime_ns:
-        raise FileChangedError(f"{path}: changed while it was being hashed")
-    return Hashed(digest.hexdigest(), size, mtime_ns)
+    with StableRead(path, size, mtime_ns) as read:
+        for _ in read.chunks():
+            pass
+        return Hashed(read.finish(), size, mtime_ns)
 
 
 def spool_file(
@@ -125,40 +192,47 @@ def spool_file(
     The copy is on the disk, name included, when this returns, unless ``durable`` is false:
     then the caller makes it durable (with other copies).
     """
-    fd, before = open_regular(path)
     written: StrPath | None = None  # the file this call created, deleted if the copy fails
     try:
-        if before.st_size != size or before.st_mtime_ns != mtime_ns:
-            raise FileChangedError(f"{path}: changed since it was seen stable")
-        out, written = _create_copy(dest)
-        try:
-            digest = _copy(fd, out, size, path, written)
-            after = os.fstat(fd)
-            if after.st_size != size or after.st_mtime_ns != mtime_ns:
-                raise FileChangedError(f"{path}: changed while it was being copied")
-            # The copy carries the card's mtime: the upload checks size and mtime as for the card.
-            os.utime(out, ns=(mtime_ns, mtime_ns))
-            if written != dest:
-                os.replace(written, dest)
-                written = None  # dest now: whole, and what the hash describes
+        with StableRead(path, size, mtime_ns, doing="copied") as read:
+            out, written = _create_copy(dest)
             try:
-                if durable:
-                    # Imported here: hashing processes never sync, and ctypes costs each a MB.
-                    from daemon.durable import DURABILITY  # noqa: PLC0415
+                for chunk in read.chunks():
+                    try:
+                        write_all(out, chunk)
+                    except OSError as exc:
+                        raise SpoolError(
+                            f"{written}: cannot write the spool: {exc.strerror}"
+                        ) from exc
+                digest = read.finish()
+                # The copy carries the card's mtime: the upload checks it as for the card.
+                os.utime(out, ns=(mtime_ns, mtime_ns))
+                if written != dest:
+                    os.replace(written, dest)
+                    written = None  # dest now: whole, and what the hash describes
+                try:
+                    if durable:
+                        # Imported here: hashing processes never sync; ctypes costs each a MB.
+                        from daemon.durable import DURABILITY  # noqa: PLC0415
 
-                    DURABILITY.make_durable(out)
-            except OSError as exc:
-                raise SpoolError(f"{dest}: cannot write the spool: {exc.strerror}") from exc
-        finally:
-            os.close(out)
+                        DURABILITY.make_durable(out)
+                except OSError as exc:
+                    raise SpoolError(f"{dest}: cannot write the spool: {exc.strerror}") from exc
+            finally:
+                os.close(out)
     except BaseException:
         if written is not None:
             with contextlib.suppress(OSError):
                 os.unlink(written)
         raise
-    finally:
-        os.close(fd)
     return Hashed(digest, size, mtime_ns)
+
+
+def write_all(fd: int, chunk: memoryview | bytes) -> None:
+    """Write the whole of ``chunk`` (a write may take part of it); OSError as the system says."""
+    written = 0
+    while written < len(chunk):
+        written += os.write(fd, chunk[written:])
 
 
 def _create_copy(dest: StrPath) -> tuple[int, StrPath]:
@@ -175,16 +249,3 @@ def _create_copy(dest: StrPath) -> tuple[int, StrPath]:
             raise SpoolError(f"{part}: cannot write the spool: {exc.strerror}") from exc
     except OSError as exc:
         raise SpoolError(f"{dest}: cannot write the spool: {exc.strerror}") from exc
-
-
-def _copy(src: int, out: int, size: int, path: StrPath, copy: StrPath) -> str:
-    digest = hashlib.sha256()
-    for chunk in read_chunks(src, size, path):
-        digest.update(chunk)
-        written = 0
-        while written < len(chunk):
-            try:
-                written += os.write(out, chunk[written:])
-            except OSError as exc:
-                raise SpoolError(f"{copy}: cannot write the spool: {exc.strerror}") from exc
-    return digest.hexdigest()

@@ -21,7 +21,7 @@ import structlog
 
 from daemon import control
 from daemon.clock import Clock, SystemClock, wait_event
-from daemon.config import DirectoryTargetConfig, Settings, load_config, runtime_problems
+from daemon.config import Settings, load_config, runtime_problems
 from daemon.errors import ConfigError, DronesyncError, JournalError, UsageError
 from daemon.journal import DatasetRow, FileRow, Journal
 from daemon.journal.store import GROUP_COMMIT_S
@@ -32,7 +32,8 @@ from daemon.sources.hasher import Hasher
 from daemon.sources.manager import SourceManager
 from daemon.sources.spool import Spool
 from daemon.status import write_live
-from daemon.targets import Target, TargetState, build_target
+from daemon.targets.base import Target, TargetState
+from daemon.targets.registry import build_target
 from daemon.upload.engine import UploadEngine
 
 log = structlog.get_logger("dronesync")
@@ -85,12 +86,12 @@ async def _commit_groups(journal: Journal) -> None:
             journal.flush()
 
 
-def _staging_spools(settings: Settings, journal: Journal) -> dict[str, Spool]:
-    """Each directory target's staging spool, by target name (see ``Spool.for_archive``)."""
+def _staging_spools(targets: dict[str, Target], journal: Journal) -> dict[str, Spool]:
+    """The spool of each target that has a staging folder, by target name."""
     staging: dict[str, Spool] = {}
-    for name, config in settings.targets.items():
-        if isinstance(config, DirectoryTargetConfig):
-            spool = Spool.for_archive(config.path, journal, stage=config.staging)
+    for name, target in targets.items():
+        if target.staging is not None:
+            spool = Spool.for_staging(target.staging, journal)
             if spool is not None:
                 spool.recover()
                 staging[name] = spool
@@ -239,7 +240,7 @@ class Daemon:
         spool = Spool(settings.spool, journal) if settings.spool.dir is not None else None
         if spool is not None:
             spool.recover()
-        staging = _staging_spools(settings, journal)
+        staging = _staging_spools(targets, journal)
         sources = SourceManager(
             settings.sources,
             journal,

@@ -22,6 +22,7 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -29,10 +30,12 @@ from daemon.config import SpoolSettings
 from daemon.durable import DURABILITY
 from daemon.journal import Journal
 
+if TYPE_CHECKING:
+    from daemon.targets.base import Staging
+
 log = structlog.get_logger("dronesync.spool")
 
 GB = 1024**3
-STAGING = ".dronesync-staging"
 STAGING_MIN_FREE = GB  # staging stops well before the archive's disk is full
 # The disk's free space is asked again after this much was reserved (or when near the
 # margin), not for every copy: a statvfs per small image costs the event loop more than
@@ -58,16 +61,15 @@ class Spool:
         self.full_message: str | None = None
 
     @classmethod
-    def for_archive(cls, archive: Path, journal: Journal, *, stage: bool) -> Spool | None:
-        """The staging spool of a directory target at ``archive``.
+    def for_staging(cls, staging: Staging, journal: Journal) -> Spool | None:
+        """The spool of a target's staging folder (``Target.staging``).
 
-        With ``stage`` and hard links on that filesystem it takes new copies. Otherwise it
-        only serves the copies staged before (staging turned off since): None if there are
-        none.
+        Accepting, with hard links in that folder, it takes new copies. Otherwise it only
+        serves the copies staged before (staging turned off since): None if there are none.
         """
-        folder = archive / STAGING
+        folder = staging.folder
         settings = SpoolSettings(dir=folder, max_gb=100_000, min_free_gb=STAGING_MIN_FREE / GB)
-        if stage and _links(folder):
+        if staging.accept and _links(folder):
             return cls(settings, journal, staging=True)
         if not folder.is_dir():
             return None

@@ -8,14 +8,28 @@ permanent failures by the class of error it raises (``daemon.errors``).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    NamedTuple,
+    Protocol,
+    Self,
+    TypeVar,
+)
 
+from daemon.configmodel import Model
 from daemon.errors import TransientTargetError
+
+DuplicateScope = Literal["target", "dataset"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,11 +182,24 @@ class Transfer:
         return self._aborted
 
 
+@dataclass(frozen=True, slots=True)
+class Staging:
+    """A folder where the hasher may copy new files for the target to link instead of copy.
+
+    It must be on the target's own filesystem. With ``accept`` false (staging turned off) it
+    only serves the copies already there.
+    """
+
+    folder: Path
+    accept: bool
+
+
 class Target(Protocol):
     """What every target implements. Errors: TransientTargetError / PermanentTargetError."""
 
     name: str
     poll_interval_s: float
+    staging: Staging | None
 
     async def ensure_dataset(self, dataset: DatasetRef) -> None:
         """Create what the dataset needs on the target (idempotent)."""
@@ -200,3 +227,69 @@ class Target(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and processes."""
+
+
+class SecretRef(NamedTuple):
+    """Where a target's secret is configured: the key stem (``token``) and its two keys."""
+
+    stem: str
+    file: Path | None
+    credential: str | None
+    required: bool
+
+
+class TargetConfig(Model):
+    """The ``[targets.NAME]`` table of one target type: its own model, plus these hooks.
+
+    The hooks let the configuration check what is generic (secrets, folders written,
+    programs run, relative paths) without knowing the type.
+    """
+
+    if TYPE_CHECKING:  # declared by every type, with its own default and description
+        type: str
+        duplicate_scope: DuplicateScope
+
+    # Files a source feeding this target takes beside the images unless its include is set.
+    companions: ClassVar[tuple[str, ...]] = ()
+
+    def secret(self) -> SecretRef | None:
+        """The secret this target reads at start, if it has one."""
+        return None
+
+    def written_folder(self) -> Path | None:
+        """A local folder the daemon writes into for this target (checked against sources)."""
+        return None
+
+    def programs(self) -> dict[str, list[str] | None]:
+        """Commands the target runs, by key (checked for a program that can run)."""
+        return {}
+
+    def anchored(self, base: Path) -> Self:
+        """The table with its relative paths taken from ``base`` (the config file's folder)."""
+        update: dict[str, Any] = {}
+        for key in type(self).model_fields:
+            value = getattr(self, key)
+            if isinstance(value, Path) and not value.is_absolute():
+                update[key] = Path(os.path.normpath(base / value))
+        return self.model_copy(update=update) if update else self
+
+
+C = TypeVar("C", bound=TargetConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetEnv:
+    """What the daemon hands a target it builds, beside its own table."""
+
+    state: TargetState
+    state_dir: Path
+    secret: str | None  # read from the file or credential its table names
+
+
+@dataclass(frozen=True, slots=True)
+class TargetType(Generic[C]):
+    """One entry of the registry: the ``type`` value, its table and how to build the target."""
+
+    name: str
+    config: type[C]
+    build: Callable[[str, C, TargetEnv], Target]

@@ -1,26 +1,51 @@
-"""An in-memory target: what tests and the conformance suite use as the reference target.
+"""The memory target: files kept in RAM, lost when the daemon stops (``type = "memory"``).
 
-It keeps every stored object in a dict, behaves like a real target for duplicates and
-verification, and can be told to fail the next calls (``fail_next``) to exercise the engine's
-retry paths without patching anything.
+For trying the box without a disk to fill, and the reference target of the tests: it behaves
+like a real target for duplicates and verification, and can be told to fail the next calls
+(``fail_next``) to exercise the engine's retry paths without patching anything. It is also
+the smallest complete target: its table, its registry entry and its implementation in one
+module, which is what a new target needs (plus its fixture in ``tests/conformance``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
 from collections import deque
+from typing import Literal
 
-from daemon.errors import FileChangedError, TargetError
-from daemon.hashing import CHUNK, open_regular
-from daemon.targets.base import DatasetRef, ProcessingStatus, Transfer, UploadItem
+from pydantic import Field
+
+from daemon.errors import TargetError
+from daemon.hashing import StableRead
+from daemon.targets.base import (
+    DatasetRef,
+    ProcessingStatus,
+    Staging,
+    Target,
+    TargetConfig,
+    TargetEnv,
+    TargetType,
+    Transfer,
+    UploadItem,
+)
+
+
+class MemoryTargetConfig(TargetConfig):
+    """Files kept in memory until the daemon stops: for trying the box, and for tests."""
+
+    type: Literal["memory"] = Field(description="Target implementation.")
+    duplicate_scope: Literal["target", "dataset"] = Field(
+        "target",
+        description='"target": content already sent is a duplicate; "dataset": only within'
+        " the same dataset.",
+    )
 
 
 class MemoryTarget:
     """Stores uploads in memory; processing finishes at the next status poll."""
 
     poll_interval_s = 0.05
+    staging: Staging | None = None
 
     def __init__(self, name: str = "memory") -> None:
         self.name = name
@@ -29,6 +54,7 @@ class MemoryTarget:
         self.processed: list[tuple[str, list[bytes]]] = []
         self.fail_next: deque[TargetError] = deque()
         self.datasets: set[str] = set()
+        self.fail_processing = False  # processing ends failed while set
 
     async def ensure_dataset(self, dataset: DatasetRef) -> None:
         """Remember the dataset."""
@@ -42,8 +68,6 @@ class MemoryTarget:
         if self.fail_next:
             raise self.fail_next.popleft()
         data = await asyncio.to_thread(self._read, item, transfer)
-        if hashlib.sha256(data).hexdigest() != item.sha256:
-            raise FileChangedError(f"{item.path}: content differs from its recorded hash")
         slot = (dataset.name, item.key)
         if self.objects.get(slot) not in (None, data):
             raise TargetError(f"{item.key!r}: a different object holds this key")
@@ -53,14 +77,15 @@ class MemoryTarget:
 
     @staticmethod
     def _read(item: UploadItem, transfer: Transfer) -> bytes:
-        fd, _ = open_regular(item.path)
         parts = []
-        try:
-            while chunk := os.read(fd, CHUNK):
-                parts.append(chunk)
+        read = StableRead(
+            item.path, item.size, item.mtime_ns, expect=item.sha256, seen="hashed", doing="uploaded"
+        )
+        with read:
+            for chunk in read.chunks():
+                parts.append(bytes(chunk))
                 transfer.progress(len(chunk))
-        finally:
-            os.close(fd)
+            read.finish()
         return b"".join(parts)
 
     async def start_processing(self, dataset: DatasetRef, keys: list[bytes]) -> str:
@@ -69,9 +94,19 @@ class MemoryTarget:
         return f"mem-{len(self.processed)}"
 
     async def processing_status(self, dataset: DatasetRef, handle: str) -> ProcessingStatus:
-        """Processing is always done at once."""
+        """Processing ends at once: done, or failed when told to."""
         del dataset, handle
+        if self.fail_processing:
+            return ProcessingStatus("failed", "processing failed in memory (fail_processing)")
         return ProcessingStatus("done", "processed in memory", 100.0)
 
     async def aclose(self) -> None:
         """Nothing to release."""
+
+
+def _build(name: str, config: MemoryTargetConfig, env: TargetEnv) -> Target:
+    del config, env
+    return MemoryTarget(name)
+
+
+TYPE = TargetType("memory", MemoryTargetConfig, _build)

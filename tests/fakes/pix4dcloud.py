@@ -456,6 +456,13 @@ class FakePix4DCloud:
         """Every S3 credential issued so far is now expired."""
         self.s3_credentials.expire_all()
 
+    def rotate_secret(self, secret: str) -> None:
+        """The client's secret changed on the account: every token and refresh token is void."""
+        with self._lock:
+            self.client_secret = secret
+            self._tokens.clear()
+            self._refresh_tokens.clear()
+
     def projects(self) -> dict[int, ProjectView]:
         with self._lock:
             return {pid: self._view(p) for pid, p in self._projects.items()}

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import structlog
 
-from daemon.config import NodeODMTargetConfig
 from daemon.errors import (
     DatasetResetError,
     PermanentTargetError,
@@ -23,7 +22,8 @@ from daemon.errors import (
     TransientTargetError,
 )
 from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
-from daemon.targets.nodeodm import NodeODMTarget
+from daemon.targets.nodeodm import NodeODMTargetConfig
+from daemon.targets.nodeodm.target import NodeODMTarget
 from tests.conftest import wait_until
 from tests.fakes.nodeodm import FakeNodeODM
 

@@ -1,6 +1,6 @@
 """How one NodeODM upload ends when the node misbehaves, by both of its ways of sending.
 
-Plain HTTP goes through ``daemon.targets.filepost`` (the check hash in a thread beside), https://
+Plain HTTP goes through ``daemon.targets.kit.filepost`` (the check hash in a thread beside), https://
 and proxies through httpx. Either way a node that stalls or goes away costs a bounded wait and
 a one-line error without the token, and a task that may hold part of an image is never
 committed.
@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon.config import NodeODMTargetConfig
 from daemon.errors import TransientTargetError
 from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
-from daemon.targets.filepost import direct_ok
-from daemon.targets.nodeodm import NodeODMTarget
+from daemon.targets.kit.filepost import direct_ok
+from daemon.targets.nodeodm import NodeODMTargetConfig
+from daemon.targets.nodeodm.target import NodeODMTarget
 from tests.fakes.nodeodm import FakeNodeODM
 
 DS = DatasetRef(1, "flight")

@@ -21,10 +21,10 @@ import httpx
 import pytest
 import structlog.testing
 
-from daemon.config import Pix4DCloudTargetConfig
 from daemon.errors import PermanentTargetError, TransientTargetError
 from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
-from daemon.targets.pix4dcloud import Pix4DCloudTarget, s3_key
+from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
+from daemon.targets.pix4dcloud.target import Pix4DCloudTarget, s3_key
 from tests.fakes.pix4dcloud import FakePix4DCloud
 
 T = TypeVar("T")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.sources.spool import STAGING
+from daemon.targets.directory import STAGING
 from tests.conftest import Box, wait_until
 from tests.fakes.pix4dcloud import FakePix4DCloud
 from tests.reliability.soak import Flight, SoakOptions, configure_pix4d, pix4d_landing

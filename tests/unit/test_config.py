@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import DirectoryTargetConfig, load_config
+from daemon.config import load_config
 from daemon.errors import ConfigError
+from daemon.targets.directory import DirectoryTargetConfig
 
 STATE = "@STATE@"  # replaced by a per-case state folder
 

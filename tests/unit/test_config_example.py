@@ -9,14 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import (
-    IMAGE_PATTERNS,
-    DirectoryTargetConfig,
-    SourceConfig,
-    UploadSettings,
-    load_config,
-)
-from daemon.config_example import example
+from daemon.config import IMAGE_PATTERNS, SourceConfig, UploadSettings, load_config
+from daemon.config.example import example
+from daemon.targets.directory import DirectoryTargetConfig
+from daemon.targets.nodeodm import NodeODMTargetConfig
+from daemon.targets.registry import TYPES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "config" / "dronesync.toml"
@@ -57,7 +54,7 @@ def test_the_example_loads_with_the_defaults_it_shows(tmp_path: Path) -> None:
 
 
 def test_every_commented_out_key_is_valid_once_uncommented(tmp_path: Path) -> None:
-    optional = re.compile(r"^# ([a-z_]+ = .+|\[targets\.[a-z]+\])$", re.MULTILINE)
+    optional = re.compile(r"^# ([a-z_]+ = .+|\[targets\.[a-z0-9]+\])$", re.MULTILINE)
     text = example()
     assert len(optional.findall(text)) >= 3
     settings = load_config(_as_local(optional.sub(r"\1", text), tmp_path))
@@ -69,10 +66,12 @@ def test_every_commented_out_key_is_valid_once_uncommented(tmp_path: Path) -> No
         "{dataset_dir}",
     ]
     assert settings.sources[0].poll_s == 10
-    odm = settings.targets["odm"]
-    assert odm.type == "nodeodm"
+    odm = settings.targets["nodeodm"]
+    assert isinstance(odm, NodeODMTargetConfig)
     assert odm.url == "http://odm.lan:3000"
     assert odm.token_file == Path("/etc/dronesync/nodeodm.token")
+    # Every registered type is in the example, ready to uncomment.
+    assert {target.type for target in settings.targets.values()} == set(TYPES)
 
 
 def test_the_environment_override_named_in_the_header_works(

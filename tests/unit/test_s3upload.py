@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 import pytest
 import structlog.testing
 
-from daemon.config import Pix4DCloudTargetConfig
 from daemon.errors import TransientTargetError
 from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
-from daemon.targets.pix4dcloud import Pix4DCloudTarget, s3_key
-from daemon.targets.s3upload import SHA256_META, _checksum_differs
+from daemon.targets.kit.s3upload import SHA256_META, _checksum_differs
+from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
+from daemon.targets.pix4dcloud.target import Pix4DCloudTarget, s3_key
 from tests.conftest import wait_until
 from tests.fakes.pix4dcloud import FakePix4DCloud
 

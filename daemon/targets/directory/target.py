@@ -16,27 +16,19 @@ its own: the engine calls :meth:`DirectoryTarget.make_durable` once for every ba
 finished uploads, and one ``syncfs`` (:mod:`daemon.durable`) covers them all instead of two
 ``fsync`` calls per file.
 
-Processing runs ``process_command`` once per dataset; its output goes to
-``<state_dir>/processing/<dataset>.log`` and its exit code decides processed or failed.
+Processing runs ``process_command`` (``command``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import hashlib
 import os
-import shutil
-import signal
 import stat
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from daemon.config import DirectoryTargetConfig
 from daemon.durable import DURABILITY
 from daemon.errors import (
     FileChangedError,
@@ -44,8 +36,10 @@ from daemon.errors import (
     SourceError,
     TransientTargetError,
 )
-from daemon.hashing import CHUNK, open_regular, read_chunks
-from daemon.targets.base import DatasetRef, ProcessingStatus, Transfer, UploadItem
+from daemon.hashing import StableRead, write_all
+from daemon.targets.base import DatasetRef, ProcessingStatus, Staging, Transfer, UploadItem
+from daemon.targets.directory import STAGING, DirectoryTargetConfig
+from daemon.targets.directory.command import CommandRunner
 
 # Errors the operator must fix (permissions, read-only share, bad names): retrying won't help.
 # Errors no retry can fix until the operator acts: permissions, a read-only file system, a
@@ -65,20 +59,6 @@ _PERMANENT_ERRNOS = {
 _NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES}
 MAX_NAME_TRIES = 1000
 T = TypeVar("T")
-# Runs process_command: first records its own pid in a file ($1), so a daemon killed while
-# starting it never starts a second one; then records the command's exit code in a file ($0),
-# so a daemon restarted while the command ran (in its own session) still learns how it ended.
-_RECORD_EXIT = (
-    'echo $$ > "$1.tmp" && mv -f "$1.tmp" "$1"; shift; '
-    'code=0; "$@" || code=$?; echo "$code" > "$0.tmp"; mv -f "$0.tmp" "$0"; exit "$code"'
-)
-
-
-@dataclass(slots=True)
-class _Run:
-    process: asyncio.subprocess.Process
-    log: Path
-    started: float
 
 
 def _target_error(path: Path, exc: OSError) -> Exception:
@@ -103,15 +83,18 @@ def _alternative(key: bytes, n: int) -> bytes:
 
 def _same_content(path: Path, sha256: str, size: int) -> bool:
     try:
-        if path.stat().st_size != size:
+        info = path.stat()
+        if info.st_size != size:
             return False
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            while chunk := fh.read(CHUNK):
-                digest.update(chunk)
+        with StableRead(path, size, info.st_mtime_ns, expect=sha256) as read:
+            for _ in read.chunks():
+                pass
+            read.finish()
+    except FileChangedError:
+        return False
     except OSError as exc:
         raise _target_error(path, exc) from exc
-    return digest.hexdigest() == sha256
+    return True
 
 
 class DirectoryTarget:
@@ -123,8 +106,8 @@ class DirectoryTarget:
         self.name = name
         self.config = config
         self.root = config.path
-        self.log_dir = log_dir
-        self._runs: dict[int, _Run] = {}
+        self.staging: Staging | None = Staging(config.path / STAGING, accept=config.staging)
+        self._command = CommandRunner(config, log_dir)
         self._can_link = True  # until link() from the spool is refused once
         self._folders: set[Path] = set()  # folders made (or found) by this process
         # A folder on each other filesystem mounted inside the archive that received files.
@@ -292,150 +275,38 @@ class DirectoryTarget:
         return True
 
     def _copy(self, item: UploadItem, tmp: Path, transfer: Transfer) -> None:
-        src, info = open_regular(item.path)
-        try:
-            if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
-                raise FileChangedError(f"{item.path}: changed since it was hashed")
+        read = StableRead(
+            item.path, item.size, item.mtime_ns, expect=item.sha256, seen="hashed", doing="uploaded"
+        )
+        with read:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
             try:
                 out = self._again_in_new_folder(tmp, os.open, tmp, flags, 0o644)
             except OSError as exc:
                 raise _target_error(tmp, exc) from exc
             try:
-                digest = self._pump(src, out, item, tmp, transfer)
+                for chunk in read.chunks():
+                    try:
+                        write_all(out, chunk)
+                    except OSError as exc:
+                        raise _target_error(tmp, exc) from exc
+                    transfer.progress(len(chunk))
             finally:
                 os.close(out)
-            after = os.fstat(src)
-        finally:
-            os.close(src)
-        if after.st_size != item.size or after.st_mtime_ns != item.mtime_ns:
-            raise FileChangedError(f"{item.path}: changed while it was being uploaded")
-        if digest != item.sha256:
-            raise FileChangedError(f"{item.path}: content differs from its recorded hash")
-
-    @staticmethod
-    def _pump(src: int, out: int, item: UploadItem, tmp: Path, transfer: Transfer) -> str:
-        digest = hashlib.sha256()
-        for chunk in read_chunks(src, item.size, item.path):
-            digest.update(chunk)
-            written = 0
-            while written < len(chunk):
-                try:
-                    written += os.write(out, chunk[written:])
-                except OSError as exc:
-                    raise _target_error(tmp, exc) from exc
-            transfer.progress(len(chunk))
-        return digest.hexdigest()
+            read.finish()
 
     async def start_processing(self, dataset: DatasetRef, keys: list[bytes]) -> str:
         """Start ``process_command`` (if configured) for the dataset's folder."""
         del keys  # the dataset folder holds exactly the uploaded files
-        command = self.config.process_command
-        if not command:
-            return ""
-        pid_file = self._pid_file(dataset)
-        try:
-            # Started already, by a daemon killed before it could record the start: the
-            # same run is followed, never a second one.
-            return pid_file.read_text(encoding="ascii").strip()
-        except (FileNotFoundError, UnicodeDecodeError):
-            pass
-        values = {"dataset": dataset.name, "dataset_dir": str(self.dataset_dir(dataset))}
-        argv = [arg.format(**values) for arg in command]
-        if shutil.which(argv[0]) is None:
-            raise PermanentTargetError(
-                f"cannot run process_command {argv[0]!r}: not found or not executable"
-            )
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_dir / f"{dataset.name}.log"
-        exit_file = self._exit_file(dataset)
-        exit_file.unlink(missing_ok=True)
-        with log.open("ab") as out:
-            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {argv!r}\n".encode())
-            out.flush()
-            try:
-                process = await asyncio.create_subprocess_exec(
-                    "/bin/sh",
-                    "-c",
-                    _RECORD_EXIT,
-                    str(exit_file),
-                    str(pid_file),
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=asyncio.subprocess.STDOUT,
-                    cwd=self.dataset_dir(dataset),
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise PermanentTargetError(
-                    f"cannot run process_command {argv[0]!r}: {exc.strerror}"
-                ) from exc
-        self._runs[dataset.id] = _Run(process, log, time.monotonic())
-        return str(process.pid)
+        return await self._command.start(dataset, self.dataset_dir(dataset))
 
     async def processing_status(self, dataset: DatasetRef, handle: str) -> ProcessingStatus:
         """Whether the dataset's ``process_command`` is still running, and how it ended."""
-        status = await self._status(dataset, handle)
-        if status.state != "running":
-            self._pid_file(dataset).unlink(missing_ok=True)  # a later `process` runs it anew
-        return status
-
-    async def _status(self, dataset: DatasetRef, handle: str) -> ProcessingStatus:
-        if not handle:
-            return ProcessingStatus("done", "no process_command configured")
-        run = self._runs.get(dataset.id)
-        if run is None:
-            return self._status_after_restart(dataset, handle)
-        code = run.process.returncode
-        if code is None:
-            if time.monotonic() - run.started > self.config.process_timeout_s:
-                _terminate(run.process)
-                await run.process.wait()
-                del self._runs[dataset.id]
-                return ProcessingStatus(
-                    "failed", f"process_command ran past process_timeout_s; see {run.log}"
-                )
-            return ProcessingStatus("running")
-        del self._runs[dataset.id]
-        if code == 0:
-            return ProcessingStatus("done", f"process_command exited 0; output in {run.log}")
-        return ProcessingStatus("failed", f"process_command exited {code}; see {run.log}")
-
-    def _pid_file(self, dataset: DatasetRef) -> Path:
-        return self.log_dir / f"{dataset.name}.pid"
-
-    def _exit_file(self, dataset: DatasetRef) -> Path:
-        return self.log_dir / f"{dataset.name}.exit"
-
-    def _status_after_restart(self, dataset: DatasetRef, handle: str) -> ProcessingStatus:
-        """The command outlived a daemon that was killed: its exit file tells how it ended."""
-        log = self.log_dir / f"{dataset.name}.log"
-        try:
-            code = int(self._exit_file(dataset).read_text(encoding="ascii").strip())
-        except FileNotFoundError:
-            try:
-                os.kill(int(handle), 0)
-            except (OSError, ValueError):
-                return ProcessingStatus(
-                    "failed",
-                    "processing was interrupted by a restart; `dronesync process` runs it again",
-                )
-            return ProcessingStatus("running", f"process_command (pid {handle}) still running")
-        except (OSError, ValueError):
-            return ProcessingStatus("failed", f"cannot read how process_command ended; see {log}")
-        if code == 0:
-            return ProcessingStatus("done", f"process_command exited 0; output in {log}")
-        return ProcessingStatus("failed", f"process_command exited {code}; see {log}")
+        return await self._command.status(dataset, handle)
 
     async def aclose(self) -> None:
         """Stop running process commands (the service is stopping)."""
-        for run in self._runs.values():
-            if run.process.returncode is None:
-                _terminate(run.process)
-        for run in self._runs.values():
-            await run.process.wait()
-        self._runs.clear()
+        await self._command.aclose()
 
 
 def _part_name(dest: Path, item: UploadItem) -> Path:
@@ -459,9 +330,3 @@ def _make_durable(folder: Path) -> None:
             os.close(fd)
     except OSError as exc:
         raise _target_error(folder, exc) from exc
-
-
-def _terminate(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM the command's whole process group (it runs in its own session)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)

@@ -53,7 +53,6 @@ from typing import Any, NamedTuple
 import httpx
 import structlog
 
-from daemon.config import NodeODMTargetConfig
 from daemon.errors import (
     DatasetResetError,
     FileChangedError,
@@ -64,9 +63,17 @@ from daemon.errors import (
     TransientTargetError,
 )
 from daemon.hashing import CHUNK, open_regular
-from daemon.targets.base import DatasetRef, ProcessingStatus, TargetState, Transfer, UploadItem
-from daemon.targets.filepost import CheckedRead, FilePost, direct_ok
-from daemon.targets.http import json_body, never_sent, status_error, transport_error
+from daemon.targets.base import (
+    DatasetRef,
+    ProcessingStatus,
+    Staging,
+    TargetState,
+    Transfer,
+    UploadItem,
+)
+from daemon.targets.kit.filepost import CheckedRead, FilePost, direct_ok
+from daemon.targets.kit.http import json_body, never_sent, status_error, transport_error
+from daemon.targets.nodeodm import NodeODMTargetConfig
 
 log = structlog.get_logger("dronesync.nodeodm")
 
@@ -196,6 +203,7 @@ class NodeODMTarget:
         self._clock = clock
         self.config = config
         self.poll_interval_s = config.poll_s
+        self.staging: Staging | None = None  # uploads read the source (or the spool)
         self._state = state
         # The token goes in the query string (the node ignores headers); httpx adds it to
         # every request, and messages below name routes, never URLs.

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import httpx
 
 from daemon.errors import TargetPausedError, TransientTargetError
-from daemon.targets.http import json_body, status_error, transport_error
+from daemon.targets.kit.http import json_body, status_error, transport_error
 
 # Renew this long before the token expires, so no request carries a token about to lapse.
 RENEW_MARGIN_S = 120.0

@@ -17,15 +17,17 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from daemon.config import (
-    DirectoryTargetConfig,
-    NodeODMTargetConfig,
+from daemon.config.model import (
     NotificationsConfig,
     Settings,
     SourceConfig,
     SpoolSettings,
     UploadSettings,
 )
+from daemon.targets.registry import TYPES
+
+# The target the example uses; every other type follows it, commented out.
+_ACTIVE_TYPE = "directory"
 
 HEADER = """\
 # dronesync configuration.
@@ -106,10 +108,13 @@ def example() -> str:
     parts.append("[notifications]")
     parts.append("# " + (NotificationsConfig.__doc__ or "").strip())
     parts.extend(_fields(NotificationsConfig))
+    active = TYPES[_ACTIVE_TYPE].config
     parts.append("[targets.archive]")
-    parts.append("# " + (DirectoryTargetConfig.__doc__ or "").strip())
-    parts.extend(_fields(DirectoryTargetConfig))
-    parts.extend(_optional_target("odm", NodeODMTargetConfig))
+    parts.append("# " + (active.__doc__ or "").strip())
+    parts.extend(_fields(active))
+    for name, entry in TYPES.items():
+        if name != _ACTIVE_TYPE:
+            parts.extend(_optional_target(name, entry.config))
     parts.append("[[sources]]")
     parts.append("# " + (SourceConfig.__doc__ or "").strip())
     parts.extend(_fields(SourceConfig))

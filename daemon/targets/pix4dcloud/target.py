@@ -49,22 +49,29 @@ import httpx
 import structlog
 from botocore.config import Config
 
-from daemon.config import Pix4DCloudTargetConfig
 from daemon.errors import (
     PermanentTargetError,
     TargetError,
     TargetPausedError,
     TransientTargetError,
 )
-from daemon.targets.base import DatasetRef, ProcessingStatus, TargetState, Transfer, UploadItem
-from daemon.targets.http import json_body, status_error, transport_error
-from daemon.targets.oauth import TokenSource
-from daemon.targets.s3upload import (
+from daemon.targets.base import (
+    DatasetRef,
+    ProcessingStatus,
+    Staging,
+    TargetState,
+    Transfer,
+    UploadItem,
+)
+from daemon.targets.kit.http import json_body, status_error, transport_error
+from daemon.targets.kit.oauth import TokenSource
+from daemon.targets.kit.s3upload import (
     CredentialsExpiredError,
     PartSenders,
     abort_stale_uploads,
     put_file,
 )
+from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -155,6 +162,7 @@ class Pix4DCloudTarget:
         self.name = name
         self.config = config
         self.poll_interval_s = config.poll_s
+        self.staging: Staging | None = None  # uploads read the source (or the spool)
         self._state = state
         self._clock = clock
         self._http = httpx.AsyncClient(

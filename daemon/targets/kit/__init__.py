@@ -1,0 +1,1 @@
+"""Pieces targets share: HTTP error mapping, OAuth, S3 uploads, streamed file bodies."""

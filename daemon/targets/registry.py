@@ -1,0 +1,33 @@
+"""The registry: every target type, each with its table (config model) and its factory.
+
+An explicit list rather than plug-ins found by import: adding a target is its module here and
+its fixture in ``tests/conformance``. Importing this module imports each type's table only;
+an implementation (and what it needs: boto3, say) is imported when a target of its type is
+built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from daemon.secrets import read_secret, secret_path
+from daemon.targets import directory, memory, nodeodm, pix4dcloud
+from daemon.targets.base import Target, TargetConfig, TargetEnv, TargetState, TargetType
+
+TYPES: dict[str, TargetType[Any]] = {
+    entry.name: entry for entry in (directory.TYPE, nodeodm.TYPE, pix4dcloud.TYPE, memory.TYPE)
+}
+
+
+def config_models() -> tuple[type[TargetConfig], ...]:
+    """Every type's table, in registry order."""
+    return tuple(entry.config for entry in TYPES.values())
+
+
+def build_target(name: str, config: TargetConfig, state_dir: Path, state: TargetState) -> Target:
+    """The target for one ``[targets.NAME]`` table, with its secret read."""
+    ref = config.secret()
+    where = None if ref is None else secret_path(ref.file, ref.credential)
+    secret = None if where is None else read_secret(where)
+    return TYPES[config.type].build(name, config, TargetEnv(state, state_dir, secret))
