@@ -1,5 +1,33 @@
 """The journal: SQLite in WAL mode, the single source of truth for every status."""
 
-from daemon.journal.store import DatasetRow, FileRow, Journal
+from daemon.journal.store import (
+    CLOSED_STATES,
+    DONE_STATUSES,
+    FILE_COLUMNS,
+    FILE_STATUSES,
+    GROUP_COMMIT_S,
+    SCHEMA_VERSION,
+    DatasetCounts,
+    DatasetRow,
+    FileRow,
+    HashRecord,
+    Journal,
+    Known,
+    NewFile,
+)
 
-__all__ = ["DatasetRow", "FileRow", "Journal"]
+__all__ = [
+    "CLOSED_STATES",
+    "DONE_STATUSES",
+    "FILE_COLUMNS",
+    "FILE_STATUSES",
+    "GROUP_COMMIT_S",
+    "SCHEMA_VERSION",
+    "DatasetCounts",
+    "DatasetRow",
+    "FileRow",
+    "HashRecord",
+    "Journal",
+    "Known",
+    "NewFile",
+]
