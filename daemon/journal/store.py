@@ -15,124 +15,27 @@ Writes that come before an action outside the daemon (a target's memo, a dataset
 answer that a card can be removed) commit at once, and everything before them with them.
 """
 
-from __future__ import annotations
-
-import contextlib
 import json
-import sqlite3
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
-from importlib import resources
-from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any, NamedTuple
 
-from daemon.errors import JournalError
-
-# How often the service commits grouped writes, and the most a group holds.
-GROUP_COMMIT_S = 0.2
-GROUP_MAX = 2000
-# A batch is read or written in chunks of these sizes only. SQLite compiles each distinct
-# statement, and Python's sqlite3 keeps the last 128 compiled: a statement shaped for every
-# batch size filled that cache with large programs (21 MB more after 133 sizes of batch).
-CHUNK_SIZES = (256, 64, 16, 4, 1)
-T = TypeVar("T")
-
-
-def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
-    """``items`` in consecutive chunks, each of one of :data:`CHUNK_SIZES`, largest first."""
-    start = 0
-    for size in CHUNK_SIZES:
-        while len(items) - start >= size:
-            yield items[start : start + size]
-            start += size
-
-
-FILE_STATUSES = ("waiting", "uploading", "uploaded", "duplicate", "failed", "skipped")
-DONE_STATUSES = ("uploaded", "duplicate")
-# A dataset in these states takes no more files: later files start a new generation.
-CLOSED_STATES = ("processing", "processed", "failed")
-
-
-@dataclass(frozen=True, slots=True)
-class DatasetRow:
-    """One dataset: the files of one folder that are processed together."""
-
-    id: int
-    name: str
-    target: str
-    source: str
-    volume: str
-    folder: bytes
-    generation: int
-    state: str
-    auto_process: bool
-    quiet_s: float
-    created_at: float
-    last_activity_at: float
-    processing_started_at: float | None
-    processing_finished_at: float | None
-    processing_handle: str | None
-    detail: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class FileRow:
-    """One file of a dataset, with its upload status."""
-
-    id: int
-    dataset_id: int
-    volume: str
-    relpath: bytes
-    dspath: bytes
-    size: int
-    mtime_ns: int
-    sha256: str | None
-    status: str
-    attempts: int
-    last_error: str | None
-    next_attempt_at: float
-    remote_key: bytes | None
-    duplicate_of: int | None
-    discovered_at: float
-    uploaded_at: float | None
-    spool_path: bytes | None = None  # the verified local copy, in spool mode
-
-
-# Rows are read by explicit column lists in the dataclasses' field order, so a tuple from
-# SQLite becomes a row positionally (a dict per row cost half of every read).
-FILE_COLUMNS = ", ".join(f.name for f in fields(FileRow))
-FILE_COLUMNS_F = ", ".join(f"f.{f.name}" for f in fields(FileRow))  # in a join, as ``files f``
-DATASET_COLUMNS = ", ".join(f.name for f in fields(DatasetRow))
-KNOWN_COLUMNS = "relpath, id, dataset_id, size, mtime_ns, sha256 IS NOT NULL, status"
-
-
-class Known(NamedTuple):
-    """What the scanner needs to know about a file with work left, or one it meets changed.
-
-    Files with nothing left to do are held more compactly (:meth:`Journal.settled_files`); a
-    record is read for one of them only when it changes. It keeps whether the file was hashed,
-    not the hash (64 characters the scanner never reads).
-    """
-
-    id: int
-    dataset_id: int
-    size: int
-    mtime_ns: int
-    hashed: bool
-    status: str
-
-
-class NewFile(NamedTuple):
-    """A file seen for the first time, to be recorded as waiting (:meth:`Journal.add_files`)."""
-
-    dataset_id: int
-    volume: str
-    relpath: bytes
-    dspath: bytes
-    size: int
-    mtime_ns: int
+from daemon.journal.db import JournalBase, chunks
+from daemon.journal.rows import (
+    CLOSED_STATES,
+    DATASET_COLUMNS,
+    DONE_STATUSES,
+    FILE_COLUMNS,
+    FILE_STATUSES,
+    KNOWN_COLUMNS,
+    DatasetCounts,
+    DatasetRow,
+    FileRow,
+    HashRecord,
+    Known,
+    NewFile,
+)
 
 
 class _Original(NamedTuple):
@@ -144,268 +47,8 @@ class _Original(NamedTuple):
     uploaded: bool
 
 
-class HashRecord(NamedTuple):
-    """A file's hash to record (:meth:`Journal.record_hashes`); arguments of ``record_hash``."""
-
-    current: FileRow  # the file's row as the caller has just read it
-    dataset_id: int
-    size: int
-    mtime_ns: int
-    sha256: str
-    duplicate_scope: str
-    spool_path: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DatasetCounts:
-    """Per-status file counts and byte totals of one dataset."""
-
-    files: dict[str, int]
-    bytes_total: int
-    bytes_uploaded: int
-    pending_hash: int
-
-
-def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("daemon.journal") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
-    return sorted(found)
-
-
-SCHEMA_VERSION = max(number for number, _ in _migrations())
-
-
-class Journal:
+class Journal(JournalBase):
     """The SQLite journal. Not thread-safe: use it from one thread (the event loop)."""
-
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        self._conn = conn
-        self.path = path
-        self._depth = 0
-        self._opened = False  # the outermost transaction's savepoint was opened
-        self.commits = 0  # for the "stopped" line: proof that writes are batched
-        self._grouping = False
-        self._pending = 0  # writes in the open group
-        self._datasets: dict[int, DatasetRow] | None = None  # the one writer's cache of rows
-        self._latest: dict[tuple[str, bytes], int] = {}  # (volume, folder) -> newest dataset
-        # Dataset activity not yet written (group commits): one write per dataset per group
-        # instead of one per file added; written before any read of dataset rows.
-        self._touched: dict[int, float] = {}
-
-    # -- opening ---------------------------------------------------------------------------
-
-    @classmethod
-    def open(cls, path: Path, *, readonly: bool = False) -> Journal:
-        """Open (and migrate, unless read-only) the journal at ``path``."""
-        try:
-            if readonly:
-                conn = sqlite3.connect(
-                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=10
-                )
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(path, isolation_level=None, timeout=10)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            journal = cls(conn, path)
-            if not readonly:
-                journal._migrate()
-            elif journal.schema_version() != SCHEMA_VERSION:
-                raise JournalError(
-                    f"{path}: journal schema {journal.schema_version()} is not the expected"
-                    f" {SCHEMA_VERSION}; start the daemon once to migrate it"
-                )
-        except sqlite3.Error as exc:
-            raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
-        return journal
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._conn.close()
-
-    def schema_version(self) -> int:
-        """The applied migration number (SQLite ``user_version``)."""
-        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-
-    def _migrate(self) -> None:
-        current = self.schema_version()
-        if current > SCHEMA_VERSION:
-            raise JournalError(
-                f"{self.path}: journal schema {current} is newer than this dronesync"
-                f" ({SCHEMA_VERSION}); upgrade dronesync"
-            )
-        for number, script in _migrations():
-            if number <= current:
-                continue
-            # executescript() commits first; the script and the version bump go in together.
-            self._conn.executescript(
-                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
-            )
-
-    def integrity_ok(self) -> bool:
-        """``PRAGMA integrity_check`` says ok."""
-        return bool(self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
-
-    # -- transactions ----------------------------------------------------------------------
-
-    def group_commits(self) -> None:
-        """From now on, writes join one open transaction that :meth:`flush` commits.
-
-        Only the daemon, the journal's one writer, groups its commits; it also keeps the
-        dataset rows it has read in memory (every file step reads its dataset), which is
-        right only because no other connection writes them.
-        """
-        self._grouping = True
-        self._datasets = {}
-
-    def flush(self) -> None:
-        """Commit the open group of writes, if any."""
-        if self._depth:
-            return
-        self._write_touches()
-        if not self._conn.in_transaction:
-            return
-        try:
-            self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
-        finally:
-            self._pending = 0
-        self.commits += 1
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group writes into one commit; nested uses join the outer transaction.
-
-        The outermost use is a savepoint in the open transaction (begun if there is none): a
-        failure undoes only its own writes. Without group commits it is committed at once;
-        with them, by the next :meth:`flush`.
-        """
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        try:
-            with self._savepoint():
-                yield
-        finally:
-            if not self._grouping:
-                self.flush()
-
-    @contextmanager
-    def _savepoint(self) -> Iterator[None]:
-        """The savepoint of an outermost transaction, opened by its first write.
-
-        In the daemon (group commits: the journal's one writer), a unit that writes nothing,
-        such as a scan that meets only known files, costs no statement: each statement is a
-        hand-over of the GIL, and the event loop makes thousands. Otherwise the write lock is
-        taken at once, so the unit's reads see no other writer's changes before its writes.
-        """
-        self._depth = 1
-        self._opened = False
-        if not self._grouping:
-            try:
-                self._open_savepoint()
-            except JournalError:
-                self._depth = 0
-                raise
-        try:
-            yield
-        except BaseException:
-            self._depth = 0
-            if self._opened:
-                self._undo_savepoint()
-            raise
-        self._depth = 0
-        if not self._opened:
-            return
-        try:
-            self._conn.execute("RELEASE write")
-        except sqlite3.Error as exc:
-            self._undo_savepoint()
-            raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
-        self._pending += 1
-        if self._pending >= GROUP_MAX:
-            self.flush()
-
-    def _open_savepoint(self) -> None:
-        try:
-            if not self._conn.in_transaction:
-                self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute("SAVEPOINT write")
-        except sqlite3.Error as exc:
-            raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
-        self._opened = True
-
-    def _undo_savepoint(self) -> None:
-        """Undo one write of the group; if SQLite dropped the whole group (a full disk), say so."""
-        self._forget_datasets()
-        if not self._conn.in_transaction:
-            self._pending = 0
-            raise JournalError(f"{self.path}: cannot write the journal: the last changes were lost")
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.execute("ROLLBACK TO write")
-            self._conn.execute("RELEASE write")
-
-    def _rollback(self) -> None:
-        """Undo the open transaction, if SQLite has not already (it does on a full disk)."""
-        self._forget_datasets()
-        if self._conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
-
-    def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
-        return self._write_fetch(sql, params, fetch=False)[0]
-
-    def _write_fetch(
-        self, sql: str, params: Iterable[Any] = (), *, fetch: bool = True
-    ) -> tuple[sqlite3.Cursor, list[tuple[Any, ...]]]:
-        """One write statement; with ``fetch``, the rows its RETURNING clause gave.
-
-        The rows are read before anything is committed: SQLite refuses a commit while a
-        statement is still returning rows.
-        """
-        if self._depth:  # inside transaction(): its savepoint covers this statement
-            if not self._opened:
-                self._open_savepoint()
-            try:
-                cursor = self._conn.execute(sql, tuple(params))
-                return cursor, cursor.fetchall() if fetch else []
-            except sqlite3.Error as exc:
-                raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
-        # One statement on its own needs no savepoint: SQLite undoes a failed statement and
-        # keeps the transaction, unless the failure (a full disk) ends the transaction too,
-        # which is said as for a group. Two statements fewer per file status change.
-        try:
-            if not self._conn.in_transaction:
-                self._conn.execute("BEGIN IMMEDIATE")
-            cursor = self._conn.execute(sql, tuple(params))
-            rows = cursor.fetchall() if fetch else []
-        except sqlite3.Error as exc:
-            self._forget_datasets()
-            if not self._grouping:
-                self._rollback()
-            elif not self._conn.in_transaction and self._pending:
-                self._pending = 0
-                raise JournalError(
-                    f"{self.path}: cannot write the journal: {exc}; the last changes were lost"
-                ) from exc
-            raise JournalError(f"{self.path}: cannot write the journal: {exc}") from exc
-        self._pending += 1
-        if not self._grouping or self._pending >= GROUP_MAX:
-            self.flush()
-        return cursor, rows
-
-    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._conn.execute(sql, tuple(params)).fetchall()
 
     # -- datasets --------------------------------------------------------------------------
 
@@ -413,15 +56,6 @@ class Journal:
     def _dataset(row: tuple[Any, ...]) -> DatasetRow:
         dataset = DatasetRow(*row)
         return replace(dataset, auto_process=bool(dataset.auto_process))
-
-    def _forget_datasets(self, dataset_id: int | None = None) -> None:
-        """Drop cached dataset rows: one that was written, or all (a write was undone)."""
-        if self._datasets is not None:
-            if dataset_id is None:
-                self._datasets.clear()
-                self._latest.clear()  # a generation it names may have been undone
-            else:
-                self._datasets.pop(dataset_id, None)
 
     def datasets(self) -> list[DatasetRow]:
         """Every dataset, oldest first."""
@@ -570,14 +204,6 @@ class Journal:
         if cached is not None and now > cached.last_activity_at:
             self._datasets[dataset_id] = replace(cached, last_activity_at=now)
 
-    def _write_touches(self) -> None:
-        touched, self._touched = self._touched, {}
-        for dataset_id, now in touched.items():
-            self._write(
-                "UPDATE datasets SET last_activity_at = max(last_activity_at, ?) WHERE id = ?",
-                (now, dataset_id),
-            )
-
     def set_dataset_settings(self, dataset_id: int, *, auto_process: bool, quiet_s: float) -> None:
         """Apply the current source settings (after a reload) to an open dataset."""
         self._write(
@@ -666,7 +292,7 @@ class Journal:
     def find_files(self, file_ids: list[int]) -> dict[int, FileRow]:
         """The files with these ids that the journal still has, in a few queries."""
         found: dict[int, FileRow] = {}
-        for chunk in _chunks(file_ids):
+        for chunk in chunks(file_ids):
             marks = ", ".join("?" * len(chunk))
             for row in self._rows(
                 f"SELECT {FILE_COLUMNS} FROM files WHERE id IN ({marks})",  # noqa: S608
@@ -707,7 +333,7 @@ class Journal:
         hashing processes and uploads to their threads.
         """
         ids: dict[tuple[str, bytes], int] = {}
-        for chunk in _chunks(new):
+        for chunk in chunks(new):
             values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
             params = [value for file in chunk for value in (*file, now)]
             _, rows = self._write_fetch(
@@ -826,7 +452,7 @@ class Journal:
         """The files each of these hashes could be a duplicate of, whatever the scope."""
         found: dict[str, list[_Original]] = {}
         unique = list(dict.fromkeys(hashes))
-        for chunk in _chunks(unique):
+        for chunk in chunks(unique):
             marks = ", ".join("?" * len(chunk))
             # Through the hash's index, named: with a dataset's scope the planner would rather
             # take files_counts (dataset, status), and read every file of the dataset for each
@@ -858,7 +484,7 @@ class Journal:
             assignments = ", ".join(
                 f"{column} = v.column{n}" for n, column in enumerate(columns, start=2)
             )
-            for chunk in _chunks(rows):
+            for chunk in chunks(rows):
                 if len(chunk) == 1:  # the plain form: a VALUES table costs more for one row
                     file_id, *values = chunk[0]
                     self._write(
@@ -965,7 +591,7 @@ class Journal:
             )
         ]
         rows: list[tuple[Any, ...]] = []
-        for chunk in _chunks(ids):  # below SQLite's limit on a compound statement
+        for chunk in chunks(ids):  # below SQLite's limit on a compound statement
             # ``select`` is one of this module's constant statements, never input.
             sql = " UNION ALL ".join([f"SELECT * FROM ({select})"] * len(chunk))  # noqa: S608
             rows.extend(self._rows(sql, [v for i in chunk for v in (i, *params)]))
@@ -1014,7 +640,7 @@ class Journal:
         Files stored under their own path (nearly all) take a few statements for all.
         """
         own = [row.id for row, key in uploads if key == row.dspath]
-        for chunk in _chunks(own):
+        for chunk in chunks(own):
             marks = ", ".join("?" * len(chunk))
             self._write(
                 "UPDATE files SET status = 'uploaded', remote_key = dspath, uploaded_at = ?,"  # noqa: S608
