@@ -22,8 +22,7 @@ import structlog
 
 from daemon.clock import Clock
 from daemon.errors import DatasetResetError, TargetError, TransientTargetError, UsageError
-from daemon.journal import DatasetRow, Journal
-from daemon.journal.store import DatasetCounts
+from daemon.journal import DatasetCounts, DatasetRow, Journal
 from daemon.targets.base import DatasetRef, Target
 
 log = structlog.get_logger("dronesync.processing")

@@ -23,8 +23,7 @@ from daemon import control
 from daemon.clock import Clock, SystemClock, wait_event
 from daemon.config import Settings, load_config, runtime_problems
 from daemon.errors import ConfigError, DronesyncError, JournalError, UsageError
-from daemon.journal import DatasetRow, FileRow, Journal
-from daemon.journal.store import GROUP_COMMIT_S
+from daemon.journal import GROUP_COMMIT_S, DatasetRow, FileRow, Journal
 from daemon.notifications import Event, Notifier
 from daemon.notify import notify, watchdog_interval
 from daemon.processing import ProcessingController

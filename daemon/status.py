@@ -15,8 +15,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from daemon.journal import Journal
-from daemon.journal.store import FILE_STATUSES
+from daemon.journal import FILE_STATUSES, Journal
 
 LIVE = "live.json"
 LIVE_FRESH_S = 5.0

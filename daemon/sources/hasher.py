@@ -32,8 +32,7 @@ from daemon.errors import (
 )
 from daemon.hashing import Hashed
 from daemon.hashworker import Job, Outcome
-from daemon.journal import FileRow, Journal
-from daemon.journal.store import CLOSED_STATES, DONE_STATUSES, HashRecord
+from daemon.journal import CLOSED_STATES, DONE_STATUSES, FileRow, HashRecord, Journal
 from daemon.sources.gate import Candidate
 from daemon.sources.hashpool import HashPool
 from daemon.sources.manager import SourceManager

@@ -24,8 +24,7 @@ import structlog
 
 from daemon.clock import Clock, wait_event
 from daemon.config import SourceConfig
-from daemon.journal import DatasetRow, Journal
-from daemon.journal.store import Known, NewFile
+from daemon.journal import DatasetRow, Journal, Known, NewFile
 from daemon.sources.filters import FileFilter, is_litter
 from daemon.sources.gate import Candidate, StabilityGate
 from daemon.sources.mapping import DatasetMapper, Placement

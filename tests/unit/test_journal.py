@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import JournalError
-from daemon.journal import Journal
-from daemon.journal.store import SCHEMA_VERSION
+from daemon.journal import SCHEMA_VERSION, Journal
 
 NOW = 1_700_000_000.0
 

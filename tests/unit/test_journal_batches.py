@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.journal import Journal
-from daemon.journal.store import FileRow, HashRecord, NewFile
+from daemon.journal import FileRow, HashRecord, Journal, NewFile
 
 NOW = 1_700_000_000.0
 VOLUME = "/srv/inbox"

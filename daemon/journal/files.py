@@ -1,0 +1,146 @@
+"""Files: what the scanner knows of a volume, reading file rows, and adding new files."""
+
+from __future__ import annotations
+
+import sys
+
+from daemon.journal.datasets import Datasets
+from daemon.journal.db import chunks
+from daemon.journal.rows import FILE_COLUMNS, KNOWN_COLUMNS, FileRow, Known, NewFile
+
+
+class Files(Datasets):
+    """The file rows: the scanner's view of a volume, reads by id or dataset, new files."""
+
+    def settled_files(self, volume: str) -> dict[bytes, tuple[int, int]]:
+        """The hash cache of one volume, for files with nothing left to do: (size, mtime_ns).
+
+        Hashed and no longer waiting (uploaded, duplicate, skipped, failed): a scan passes over
+        such a file while its size and mtime are these. Three columns, not the whole record:
+        at 100,000 files this is the larger part of a restart's scan.
+        """
+        rows = self._conn.execute(
+            "SELECT relpath, size, mtime_ns FROM files"
+            " WHERE volume = ? AND sha256 IS NOT NULL AND status != 'waiting'",
+            (volume,),
+        )
+        return {relpath: (size, mtime_ns) for relpath, size, mtime_ns in rows}
+
+    def open_files(self, volume: str) -> dict[bytes, Known]:
+        """The volume's files with work left (waiting, or never hashed), by relative path."""
+        rows = self._conn.execute(
+            f"SELECT {KNOWN_COLUMNS} FROM files INDEXED BY files_queue"  # noqa: S608
+            " WHERE status = 'waiting' AND volume = ?"
+            f" UNION ALL SELECT {KNOWN_COLUMNS} FROM files INDEXED BY files_hash"
+            " WHERE sha256 IS NULL AND status != 'waiting' AND volume = ?",
+            (volume, volume),
+        ).fetchall()
+        # The status last, as one shared string: each row read has its own copy otherwise.
+        return {r[0]: Known._make((*r[1:-1], sys.intern(r[-1]))) for r in rows}
+
+    def known_file(self, volume: str, relpath: bytes) -> Known | None:
+        """What was recorded for one file of the volume, if anything."""
+        row = self._conn.execute(
+            f"SELECT {KNOWN_COLUMNS} FROM files WHERE volume = ? AND relpath = ?",  # noqa: S608
+            (volume, relpath),
+        ).fetchone()
+        return None if row is None else Known._make(row[1:])
+
+    def file(self, file_id: int) -> FileRow:
+        """The file with this id (IndexError if the journal has none)."""
+        row = self.find_file(file_id)
+        if row is None:
+            raise IndexError(f"no file {file_id} in the journal")
+        return row
+
+    def find_file(self, file_id: int) -> FileRow | None:
+        """The file with this id, or None once it is forgotten (it vanished unhashed)."""
+        rows = self._rows(f"SELECT {FILE_COLUMNS} FROM files WHERE id = ?", (file_id,))  # noqa: S608
+        return FileRow(*rows[0]) if rows else None
+
+    def find_files(self, file_ids: list[int]) -> dict[int, FileRow]:
+        """The files with these ids that the journal still has, in a few queries."""
+        found: dict[int, FileRow] = {}
+        for chunk in chunks(file_ids):
+            marks = ", ".join("?" * len(chunk))
+            for row in self._rows(
+                f"SELECT {FILE_COLUMNS} FROM files WHERE id IN ({marks})",  # noqa: S608
+                chunk,
+            ):
+                found[row[0]] = FileRow(*row)
+        return found
+
+    def files(self, dataset_id: int) -> list[FileRow]:
+        """Every file of a dataset, in path order."""
+        rows = self._rows(
+            f"SELECT {FILE_COLUMNS} FROM files WHERE dataset_id = ? ORDER BY dspath",  # noqa: S608
+            (dataset_id,),
+        )
+        return [FileRow(*r) for r in rows]
+
+    def add_file(
+        self,
+        *,
+        dataset_id: int,
+        volume: str,
+        relpath: bytes,
+        dspath: bytes,
+        size: int,
+        mtime_ns: int,
+        now: float,
+    ) -> int:
+        """Record a newly seen file as waiting (not yet hashed); returns its id."""
+        return self.add_files([NewFile(dataset_id, volume, relpath, dspath, size, mtime_ns)], now)[
+            0
+        ]
+
+    def add_files(self, new: list[NewFile], now: float) -> list[int]:
+        """:meth:`add_file` for many files, in a few statements (:data:`CHUNK_SIZES`).
+
+        Returns their ids, in the order given. A scan of a card meets thousands of new files
+        at once, and every statement is event-loop time taken from handing files to the
+        hashing processes and uploads to their threads.
+        """
+        ids: dict[tuple[str, bytes], int] = {}
+        for chunk in chunks(new):
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            params = [value for file in chunk for value in (*file, now)]
+            _, rows = self._write_fetch(
+                "INSERT INTO files (dataset_id, volume, relpath, dspath, size, mtime_ns,"  # noqa: S608
+                f" discovered_at) VALUES {values} RETURNING id, volume, relpath",
+                params,
+            )
+            # RETURNING gives the rows in no promised order: matched by their unique key.
+            ids.update(((volume, relpath), file_id) for file_id, volume, relpath in rows)
+        for dataset_id in {file.dataset_id for file in new}:
+            self.touch_dataset(dataset_id, now)
+        return [ids[file.volume, file.relpath] for file in new]
+
+    def forget_unhashed(self, file_id: int) -> None:
+        """Drop a file that vanished before it was ever hashed (it was never in any plan)."""
+        self._write(
+            "DELETE FROM files WHERE id = ? AND sha256 IS NULL AND status = 'waiting'",
+            (file_id,),
+        )
+
+    def rehash(self, file_id: int, error: str) -> None:
+        """The file changed under us: it goes back to the stability gate, not to failed."""
+        self._write(
+            "UPDATE files SET status = 'waiting', sha256 = NULL, last_error = ? WHERE id = ?",
+            (error, file_id),
+        )
+
+    def file_count(self, dataset_id: int) -> int:
+        """How many files the dataset sends, at least: hashed, not duplicate, skipped or failed.
+
+        A file not hashed yet may still turn out to be a duplicate: it is not counted. Both
+        counts come from indexes alone.
+        """
+        row = self._conn.execute(
+            "SELECT (SELECT count(*) FROM files INDEXED BY files_counts WHERE dataset_id = ?"
+            "        AND status IN ('waiting', 'uploading', 'uploaded'))"
+            " - (SELECT count(*) FROM files INDEXED BY files_unhashed WHERE dataset_id = ?"
+            "    AND status = 'waiting' AND sha256 IS NULL)",
+            (dataset_id, dataset_id),
+        ).fetchone()
+        return int(row[0])
