@@ -20,6 +20,7 @@ from daemon.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
+PACKAGE = ROOT / "daemon"
 
 HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 KEY_ROW = re.compile(r"^\|\s*`([a-z_][a-z0-9_]*)`\s*\|\s*([^|]*?)\s*\|")
@@ -135,3 +136,21 @@ def test_configuration_md_documents_every_key_with_its_default() -> None:
             for name in rows.keys() - model.model_fields.keys()
         ]
     assert not problems, "docs/configuration.md:\n" + "\n".join(problems)
+
+
+# --- architecture.md against the package ------------------------------------------------------
+
+
+def test_architecture_md_names_every_module_and_only_modules_that_exist() -> None:
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(daemon/[\w/.]*)`", text))
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        # A package is named by its folder: its __init__ is what the folder imports as.
+        names = {relative, relative.removesuffix("__init__.py")}
+        if not names & named:
+            missing.append(relative)
+    stale = sorted(name for name in named if not (ROOT / name).exists())
+    assert not missing, f"modules not named in docs/architecture.md: {missing}"
+    assert not stale, f"docs/architecture.md names what does not exist: {stale}"
