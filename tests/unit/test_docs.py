@@ -6,6 +6,7 @@ that a new key, module or sub-command cannot land without its line in the docs.
 
 from __future__ import annotations
 
+import argparse
 import re
 import tomllib
 import typing
@@ -13,13 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import pytest
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from daemon import cli
 from daemon.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 PACKAGE = ROOT / "daemon"
 
 HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
@@ -154,3 +158,77 @@ def test_architecture_md_names_every_module_and_only_modules_that_exist() -> Non
     stale = sorted(name for name in named if not (ROOT / name).exists())
     assert not missing, f"modules not named in docs/architecture.md: {missing}"
     assert not stale, f"docs/architecture.md names what does not exist: {stale}"
+
+
+# --- the README against the command line -----------------------------------------------------
+
+
+def _commands(parser: argparse.ArgumentParser, words: str) -> Iterator[tuple[str, list[str]]]:
+    """Each sub-command as typed (``dronesync config check``) and its long options."""
+    # argparse keeps its sub-parsers in private attributes only.
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                options = [
+                    option
+                    for sub_action in sub._actions
+                    for option in sub_action.option_strings
+                    if option.startswith("--") and option != "--help"
+                ]
+                yield f"{words} {name}", options
+                yield from _commands(sub, f"{words} {name}")
+
+
+def test_readme_names_every_command_and_the_docs_every_option() -> None:
+    readme = README.read_text(encoding="utf-8")
+    operations = (DOCS / "operations.md").read_text(encoding="utf-8")
+    problems = []
+    for command, options in _commands(cli._parser(), "dronesync"):
+        if f"`{command}" not in readme:
+            problems.append(f"README.md does not show `{command}`")
+        problems += [
+            f"{command} {option}: in neither README.md nor docs/operations.md"
+            for option in options
+            if option not in readme and option not in operations
+        ]
+    assert not problems, "\n".join(problems)
+
+
+# --- links and length ------------------------------------------------------------------------
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as dashes."""
+    text = heading.strip().lower().replace("`", "")
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+PAGES = [README, *sorted(DOCS.rglob("*.md"))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_relative_links_lead_to_a_file_and_heading_that_exist(page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # a web address
+        file, _, anchor = target.partition("#")
+        path = (page.parent / file).resolve() if file else page
+        if not path.exists():
+            broken.append(target)
+        elif anchor and path.suffix == ".md":
+            anchors = {_anchor(h) for h in _sections(path.read_text(encoding="utf-8"))}
+            if anchor not in anchors:
+                broken.append(target)
+    assert not broken, f"{page.relative_to(ROOT)}: broken links {broken}"
+
+
+@pytest.mark.parametrize(
+    ("page", "most"), [(README, 220), (DOCS / "performance.md", 260)], ids=["README", "performance"]
+)
+def test_the_pages_read_whole_stay_short(page: Path, most: int) -> None:
+    # The README is a newcomer's path and performance.md a report: reference and history go
+    # to docs/ and to git.
+    lines = len(page.read_text(encoding="utf-8").splitlines())
+    assert lines <= most, f"{page.relative_to(ROOT)}: {lines} lines, at most {most}"
