@@ -90,7 +90,7 @@ class TransientTargetError(TargetError):
 
 
 class DatasetResetError(TransientTargetError):
-    """The target had to start the dataset afresh (a new NodeODM task, say).
+    """The target had to start the dataset afresh (a new processing task, say).
 
     Raised when an upload ended ambiguously on a target that cannot tell what it holds: the
     only safe recovery is an empty remote container. Every file of the dataset already
@@ -101,8 +101,8 @@ class DatasetResetError(TransientTargetError):
 class TargetWaitError(TransientTargetError):
     """The target asks the dataset's files to wait ``retry_after`` seconds; not their fault.
 
-    Raised before anything is sent (a NodeODM task replacement backing off, say): the file is
-    parked for that long without using up an attempt.
+    Raised before anything is sent (the dataset's remote task being replaced after a backoff,
+    say): the file is parked for that long without using up an attempt.
     """
 
 

@@ -26,8 +26,9 @@ from daemon.config.model import (
 )
 from daemon.targets.registry import TYPES
 
-# The target the example uses; every other type follows it, commented out.
-_ACTIVE_TYPE = "directory"
+# The example's target is the registry's first type (the embedded default); every other
+# type follows it, commented out.
+_ACTIVE_TYPE = next(iter(TYPES))
 
 HEADER = """\
 # dronesync configuration.

@@ -29,7 +29,7 @@ def _keys(loc: tuple[int | str, ...]) -> list[int | str]:
             skip_next_tag = False
             continue
         keys.append(item)
-        # targets.NAME is followed by the discriminator tag ("directory"): not a key.
+        # targets.NAME is followed by the discriminator tag (the type): not a key.
         if index >= 1 and loc[index - 1] == "targets" and len(loc) > index + 1:
             skip_next_tag = True
     return keys

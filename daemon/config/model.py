@@ -28,7 +28,7 @@ from pydantic_settings import (
 
 from daemon.configmodel import DAY_S, Model, check_placeholders, not_blank, url_ok
 from daemon.targets.base import TargetConfig
-from daemon.targets.registry import config_models
+from daemon.targets.registry import TYPES, config_models
 
 DEFAULT_CONFIG_PATH = Path("/etc/dronesync/dronesync.toml")
 IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.dng"]
@@ -163,6 +163,16 @@ class SpoolSettings(Model):
     _dir_ok = field_validator("dir", mode="before")(not_blank)
 
 
+def _companions_note() -> str:
+    """The files each target type takes beside the images, as the include key says them."""
+    found = [
+        f"{entry.name}: {', '.join(entry.config.companions)}"
+        for entry in TYPES.values()
+        if entry.config.companions
+    ]
+    return f" ({'; '.join(found)})" if found else ""
+
+
 class SourceConfig(Model):
     """Where images come from, how folders map to datasets, and when a dataset is done."""
 
@@ -198,8 +208,9 @@ class SourceConfig(Model):
     include: list[str] = Field(
         default_factory=lambda: list(IMAGE_PATTERNS),
         description="Files to take (globs, case-insensitive; a pattern with / matches the path"
-        " inside the dataset folder). Unset for a nodeodm target: ODM's gcp_list.txt, geo.txt"
-        " and image_groups.txt too.",
+        " inside the dataset folder). Unset: also the files the target reads beside the images"
+        + _companions_note()
+        + ".",
     )
     exclude: list[str] = Field(
         default_factory=list,
