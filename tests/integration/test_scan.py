@@ -13,7 +13,7 @@ import pytest
 from daemon.clock import SystemClock
 from daemon.config import SourceConfig
 from daemon.journal import Journal
-from daemon.sources import manager as manager_module
+from daemon.sources import intake as intake_module
 from daemon.sources.gate import Candidate
 from daemon.sources.manager import SourceManager
 from daemon.sources.watcher import Hints, Watcher
@@ -30,7 +30,7 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 @pytest.fixture
 def chunks_of_ten(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scans hand their files on ten at a time: a few dozen files make several chunks."""
-    monkeypatch.setattr(manager_module, "SCAN_CHUNK", 10)
+    monkeypatch.setattr(intake_module, "SCAN_CHUNK", 10)
 
 
 def _images(folder: Path, count: int) -> None:
@@ -41,6 +41,29 @@ def _images(folder: Path, count: int) -> None:
 
 def _known_files(journal: Journal) -> set[str]:
     return {os.fsdecode(row.relpath) for ds in journal.datasets() for row in journal.files(ds.id)}
+
+
+class _Reader:
+    """Stands in for the hasher: hears each released file; holds those in ``holding``."""
+
+    def __init__(
+        self, on_submit: Callable[[Candidate], None], holding: list[Candidate] | None = None
+    ) -> None:
+        self._on_submit = on_submit
+        self._holding = holding if holding is not None else []
+
+    def submit(self, candidate: Candidate) -> None:
+        self._on_submit(candidate)
+
+    @property
+    def pending(self) -> int:
+        return len(self._holding)
+
+
+def _manager(config: SourceConfig, journal: Journal, reader: _Reader) -> SourceManager:
+    manager = SourceManager([config], journal, SystemClock())
+    manager.release_to(reader)
+    return manager
 
 
 def _run(manager: SourceManager, until: Callable[[], bool]) -> None:
@@ -78,7 +101,7 @@ def test_a_big_folder_is_hashed_while_the_rest_is_still_being_walked(
         released.append(candidate)
 
     config = SourceConfig(path=inbox, target="archive", stable_s=0)
-    manager = SourceManager([config], journal, SystemClock(), ready)
+    manager = _manager(config, journal, _Reader(ready))
     _run(manager, lambda: len(released) >= 50 and manager.first_scan_done.is_set())
 
     # The first files went on before the last ones were even in the journal...
@@ -94,7 +117,7 @@ def test_a_big_folder_is_hashed_while_the_rest_is_still_being_walked(
 def test_a_big_card_waits_in_its_backlog_while_the_hasher_is_full(
     tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(manager_module, "BACKLOG_AT", 20)
+    monkeypatch.setattr(intake_module, "BACKLOG_AT", 20)
     inbox = tmp_path / "inbox"
     _images(inbox / "flight-1", 100)
     reading: list[Candidate] = []  # released to the hasher, not recorded yet
@@ -107,7 +130,7 @@ def test_a_big_card_waits_in_its_backlog_while_the_hasher_is_full(
         released.append(candidate.relpath)
 
     config = SourceConfig(path=inbox, target="archive", stable_s=0)
-    manager = SourceManager([config], journal, SystemClock(), ready, reading=lambda: len(reading))
+    manager = _manager(config, journal, _Reader(ready, holding=reading))
 
     def look() -> bool:
         held.append(len(manager.gate) + len(reading))
@@ -131,12 +154,12 @@ def test_a_file_gone_while_the_daemon_was_stopped_is_forgotten_after_a_scan_in_c
     _images(inbox / "flight-1", 35)
     # Not stable for an hour: every file stays waiting, never hashed.
     config = SourceConfig(path=inbox, target="archive", stable_s=3600)
-    first = SourceManager([config], journal, SystemClock(), lambda c: None)
+    first = _manager(config, journal, _Reader(lambda c: None))
     _run(first, first.first_scan_done.is_set)
     assert len(_known_files(journal)) == 35
 
     (inbox / "flight-1" / "DJI_0003.JPG").unlink()  # while no daemon ran
-    again = SourceManager([config], journal, SystemClock(), lambda c: None)
+    again = _manager(config, journal, _Reader(lambda c: None))
     _run(again, again.first_scan_done.is_set)
 
     expected = {f"flight-1/DJI_{i:04d}.JPG" for i in range(35)} - {"flight-1/DJI_0003.JPG"}
