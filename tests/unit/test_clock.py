@@ -54,13 +54,15 @@ def test_the_fake_clock_ends_sleeps_and_timeouts_only_when_moved_on() -> None:
         event = asyncio.Event()
         waited = asyncio.create_task(wait_event(event, 5.0, clock))
         await asyncio.sleep(0.01)
-        assert not slept.done() and not waited.done()
+        assert not slept.done()
+        assert not waited.done()
         clock.advance(1.9)
         await asyncio.sleep(0.01)
         assert not slept.done()
         clock.advance(0.1)  # 2 s: the sleep ends, the 5 s wait goes on
         await asyncio.sleep(0.01)
-        assert slept.done() and not waited.done()
+        assert slept.done()
+        assert not waited.done()
         clock.advance(3.0)
         assert await waited is False  # the limit passed, on the fake clock
         assert clock.monotonic() - start == 5.0
