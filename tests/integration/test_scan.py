@@ -1,4 +1,7 @@
-"""Scans and watcher hints in process: real folders, real SQLite, real watchdog, the real clock."""
+"""Scans and watcher hints in process: real folders, real SQLite, real watchdog.
+
+The real clock, but for the stability test, which moves a fake one.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from daemon.sources.gate import Candidate
 from daemon.sources.manager import SourceManager
 from daemon.sources.watcher import Hints, Watcher
 from tests.conftest import DEADLINE_S
+from tests.fakeclock import FakeClock, until
 
 
 @pytest.fixture
@@ -200,3 +204,45 @@ def test_a_folder_moved_in_whole_is_one_rescan_not_a_look_per_file(tmp_path: Pat
     assert moved in paths
     assert b"" in paths  # the rescan
     assert not [p for p in paths if p.startswith(moved + b"/")]
+
+
+def test_a_file_is_released_stable_s_after_its_last_change_on_the_sources_clock(
+    tmp_path: Path, journal: Journal
+) -> None:
+    inbox = tmp_path / "inbox"
+    _images(inbox / "flight-1", 1)
+    image = inbox / "flight-1" / "DJI_0000.JPG"
+    clock = FakeClock()
+    released: list[Candidate] = []
+    config = SourceConfig(path=inbox, target="archive", stable_s=3)
+    manager = SourceManager([config], journal, clock)
+    manager.release_to(_Reader(released.append))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(manager.run(stop))
+        try:
+            await until(lambda: len(manager.gate) == 1, "the first scan")
+            [dataset] = journal.datasets()
+            clock.advance(2.9)
+            await asyncio.sleep(0.05)  # the loop ticks on the fake clock
+            assert released == []
+            with image.open("ab") as fh:  # a write 2.9 s after the file was met
+                fh.write(b"more")
+            changed_at = clock.time()
+            await until(
+                lambda: journal.dataset(dataset.id).last_activity_at == changed_at,
+                "the change to count as the dataset's activity",
+            )
+            clock.advance(2.9)  # 5.8 s: stable for 2.9 s only
+            await asyncio.sleep(0.05)
+            assert released == []
+            clock.advance(0.2)  # 3.1 s unchanged
+            await until(lambda: released, "the file to be released")
+        finally:
+            stop.set()
+            clock.advance(1)
+            await task
+
+    asyncio.run(main())
+    assert [c.relpath for c in released] == [b"flight-1/DJI_0000.JPG"]
