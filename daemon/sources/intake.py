@@ -50,7 +50,7 @@ class Reader(Protocol):
 
 
 class _NoReader:
-    """Until a reader is connected: released files are dropped (they stay waiting)."""
+    """Until a reader is connected (the manager does not run without one)."""
 
     pending = 0
 

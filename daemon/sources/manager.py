@@ -55,12 +55,14 @@ class SourceManager:
         self._cards = Cards(journal, clock, on_removable)
         self._hints: Hints | None = None
         self._watcher: Watcher | None = None
+        self._connected = False
         self.first_scan_done = asyncio.Event()
         self.last_tick = clock.monotonic()  # the watchdog's proof that this loop turns
 
     def release_to(self, reader: Reader) -> None:
         """Send the files the gate releases to ``reader``, which says how many it holds."""
         self._intake.reader = reader
+        self._connected = True
 
     @property
     def gate(self) -> StabilityGate:
@@ -106,6 +108,8 @@ class SourceManager:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch roots, scan, gate, until ``stop`` is set."""
+        if not self._connected:
+            raise RuntimeError("no reader for the files the gate releases: call release_to")
         loop = asyncio.get_running_loop()
         self._hints = Hints(loop)
         self._watcher = Watcher(self._hints)
