@@ -265,7 +265,19 @@ def test_a_batch_that_cannot_be_made_durable_is_sent_again(tmp_path: Path) -> No
     target.fail_sync.append(TransientTargetError("writeback error: EIO"))
     journal, ids = _journal_with_files(tmp_path, target.name, 2)
     clock = FakeClock()
-    asyncio.run(_run_until(_engine(journal, target, clock), journal, ids, {"uploaded"}, clock))
+    engine = _engine(journal, target, clock)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(engine.run())
+        try:
+            # Both land while the batch gathers (the fake clock stands still): one batch.
+            await until(lambda: len(target.puts) == 2)
+            await run_until(lambda: {journal.file(i).status for i in ids} == {"uploaded"}, clock)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
     assert target.syncs >= 2
     assert [journal.file(i).attempts for i in ids] == [2, 2]  # the failed sync counted
 
