@@ -71,7 +71,7 @@ class ProcessingController:
         try:
             while True:
                 await self.tick()
-                await asyncio.sleep(TICK_S)
+                await self._clock.sleep(TICK_S)
         finally:
             for task in self._tasks.values():
                 task.cancel()

@@ -31,6 +31,7 @@ class Candidate:
     mtime_ns: int
     stable_since: float
     stable_s: float
+    spool: bool = False  # its source is in spool mode: the read copies it into the spool
 
     @property
     def path(self) -> bytes:

@@ -18,6 +18,7 @@ import asyncio
 import os
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
@@ -35,7 +36,6 @@ from daemon.hashworker import Job, Outcome
 from daemon.journal import CLOSED_STATES, DONE_STATUSES, FileRow, HashRecord, Journal
 from daemon.sources.gate import Candidate
 from daemon.sources.hashpool import HashPool
-from daemon.sources.manager import SourceManager
 from daemon.sources.spool import Spool
 
 log = structlog.get_logger("dronesync.hasher")
@@ -43,6 +43,22 @@ log = structlog.get_logger("dronesync.hasher")
 # A batch holds at most this many files, and at most this many bytes (a larger file goes alone).
 BATCH_FILES = 16
 BATCH_BYTES = 8 * 1024 * 1024
+
+
+class Sources(Protocol):
+    """What the hasher tells the sources its files came from, and asks them."""
+
+    def note_hashed(self, candidate: Candidate, status: str) -> None:
+        """The file's hash is recorded, with this status: its hash cache entry is current."""
+
+    def offer_again(self, file_id: int, volume: str, relpath: bytes) -> None:
+        """The file changed while it was read: watch it until it is stable again."""
+
+    def is_online(self, volume: str) -> bool:
+        """Whether the folder or card holding ``volume`` is present now."""
+
+    def open_dataset_for(self, candidate: Candidate) -> int:
+        """The dataset that takes this file now (a later generation once processing began)."""
 
 
 class _Batch:
@@ -62,7 +78,7 @@ class Hasher:
     def __init__(
         self,
         journal: Journal,
-        sources: SourceManager,
+        sources: Sources,
         clock: Clock,
         workers: int,
         scope_of: Callable[[str], str],
@@ -134,9 +150,9 @@ class Hasher:
 
     def _start(self, candidate: Candidate) -> None:
         # A second candidate for a file being read waits in the gate; recording the first
-        # one drops it there (SourceManager.note_hashed): the same file is not read twice.
+        # one drops it there (Sources.note_hashed): the same file is not read twice.
         loop = asyncio.get_running_loop()
-        if self._sources.spools(candidate.path):
+        if candidate.spool:
             spool = self._spool
             if spool is not None and not spool.reserve(candidate.size):
                 self._deferred[candidate.file_id] = candidate  # stays on the card, waiting
@@ -220,7 +236,7 @@ class Hasher:
         """Make the spool's new copies durable, one ``syncfs`` for all, then record them."""
         while self._unsynced:
             if len(self._unsynced) < GATHER_FILES:
-                await asyncio.sleep(GATHER_S)  # let more copies join this sync
+                await self._clock.sleep(GATHER_S)  # let more copies join this sync
             batch = list(self._unsynced.values())  # stay there until recorded: see submit
             errors: dict[Spool, SpoolError] = {}
             for spool in {spool for _, _, spool in batch}:  # the spool, staging folders

@@ -7,24 +7,36 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 
 class TokenBucket:
-    """``rate`` bytes per second on average, bursts up to one second's worth."""
+    """``rate`` bytes per second on average, bursts up to one second's worth.
 
-    def __init__(self, rate: int) -> None:
+    ``monotonic`` and ``sleep`` are the clock of the calling threads (a test's fake one).
+    """
+
+    def __init__(
+        self,
+        rate: int,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.rate = float(rate)
+        self._monotonic = monotonic
+        self._sleep = sleep
         self._tokens = float(rate)
-        self._stamp = time.monotonic()
+        self._stamp = monotonic()
         self._lock = threading.Lock()
 
     def consume(self, nbytes: int) -> None:
         """Take ``nbytes`` tokens, sleeping until the bucket allows it."""
         with self._lock:
-            now = time.monotonic()
+            now = self._monotonic()
             self._tokens = min(self.rate, self._tokens + (now - self._stamp) * self.rate)
             self._stamp = now
             self._tokens -= nbytes
             debt = -self._tokens
         if debt > 0:
-            time.sleep(debt / self.rate)
+            self._sleep(debt / self.rate)

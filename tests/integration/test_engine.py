@@ -1,4 +1,8 @@
-"""The upload engine against real targets: retries, permanent errors, stalls, cancellation."""
+"""The upload engine against real targets: retries, permanent errors, stalls, cancellation.
+
+Backoff and stall timings run on a fake clock the tests move on (tests/fakeclock.py): no test
+waits for them on the real clock.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,9 @@ import hashlib
 import os
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from daemon.clock import SystemClock
+from daemon.clock import Clock, SystemClock
 from daemon.config import UploadSettings
 from daemon.errors import (
     PermanentTargetError,
@@ -24,6 +27,7 @@ from daemon.targets.base import DatasetRef, Transfer, UploadItem
 from daemon.targets.memory import MemoryTarget
 from daemon.upload.engine import UploadEngine
 from daemon.upload.retry import Backoff
+from tests.fakeclock import FakeClock, run_until, until
 
 
 class StallingTarget(MemoryTarget):
@@ -104,11 +108,17 @@ def _locate(row: FileRow) -> Path:
     return Path(row.volume) / os.fsdecode(row.relpath)
 
 
-async def _until(condition: Callable[[], bool], deadline: float) -> None:
-    """Wait until ``condition`` holds; fail the test at ``deadline`` (``time.monotonic``)."""
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+class _Sources:
+    """The sources as the engine sees them: always online; files said to have changed."""
+
+    def __init__(self) -> None:
+        self.changed: list[int] = []
+
+    def is_online(self, volume: str) -> bool:
+        return True
+
+    def offer_again(self, file_id: int, volume: str, relpath: bytes) -> None:
+        self.changed.append(file_id)
 
 
 async def _run_until(
@@ -116,18 +126,28 @@ async def _run_until(
     journal: Journal,
     ids: list[int],
     statuses: set[str],
-    limit_s: float = 20.0,
+    clock: FakeClock | None = None,
+    step_s: float = 0.05,
 ) -> None:
+    """Run the engine until every file has one of ``statuses`` (moving ``clock`` on, if fake)."""
     task = asyncio.create_task(engine.run())
-    deadline = time.monotonic() + limit_s
+
+    def reached() -> bool:
+        return not {journal.file(i).status for i in ids} - statuses
+
     try:
-        await _until(lambda: not {journal.file(i).status for i in ids} - statuses, deadline)
+        if clock is None:
+            await until(reached, f"files {statuses}")
+        else:
+            await run_until(reached, clock, step_s=step_s, what=f"files {statuses}")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
 
-def _engine(journal: Journal, target: MemoryTarget, **settings: float) -> UploadEngine:
+def _engine(
+    journal: Journal, target: MemoryTarget, clock: Clock | None = None, **settings: float
+) -> UploadEngine:
     config = UploadSettings.model_validate(
         {"backoff_initial_s": 0.01, "backoff_max_s": 0.05, **settings}
     )
@@ -135,10 +155,9 @@ def _engine(journal: Journal, target: MemoryTarget, **settings: float) -> Upload
         journal,
         {target.name: target},
         config,
-        SystemClock(),
+        clock or SystemClock(),
+        _Sources(),
         locate=_locate,
-        source_online=lambda volume: True,
-        on_changed=lambda row: None,
     )
 
 
@@ -152,7 +171,8 @@ def test_transient_errors_are_retried_until_uploaded(tmp_path: Path) -> None:
             TransientTargetError("reset"),
         ]
     )
-    asyncio.run(_run_until(_engine(journal, target), journal, ids, {"uploaded"}))
+    clock = FakeClock()
+    asyncio.run(_run_until(_engine(journal, target, clock), journal, ids, {"uploaded"}, clock))
     assert len(target.puts) == 3  # every file stored once
     assert sum(journal.file(i).attempts for i in ids) == 6
 
@@ -171,18 +191,36 @@ def test_attempts_exhausted_marks_failed_and_retry_brings_it_back(tmp_path: Path
     target = MemoryTarget()
     journal, ids = _journal_with_files(tmp_path, target.name, 1)
     target.fail_next.extend([TransientTargetError("down")] * 3)
-    engine = _engine(journal, target, attempts=3, quick_retries=1)
-    asyncio.run(_run_until(engine, journal, ids, {"failed"}))
+    clock = FakeClock()
+    engine = _engine(journal, target, clock, attempts=3, quick_retries=1)
+    asyncio.run(_run_until(engine, journal, ids, {"failed"}, clock))
     assert journal.file(ids[0]).attempts == 3
     assert journal.retry_failed(None) == 1
     asyncio.run(_run_until(_engine(journal, target), journal, ids, {"uploaded"}))
     assert target.puts == [("ds", b"f0.jpg")]
 
 
-def test_a_stalled_transfer_is_aborted_and_retried(tmp_path: Path) -> None:
+def test_a_stalled_transfer_is_aborted_after_stall_s_and_retried(tmp_path: Path) -> None:
     target = StallingTarget()
     journal, ids = _journal_with_files(tmp_path, target.name, 1)
-    asyncio.run(_run_until(_engine(journal, target, stall_s=0.3), journal, ids, {"uploaded"}))
+    clock = FakeClock()
+    engine = _engine(journal, target, clock, stall_s=60)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(engine.run())
+        try:
+            await until(lambda: target.stalls == 1, "the transfer to stall")
+            clock.advance(59)  # no progress for 59 s: not stalled yet
+            await asyncio.sleep(0.05)  # the stall watch looks
+            assert journal.file(ids[0]).status == "uploading"
+            assert journal.file(ids[0]).attempts == 1
+            clock.advance(2)  # 61 s
+            await run_until(lambda: journal.file(ids[0]).status == "uploaded", clock)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
     assert target.stalls == 1
     assert journal.file(ids[0]).attempts == 2
 
@@ -209,11 +247,10 @@ def test_no_file_is_called_uploaded_before_its_batch_is_durable(tmp_path: Path) 
 
     async def scenario() -> None:
         task = asyncio.create_task(_engine(journal, target).run())
-        deadline = time.monotonic() + 20
-        await _until(lambda: len(target.puts) == 6, deadline)  # stored, none durable yet
+        await until(lambda: len(target.puts) == 6)  # stored, none durable yet
         assert {journal.file(i).status for i in ids} == {"uploading"}
         target.released.set()
-        await _until(lambda: {journal.file(i).status for i in ids} == {"uploaded"}, deadline)
+        await until(lambda: {journal.file(i).status for i in ids} == {"uploaded"})
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -227,7 +264,20 @@ def test_a_batch_that_cannot_be_made_durable_is_sent_again(tmp_path: Path) -> No
     target.released.set()
     target.fail_sync.append(TransientTargetError("writeback error: EIO"))
     journal, ids = _journal_with_files(tmp_path, target.name, 2)
-    asyncio.run(_run_until(_engine(journal, target), journal, ids, {"uploaded"}))
+    clock = FakeClock()
+    engine = _engine(journal, target, clock)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(engine.run())
+        try:
+            # Both land while the batch gathers (the fake clock stands still): one batch.
+            await until(lambda: len(target.puts) == 2)
+            await run_until(lambda: {journal.file(i).status for i in ids} == {"uploaded"}, clock)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
     assert target.syncs >= 2
     assert [journal.file(i).attempts for i in ids] == [2, 2]  # the failed sync counted
 
@@ -238,8 +288,7 @@ def test_files_waiting_for_durability_go_back_to_waiting_when_stopped(tmp_path: 
 
     async def scenario() -> None:
         task = asyncio.create_task(_engine(journal, target).run())
-        deadline = time.monotonic() + 20
-        await _until(lambda: len(target.puts) == 3, deadline)
+        await until(lambda: len(target.puts) == 3)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -252,18 +301,22 @@ def test_files_waiting_for_durability_go_back_to_waiting_when_stopped(tmp_path: 
 def test_a_sync_that_hangs_parks_its_files_and_they_go_once_it_returns(tmp_path: Path) -> None:
     target = SlowDiskTarget()  # a share whose sync does not return
     journal, ids = _journal_with_files(tmp_path, target.name, 2)
+    clock = FakeClock()
 
     async def scenario() -> None:
-        task = asyncio.create_task(_engine(journal, target, stall_s=0.3).run())
-        deadline = time.monotonic() + 20
+        task = asyncio.create_task(_engine(journal, target, clock, stall_s=60).run())
 
         def parked_as_stalled() -> bool:
             return all((journal.file(i).last_error or "").startswith("stalled") for i in ids)
 
-        await _until(parked_as_stalled, deadline)
+        await run_until(lambda: target.syncs, clock)
+        clock.advance(59)  # the sync hangs, but not for stall_s yet
+        await asyncio.sleep(0.05)
+        assert not any(journal.file(i).last_error for i in ids)
+        await run_until(parked_as_stalled, clock, step_s=1.0)
         assert "uploaded" not in {journal.file(i).status for i in ids}  # parked, sent again
         target.released.set()
-        await _until(lambda: {journal.file(i).status for i in ids} == {"uploaded"}, deadline)
+        await run_until(lambda: {journal.file(i).status for i in ids} == {"uploaded"}, clock)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -291,15 +344,14 @@ def test_only_files_an_upload_has_begun_are_called_uploading(tmp_path: Path) -> 
 
     async def scenario() -> None:
         task = asyncio.create_task(_engine(journal, target, concurrency=2).run())
-        deadline = time.monotonic() + 10
         try:
-            await _until(lambda: target.begun == 2, deadline)
+            await until(lambda: target.begun == 2)
             statuses = [journal.file(i).status for i in ids]
             assert statuses.count("uploading") == 2
             assert statuses.count("waiting") == 5
             assert [journal.file(i).attempts for i in ids].count(1) == 2  # one attempt each
             target.open.set()
-            await _until(lambda: {journal.file(i).status for i in ids} == {"uploaded"}, deadline)
+            await until(lambda: {journal.file(i).status for i in ids} == {"uploaded"})
             assert {journal.file(i).attempts for i in ids} == {1}
         finally:
             task.cancel()
@@ -314,7 +366,7 @@ def test_a_stop_puts_the_files_being_uploaded_back_to_waiting(tmp_path: Path) ->
 
     async def scenario() -> None:
         task = asyncio.create_task(_engine(journal, target, concurrency=3).run())
-        await _until(lambda: target.begun == 3, time.monotonic() + 10)
+        await until(lambda: target.begun == 3)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -345,7 +397,7 @@ def _refusing_engine(
     journal: Journal,
     target: MemoryTarget,
     attention: list[str] | None = None,
-    clock: SystemClock | None = None,
+    clock: Clock | None = None,
     **settings: float,
 ) -> UploadEngine:
     config = UploadSettings.model_validate(settings)
@@ -355,9 +407,8 @@ def _refusing_engine(
         {target.name: target},
         config,
         clock or SystemClock(),
+        _Sources(),
         locate=_locate,
-        source_online=lambda volume: True,
-        on_changed=lambda row: None,
         on_attention=lambda ds, message: sink.append(f"{ds.name}: {message}"),
     )
 
@@ -375,7 +426,7 @@ def test_files_taken_up_from_parking_hold_no_worker(tmp_path: Path) -> None:
     engine = _refusing_engine(
         journal, target, concurrency=2, backoff_initial_s=30, backoff_max_s=300, quick_retries=3
     )
-    asyncio.run(_run_until(engine, journal, fresh, {"uploaded"}, limit_s=10))
+    asyncio.run(_run_until(engine, journal, fresh, {"uploaded"}))
     rows = [journal.file(i) for i in blocked]
     assert {row.status for row in rows} == {"waiting"}
     assert all(row.next_attempt_at > time.time() for row in rows)  # parked again
@@ -400,7 +451,7 @@ def test_a_failing_dataset_does_not_starve_the_others(tmp_path: Path) -> None:
     _add_dataset(journal, tmp_path, "blocked", 40)
     fresh = _add_dataset(journal, tmp_path, "fresh", 10)
     engine = _refusing_engine(journal, target, concurrency=2, backoff_initial_s=1, backoff_max_s=5)
-    asyncio.run(_run_until(engine, journal, fresh, {"uploaded"}, limit_s=10))
+    asyncio.run(_run_until(engine, journal, fresh, {"uploaded"}))
 
 
 def test_a_failed_file_asks_for_attention_once_per_dataset(tmp_path: Path) -> None:
@@ -428,7 +479,7 @@ def test_the_dataset_line_says_how_many_files_retry_and_why(tmp_path: Path) -> N
 
     async def scenario() -> None:
         task = asyncio.create_task(engine.run())
-        await _until(parked, time.monotonic() + 10)
+        await until(parked)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -458,7 +509,7 @@ def test_sign_in_needed_clears_once_uploads_resume_after_a_reload(tmp_path: Path
 
     async def until_paused() -> None:
         task = asyncio.create_task(_refusing_engine(journal, SignInTarget(False), attention).run())
-        await _until(lambda: journal.dataset(1).detail is not None, time.monotonic() + 10)
+        await until(lambda: journal.dataset(1).detail is not None)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -508,27 +559,29 @@ def test_a_file_between_quick_retries_is_not_sent_once_its_dataset_is_cancelled(
     settings = UploadSettings.model_validate(
         {"concurrency": 1, "backoff_initial_s": 0.5, "backoff_max_s": 0.5}
     )
+    clock = FakeClock()
     engine = UploadEngine(
         journal,
         {target.name: target},
         settings,
-        SystemClock(),
+        clock,
+        _Sources(),
         locate=_locate,
-        source_online=lambda volume: True,
-        on_changed=lambda row: None,
         backoff=Backoff.from_settings(settings, _Longest()),
     )
 
     async def scenario() -> None:
         task = asyncio.create_task(engine.run())
-        deadline = time.monotonic() + 10
-        await _until(lambda: journal.file(first).last_error == "503", deadline)
+        await until(lambda: journal.file(first).last_error == "503")  # its quick retry waits
         journal.set_dataset_state(1, "cancelled", "cancelled by the operator")
         engine.cancel_dataset(1, "cancelled by the operator")
         # The one worker takes the next dataset's file once it is done with the first.
         other = _add_dataset(journal, tmp_path, "next", 1)
         engine.wake()
-        await _until(lambda: journal.file(other[0]).status == "uploaded", deadline)
+        await asyncio.sleep(0.05)
+        assert journal.file(other[0]).status == "waiting"  # the worker waits its 0.5 s
+        clock.advance(0.5)
+        await run_until(lambda: journal.file(other[0]).status == "uploaded", clock)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -539,22 +592,12 @@ def test_a_file_between_quick_retries_is_not_sent_once_its_dataset_is_cancelled(
 
 def test_a_wait_the_target_asks_for_costs_no_attempt(tmp_path: Path) -> None:
     """A NodeODM task replacement backing off holds the files, not their attempts."""
-
-    class Hurried(SystemClock):
-        """Wall-clock time that moves two seconds on at each look: every wait ends at once."""
-
-        def __init__(self) -> None:
-            self.ahead = 0.0
-
-        def time(self) -> float:
-            self.ahead += 2.0
-            return super().time() + self.ahead
-
     target = RefusingTarget(set())
     target.fail_next.extend([TargetWaitError("task replaced 3 times: the next in 1 s")] * 12)
     journal = Journal.open(tmp_path / "journal.sqlite3")
     ids = _add_dataset(journal, tmp_path, "ds", 1)
-    engine = _refusing_engine(journal, target, clock=Hurried(), attempts=3)
-    asyncio.run(_run_until(engine, journal, ids, {"uploaded"}))
+    clock = FakeClock()
+    engine = _refusing_engine(journal, target, clock=clock, attempts=3)
+    asyncio.run(_run_until(engine, journal, ids, {"uploaded"}, clock, step_s=0.5))
     assert journal.file(ids[0]).attempts == 1
     assert not target.fail_next  # all twelve waits were met, and none failed the file

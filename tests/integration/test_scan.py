@@ -1,4 +1,7 @@
-"""Scans and watcher hints in process: real folders, real SQLite, real watchdog, the real clock."""
+"""Scans and watcher hints in process: real folders, real SQLite, real watchdog.
+
+The real clock, but for the stability test, which moves a fake one.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +16,12 @@ import pytest
 from daemon.clock import SystemClock
 from daemon.config import SourceConfig
 from daemon.journal import Journal
-from daemon.sources import manager as manager_module
+from daemon.sources import intake as intake_module
 from daemon.sources.gate import Candidate
 from daemon.sources.manager import SourceManager
 from daemon.sources.watcher import Hints, Watcher
 from tests.conftest import DEADLINE_S
+from tests.fakeclock import FakeClock, until
 
 
 @pytest.fixture
@@ -30,7 +34,7 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 @pytest.fixture
 def chunks_of_ten(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scans hand their files on ten at a time: a few dozen files make several chunks."""
-    monkeypatch.setattr(manager_module, "SCAN_CHUNK", 10)
+    monkeypatch.setattr(intake_module, "SCAN_CHUNK", 10)
 
 
 def _images(folder: Path, count: int) -> None:
@@ -41,6 +45,29 @@ def _images(folder: Path, count: int) -> None:
 
 def _known_files(journal: Journal) -> set[str]:
     return {os.fsdecode(row.relpath) for ds in journal.datasets() for row in journal.files(ds.id)}
+
+
+class _Reader:
+    """Stands in for the hasher: hears each released file; holds those in ``holding``."""
+
+    def __init__(
+        self, on_submit: Callable[[Candidate], None], holding: list[Candidate] | None = None
+    ) -> None:
+        self._on_submit = on_submit
+        self._holding = holding if holding is not None else []
+
+    def submit(self, candidate: Candidate) -> None:
+        self._on_submit(candidate)
+
+    @property
+    def pending(self) -> int:
+        return len(self._holding)
+
+
+def _manager(config: SourceConfig, journal: Journal, reader: _Reader) -> SourceManager:
+    manager = SourceManager([config], journal, SystemClock())
+    manager.release_to(reader)
+    return manager
 
 
 def _run(manager: SourceManager, until: Callable[[], bool]) -> None:
@@ -78,7 +105,7 @@ def test_a_big_folder_is_hashed_while_the_rest_is_still_being_walked(
         released.append(candidate)
 
     config = SourceConfig(path=inbox, target="archive", stable_s=0)
-    manager = SourceManager([config], journal, SystemClock(), ready)
+    manager = _manager(config, journal, _Reader(ready))
     _run(manager, lambda: len(released) >= 50 and manager.first_scan_done.is_set())
 
     # The first files went on before the last ones were even in the journal...
@@ -94,7 +121,7 @@ def test_a_big_folder_is_hashed_while_the_rest_is_still_being_walked(
 def test_a_big_card_waits_in_its_backlog_while_the_hasher_is_full(
     tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(manager_module, "BACKLOG_AT", 20)
+    monkeypatch.setattr(intake_module, "BACKLOG_AT", 20)
     inbox = tmp_path / "inbox"
     _images(inbox / "flight-1", 100)
     reading: list[Candidate] = []  # released to the hasher, not recorded yet
@@ -107,7 +134,7 @@ def test_a_big_card_waits_in_its_backlog_while_the_hasher_is_full(
         released.append(candidate.relpath)
 
     config = SourceConfig(path=inbox, target="archive", stable_s=0)
-    manager = SourceManager([config], journal, SystemClock(), ready, reading=lambda: len(reading))
+    manager = _manager(config, journal, _Reader(ready, holding=reading))
 
     def look() -> bool:
         held.append(len(manager.gate) + len(reading))
@@ -131,12 +158,12 @@ def test_a_file_gone_while_the_daemon_was_stopped_is_forgotten_after_a_scan_in_c
     _images(inbox / "flight-1", 35)
     # Not stable for an hour: every file stays waiting, never hashed.
     config = SourceConfig(path=inbox, target="archive", stable_s=3600)
-    first = SourceManager([config], journal, SystemClock(), lambda c: None)
+    first = _manager(config, journal, _Reader(lambda c: None))
     _run(first, first.first_scan_done.is_set)
     assert len(_known_files(journal)) == 35
 
     (inbox / "flight-1" / "DJI_0003.JPG").unlink()  # while no daemon ran
-    again = SourceManager([config], journal, SystemClock(), lambda c: None)
+    again = _manager(config, journal, _Reader(lambda c: None))
     _run(again, again.first_scan_done.is_set)
 
     expected = {f"flight-1/DJI_{i:04d}.JPG" for i in range(35)} - {"flight-1/DJI_0003.JPG"}
@@ -177,3 +204,45 @@ def test_a_folder_moved_in_whole_is_one_rescan_not_a_look_per_file(tmp_path: Pat
     assert moved in paths
     assert b"" in paths  # the rescan
     assert not [p for p in paths if p.startswith(moved + b"/")]
+
+
+def test_a_file_is_released_stable_s_after_its_last_change_on_the_sources_clock(
+    tmp_path: Path, journal: Journal
+) -> None:
+    inbox = tmp_path / "inbox"
+    _images(inbox / "flight-1", 1)
+    image = inbox / "flight-1" / "DJI_0000.JPG"
+    clock = FakeClock()
+    released: list[Candidate] = []
+    config = SourceConfig(path=inbox, target="archive", stable_s=3)
+    manager = SourceManager([config], journal, clock)
+    manager.release_to(_Reader(released.append))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(manager.run(stop))
+        try:
+            await until(lambda: len(manager.gate) == 1, "the first scan")
+            [dataset] = journal.datasets()
+            clock.advance(2.9)
+            await asyncio.sleep(0.05)  # the loop ticks on the fake clock
+            assert released == []
+            with image.open("ab") as fh:  # a write 2.9 s after the file was met
+                fh.write(b"more")
+            changed_at = clock.time()
+            await until(
+                lambda: journal.dataset(dataset.id).last_activity_at == changed_at,
+                "the change to count as the dataset's activity",
+            )
+            clock.advance(2.9)  # 5.8 s: stable for 2.9 s only
+            await asyncio.sleep(0.05)
+            assert released == []
+            clock.advance(0.2)  # 3.1 s unchanged
+            await until(lambda: released, "the file to be released")
+        finally:
+            stop.set()
+            clock.advance(1)
+            await task
+
+    asyncio.run(main())
+    assert [c.relpath for c in released] == [b"flight-1/DJI_0000.JPG"]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 
 import pytest
 
 from daemon.config import UploadSettings
 from daemon.upload.ratelimit import TokenBucket
 from daemon.upload.retry import Backoff
+from tests.fakeclock import FakeClock
 
 
 def backoff(initial: float = 2.0, maximum: float = 300.0, seed: int = 1) -> Backoff:
@@ -67,46 +67,52 @@ def test_backoff_from_settings_uses_the_upload_table() -> None:
 
 RATE = 2 * 1024 * 1024  # bytes per second
 CHUNK = 64 * 1024
-WINDOW_S = 0.3
 
 
-def _send(bucket: TokenBucket, until: float, sent: list[int]) -> None:
-    while time.monotonic() < until:
-        bucket.consume(CHUNK)
-        sent.append(CHUNK)
-
-
-def test_token_bucket_keeps_one_sender_near_the_rate() -> None:
-    bucket = TokenBucket(RATE)
+def test_token_bucket_keeps_one_sender_at_the_rate() -> None:
+    clock = FakeClock()  # each sleep moves the fake time on by what it asked for
+    bucket = TokenBucket(RATE, monotonic=clock.monotonic, sleep=clock.sleep_blocking)
     bucket.consume(RATE)  # spend the one-second burst allowance
-    start = time.monotonic()
-    sent: list[int] = []
-    _send(bucket, start + WINDOW_S, sent)
-    elapsed = time.monotonic() - start
-    rate = sum(sent) / elapsed
-    assert rate <= 1.5 * RATE
-    assert rate >= 0.3 * RATE  # limited, not stalled
+    start = clock.monotonic()
+    sent = 0
+    while clock.monotonic() - start < 3.0:
+        bucket.consume(CHUNK)
+        sent += CHUNK
+    assert sent / (clock.monotonic() - start) == pytest.approx(RATE, rel=0.01)
 
 
 def test_token_bucket_limits_all_senders_together() -> None:
-    bucket = TokenBucket(RATE)
+    """Four threads asking at one moment are spread over what all of them send together."""
+    clock = FakeClock()  # stands still: every wait asked for is counted from the same moment
+    waits: list[float] = []
+    bucket = TokenBucket(RATE, monotonic=clock.monotonic, sleep=waits.append)
     bucket.consume(RATE)
-    start = time.monotonic()
-    sent: list[int] = []
-    threads = [
-        threading.Thread(target=_send, args=(bucket, start + WINDOW_S, sent)) for _ in range(4)
-    ]
+    per_thread = 32
+
+    def send() -> None:
+        for _ in range(per_thread):
+            bucket.consume(CHUNK)
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=10)
-    elapsed = time.monotonic() - start
-    assert sum(sent) / elapsed <= 1.5 * RATE
+    assert len(waits) == 4 * per_thread
+    # The last chunk waits for every chunk of every sender before it, not only its own.
+    assert max(waits) == pytest.approx(4 * per_thread * CHUNK / RATE)
 
 
 def test_token_bucket_allows_a_one_second_burst_at_once() -> None:
-    bucket = TokenBucket(RATE)
-    start = time.monotonic()
+    clock = FakeClock()
+    waits: list[float] = []
+    bucket = TokenBucket(RATE, monotonic=clock.monotonic, sleep=waits.append)
     for _ in range(RATE // CHUNK):
         bucket.consume(CHUNK)
-    assert time.monotonic() - start < 0.2
+    assert waits == []
+    clock.advance(0.5)  # half a second later, half a second's worth more goes at once
+    for _ in range(RATE // CHUNK // 2):
+        bucket.consume(CHUNK)
+    assert waits == []
+    bucket.consume(CHUNK)
+    assert waits == [pytest.approx(CHUNK / RATE)]

@@ -1,0 +1,206 @@
+"""One file's upload: its attempts, a few quick retries, and the watch for stalled transfers.
+
+A file gets a few quick in-process retries (tier 1), then is parked in the journal with
+``next_attempt_at`` (tier 2) or failed when attempts are spent or the error is permanent. A
+file taken up again from parking gets one attempt and parks again with its next delay: a
+worker never sleeps longer than a quick retry, so a long outage holds no worker. A transfer
+with no progress for ``stall_s`` is aborted and counts as a transient failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.clock import Clock
+from daemon.config import UploadSettings
+from daemon.errors import (
+    PermanentTargetError,
+    SourceError,
+    TargetError,
+    TargetPausedError,
+    TargetWaitError,
+)
+from daemon.journal import DatasetRow, FileRow, Journal
+from daemon.targets.base import DatasetRef, Target, Transfer, UploadItem
+from daemon.upload.landing import Landed, Landing
+from daemon.upload.meter import RateMeter
+from daemon.upload.outcomes import AbortedError, Outcomes, StalledError
+from daemon.upload.ratelimit import TokenBucket
+
+
+@dataclass(slots=True)
+class _Flight:
+    row: FileRow
+    transfer: Transfer
+    task: asyncio.Task[bytes] | None = None
+    stalled: bool = False  # aborted by watch_stalls
+
+
+class Uploader:
+    """Uploads one file at a time per worker; what lands goes to :class:`Landing`."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        targets: dict[str, Target],
+        settings: UploadSettings,
+        clock: Clock,
+        outcomes: Outcomes,
+        landing: Landing,
+        locate: Callable[[FileRow], Path],
+    ) -> None:
+        self._journal = journal
+        self._targets = targets
+        self._settings = settings
+        self._clock = clock
+        self._outcomes = outcomes
+        self._landing = landing
+        self._locate = locate
+        self._throttle = TokenBucket(settings.bandwidth_limit) if settings.bandwidth_limit else None
+        self.flights: dict[int, _Flight] = {}
+        self._ensured: set[int] = set()
+        self.meter = RateMeter()
+
+    def cancel_dataset(self, dataset_id: int, reason: str) -> None:
+        """Abort the dataset's in-flight transfers (they go back to waiting)."""
+        for flight in list(self.flights.values()):
+            if flight.row.dataset_id == dataset_id:
+                flight.transfer.abort(reason)
+                if flight.task is not None:
+                    flight.task.cancel(reason)
+
+    async def upload(self, row: FileRow) -> None:
+        """Upload one file the dispatcher took, with its quick retries."""
+        dataset = self._journal.dataset(row.dataset_id)
+        if dataset.state not in ("collecting", "ready"):  # cancelled since it was taken
+            self._journal.release(row.id)
+            return
+        target = self._targets.get(dataset.target)
+        if target is None:
+            # The configuration no longer names this dataset's target: wait for it to return.
+            self._journal.release(row.id)
+            self._journal.mark_retry(
+                row.id,
+                f"target {dataset.target!r} is not in the configuration",
+                self._clock.time() + 60,
+            )
+            return
+        ref = DatasetRef(dataset.id, dataset.name)
+        item = UploadItem(
+            path=self._locate(row),
+            key=row.dspath,
+            size=row.size,
+            mtime_ns=row.mtime_ns,
+            sha256=row.sha256 or "",
+            spooled=row.spool_path is not None,
+        )
+        await self._upload_loop(row, dataset, target, ref, item)
+
+    async def _upload_loop(
+        self, row: FileRow, dataset: DatasetRow, target: Target, ref: DatasetRef, item: UploadItem
+    ) -> None:
+        """Attempts of one file: quick retries here, then parked in the journal.
+
+        A file that failed before (taken up again from parking) gets one attempt here, then
+        parks again with its next delay. A quick retry never waits longer than its own short
+        backoff: a ``Retry-After`` beyond that parks the file instead of holding the worker.
+        A file the target returned lands: :class:`Landing` records it.
+        """
+        outcomes, backoff = self._outcomes, self._outcomes.backoff
+        failures = 0
+        attempts = row.attempts  # the first one counted when the dispatcher took the file
+        quick = self._settings.quick_retries if attempts <= 1 else 0
+        while True:
+            if failures:
+                attempts += 1
+                self._journal.mark_uploading(row.id)
+            try:
+                key = await self._attempt(target, ref, row, item)
+            except asyncio.CancelledError:
+                self._journal.release(row.id)
+                raise
+            except (
+                SourceError,
+                PermanentTargetError,
+                TargetPausedError,
+                TargetWaitError,
+                AbortedError,
+            ) as exc:
+                outcomes.settle(row, dataset, item, exc, attempts)
+                return
+            except TargetError as exc:
+                failures += 1
+                if attempts >= self._settings.attempts:
+                    outcomes.fail(row, dataset, item, str(exc), attempts)
+                    return
+                delay = backoff.delay(failures, exc.retry_after)
+                if failures > quick or delay > backoff.ceiling(failures):
+                    delay = backoff.delay(max(attempts, 1), exc.retry_after)
+                    outcomes.park(row, dataset.name, item, exc, attempts, delay)
+                    return
+                self._journal.mark_retry(row.id, str(exc), 0)
+                await self._clock.sleep(delay)
+                if not self._still_wanted(row):
+                    return  # cancelled, or moved to the folder's next dataset, meanwhile
+                continue
+            self._landing.land(Landed(row, dataset, item, target, key, attempts))
+            return
+
+    def _still_wanted(self, row: FileRow) -> bool:
+        """Whether a file waiting between quick retries is still to go as it was taken."""
+        current = self._journal.find_file(row.id)
+        return (
+            current is not None
+            and current.status == "waiting"
+            and current.dataset_id == row.dataset_id
+            and self._journal.dataset(row.dataset_id).state in ("collecting", "ready")
+        )
+
+    async def _attempt(
+        self, target: Target, ref: DatasetRef, row: FileRow, item: UploadItem
+    ) -> bytes:
+        transfer = Transfer(
+            throttle=self._throttle,
+            on_bytes=lambda n: self.meter.add(ref.id, n),
+            clock=self._clock.monotonic,
+        )
+        self.flights[row.id] = flight = _Flight(row, transfer)
+        if ref.id not in self._ensured:
+            await target.ensure_dataset(ref)
+            self._ensured.add(ref.id)
+        task = asyncio.create_task(target.upload(ref, item, transfer))
+        flight.task = task
+        try:
+            key = await task
+        except asyncio.CancelledError:
+            this = asyncio.current_task()
+            if (this is not None and this.cancelling()) or not transfer.aborted:
+                transfer.abort("daemon stopping")
+                task.cancel()
+                raise
+            key = b""  # the engine cancelled the upload itself (watch_stalls, cancel_dataset)
+        if flight.stalled:
+            raise StalledError(transfer.abort_reason)
+        if transfer.aborted:
+            raise AbortedError(transfer.abort_reason)
+        return key
+
+    async def watch_stalls(self) -> None:
+        """Abort every upload that made no progress for ``stall_s``: one watch for all.
+
+        (A timed wait per upload cost each small image a timer and a second future.)
+        """
+        while True:
+            stall = self._settings.stall_s
+            await self._clock.sleep(min(1.0, stall / 4))
+            now = self._clock.monotonic()
+            for flight in list(self.flights.values()):
+                task = flight.task
+                if task is None or task.done() or now - flight.transfer.last_progress <= stall:
+                    continue
+                flight.stalled = True
+                flight.transfer.abort(f"stalled: no progress for {stall:g} s")
+                task.cancel()
