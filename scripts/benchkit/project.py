@@ -1,0 +1,76 @@
+"""Every name the scripts take from the daemon package and from ``tests/``.
+
+The one module to change when one of them moves: nothing else in the scripts imports ``daemon``
+or ``tests``, nor names their modules. Imported whole by every script (about a second, before
+anything is timed).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from daemon.config import NodeODMTargetConfig, Pix4DCloudTargetConfig, UploadSettings
+from daemon.errors import TransientTargetError
+from daemon.hashing import hash_file
+from daemon.journal import FileRow, Journal
+from daemon.journal.store import FILE_COLUMNS, HashRecord, NewFile
+from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
+from daemon.targets.nodeodm import NodeODMTarget
+from daemon.targets.pix4dcloud import Pix4DCloudTarget
+from daemon.upload.retry import Backoff
+from tests.bench.settle import PageCacheFiller, Settler
+from tests.conftest import Box
+from tests.reliability.soak import TARGETS as SOAK_TARGETS
+from tests.reliability.soak import SoakOptions, SoakResult, run_soak
+
+__all__ = [
+    "DAEMON_IMPORTS",
+    "DAEMON_MODULE",
+    "FAKE_NODEODM",
+    "FAKE_PIX4DCLOUD",
+    "FILE_COLUMNS",
+    "SOAK_TARGETS",
+    "Backoff",
+    "Box",
+    "DatasetRef",
+    "FileRow",
+    "HashRecord",
+    "Journal",
+    "MemoryState",
+    "NewFile",
+    "NodeODMTarget",
+    "NodeODMTargetConfig",
+    "PageCacheFiller",
+    "Pix4DCloudTarget",
+    "Pix4DCloudTargetConfig",
+    "Settler",
+    "SoakOptions",
+    "SoakResult",
+    "Transfer",
+    "TransientTargetError",
+    "UploadItem",
+    "UploadSettings",
+    "hash_file",
+    "journal_connection",
+    "run_soak",
+    "write_fetch",
+]
+
+# Run as ``python -m MODULE``: the daemon, and the local servers of the HTTP targets.
+DAEMON_MODULE = "daemon"
+FAKE_NODEODM = "tests.fakes.nodeodm"
+FAKE_PIX4DCLOUD = "tests.fakes.pix4dcloud"
+# What the daemon imports before it can start (``python -c``, timed by scripts/bench).
+DAEMON_IMPORTS = "import daemon.cli, daemon.service"
+
+
+def journal_connection(journal: Journal) -> sqlite3.Connection:
+    """The journal's connection (scripts/bench-queue adds the index its reference needs)."""
+    return journal._conn
+
+
+def write_fetch(journal: Journal, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """One write statement on the journal's writer; the rows of its RETURNING clause."""
+    _, rows = journal._write_fetch(sql, params)
+    return rows
