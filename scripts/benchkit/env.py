@@ -19,8 +19,10 @@ NEEDED = ("structlog", "pytest", "moto")
 
 
 def enter_venv(script: str) -> None:
-    """Re-run ``script`` in the project's venv unless its packages import here; then put the
-    project's root first on ``sys.path`` (``daemon`` and ``tests`` come from it)."""
+    """Re-run ``script`` in the project's venv unless its packages import here.
+
+    Then put the project's root first on ``sys.path``: ``daemon`` and ``tests`` come from it.
+    """
     missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
     if missing:
         if Path(sys.prefix).resolve() == VENV.resolve() or not PYTHON.exists():
@@ -30,7 +32,7 @@ def enter_venv(script: str) -> None:
 
 
 def child_env(*drop: str) -> dict[str, str]:
-    """This process's environment for a child running the project's code.
+    """The environment of a child running the project's code: this process's, adjusted.
 
     ``PYTHONPATH`` is the project's root; allocator tuning (``MALLOC_*``) meant for the client
     measured does not reach the child, nor variables starting with any of ``drop``.

@@ -28,6 +28,7 @@ from benchkit.project import SOAK_TARGETS, Box, SoakOptions, SoakResult, run_soa
 
 
 def parse(argv: list[str]) -> tuple[list[str], SoakOptions, bool]:
+    """The targets, the soak's options and ``--keep``, from the command line."""
     defaults = SoakOptions()
     parser = argparse.ArgumentParser(prog="scripts/soak", description=summary(__doc__))
     parser.add_argument("--target", choices=[*SOAK_TARGETS, "both"], default="both")
@@ -82,6 +83,7 @@ def parse(argv: list[str]) -> tuple[list[str], SoakOptions, bool]:
 
 
 def soak(target: str, root: Path, opts: SoakOptions) -> SoakResult:
+    """One target's soak in a folder of its own; the servers' noise goes to servers.log."""
     folder = root / target
     folder.mkdir()
     box = Box(folder)
@@ -95,6 +97,7 @@ def soak(target: str, root: Path, opts: SoakOptions) -> SoakResult:
 
 
 def table(result: SoakResult) -> str:
+    """The figures of one target, then its problems."""
     width = max(len(k) for k in result.figures) + 2
     lines = [f"{k:<{width}}{v}" for k, v in result.figures.items()]
     lines += [f"PROBLEM: {p}" for p in result.problems]
@@ -102,6 +105,7 @@ def table(result: SoakResult) -> str:
 
 
 def main(argv: list[str]) -> int:
+    """Soak each target; 1 if any check failed."""
     targets, opts, keep = parse(argv)
     root = Path(tempfile.mkdtemp(prefix="dronesync-soak-"))
     results: list[SoakResult] = []

@@ -51,6 +51,7 @@ def card_shape(args: argparse.Namespace, shape: str) -> tuple[int, int, int, str
 
 
 def toml_str(value: Path | str) -> str:
+    """A TOML basic string holding ``value``."""
     return json.dumps(str(value))  # a JSON string is a TOML basic string
 
 
@@ -64,6 +65,7 @@ def write_config(
     spool: Path | None = None,
     spool_gb: float = 1.0,
 ) -> None:
+    """The daemon's configuration: one directory target, one source (a folder or a card glob)."""
     lines = [
         f"state_dir = {toml_str(state)}",
         'log_level = "info"',

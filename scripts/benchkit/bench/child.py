@@ -120,11 +120,13 @@ class Daemon:
                         self._cond.notify_all()
 
     def check_alive(self) -> None:
+        """Raise :class:`BenchError` with the log's tail if the daemon has exited."""
         if self.proc.poll() is not None:
             self._reader.join(timeout=10)
             raise BenchError(f"the daemon exited ({self.proc.returncode}):\n{self.tail()}")
 
     def tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of the daemon's log."""
         with contextlib.suppress(ValueError):  # closed: the reader has ended
             self._log.flush()
         text = self.log_path.read_text(errors="replace").splitlines()
@@ -155,6 +157,7 @@ class Daemon:
             return events[count - 1] if len(events) >= count else None
 
     def figures(self) -> ProcFigures:
+        """What /proc says about the daemon and its hashing processes now."""
         self.check_alive()
         return proc_figures(self.pid)
 

@@ -54,6 +54,7 @@ class Row:
 
     @property
     def ok(self) -> bool | None:
+        """Whether the goal is met; None for a row without a goal."""
         if self.goal is None:
             return None
         value = self.ratio if self.ratio is not None else self.ours
@@ -96,8 +97,10 @@ class Bench:
     card_bytes: int = 0  # the card being ingested: what each of its runs writes
 
     def keep(self, path: Path) -> None:
-        """A timed run's output: set aside until :meth:`drop_kept`, so that no run after it
-        waits for its deletion (or, the disk short of room, deleted now)."""
+        """Set a timed run's output aside until :meth:`drop_kept` (or delete it now, short of room).
+
+        No run after it then waits for its deletion to age.
+        """
         if not path.exists():
             return
         if shutil.disk_usage(self.work).free < KEEP_ROOM + KEEP_CARDS * self.card_bytes:
@@ -118,11 +121,13 @@ class Bench:
         remove(self.work / "kept")
 
     def start(self, config: Path, name: str, **kwargs: Any) -> Daemon:
+        """Start the daemon on ``config``, its log in ``NAME.log``; killed if the run fails."""
         daemon = Daemon(config, self.work / f"{name}.log", **kwargs)
         self.daemons.append(daemon)
         return daemon
 
     def problems(self, name: str, daemon: Daemon) -> None:
+        """A note with the daemon's warning and error lines, if it logged any."""
         if daemon.problems:
             self.notes.append(
                 f"{name}: {len(daemon.problems)} warning/error log lines, first:"

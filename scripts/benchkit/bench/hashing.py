@@ -12,6 +12,7 @@ from benchkit.timing import progress, timed
 
 
 def bench_hash(bench: Bench) -> None:
+    """``hash_file`` against hashlib sha256 on the same cached file, in turns."""
     size_mb = bench.args.hash_mb
     path = bench.work / "hash.bin"
     with path.open("wb") as fh:

@@ -27,6 +27,7 @@ class JournalReader:
         return self._conn
 
     def statuses(self) -> dict[str, int]:
+        """How many files are in each status; empty until the journal exists."""
         conn = self._connect()
         if conn is None:
             return {}
@@ -37,6 +38,7 @@ class JournalReader:
         return {str(status): int(n) for status, n in rows}
 
     def status_of(self, name: bytes) -> str | None:
+        """The status of the file whose relative path ends with ``name``."""
         conn = self._connect()
         if conn is None:
             return None
@@ -49,6 +51,7 @@ class JournalReader:
         return None
 
     def first_error(self) -> str:
+        """The path and last error of one failed file, or an empty string."""
         conn = self._connect()
         if conn is None:
             return ""
@@ -58,6 +61,7 @@ class JournalReader:
         return "" if row is None else f"{bytes(row[0]).decode(errors='replace')}: {row[1]}"
 
     def close(self) -> None:
+        """Close the connection; the next read opens it again."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None

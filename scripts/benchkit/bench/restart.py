@@ -1,5 +1,7 @@
-"""The restart scenario: a big card ingested once, then the daemon's start-up scan of it; and
-the journal's fsync calls per file, counted under strace."""
+"""The restart scenario: a big card ingested once, then the daemon's start-up scan of it.
+
+Also the journal's fsync calls per file, counted under strace.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ def scandir_walk(root: Path) -> int:
 
 
 def bench_restart(bench: Bench, pool: bytes) -> None:
+    """A big card ingested once, then the daemon started again on it: its start-up scan."""
     args = bench.args
     files = args.restart_files
     label = f"{files} x {args.restart_kb:g} KiB"
@@ -140,6 +143,7 @@ def journal_syncs(bench: Bench, row: Row, files: int, pool: bytes) -> None:
 
 
 def python_imports() -> None:
+    """Start an interpreter that imports what the daemon imports at start."""
     subprocess.run(
         [sys.executable, "-c", DAEMON_IMPORTS],
         cwd=ROOT,

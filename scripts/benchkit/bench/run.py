@@ -66,6 +66,7 @@ SHAPES = ("big", "images", "small")
 
 
 def parse_args() -> argparse.Namespace:
+    """The command line, checked."""
     parser = argparse.ArgumentParser(description=summary(__doc__))
     add = parser.add_argument
     add("--scenarios", type=csv, default=list(SCENARIOS), help=",".join(SCENARIOS))
@@ -110,6 +111,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def run(bench: Bench) -> None:
+    """The scenarios asked for, in their order."""
     args = bench.args
     pool = random_pool()
     if "hash" in args.scenarios:
@@ -127,6 +129,7 @@ def run(bench: Bench) -> None:
 
 
 def main() -> int:
+    """Run the scenarios, print the table; 1 on a harness error, else 0."""
     args = parse_args()
     print(
         f"{machine()}, Linux {platform.release()}",

@@ -20,10 +20,12 @@ class DataSet:
 
     @property
     def nbytes(self) -> int:
+        """The bytes of all the files."""
         return sum(item.size for item in self.items)
 
     @property
     def paths(self) -> list[Path]:
+        """The files' paths."""
         return [item.path for item in self.items]
 
 

@@ -62,6 +62,7 @@ class NodeODM:
         self._ids = iter(range(1, 1 << 30))
 
     def close(self) -> None:
+        """Close the client, then stop the server."""
         self.http.close()
         self.server.close()
 
@@ -87,6 +88,7 @@ class NodeODM:
             )
 
     def curl_run(self, data: DataSet) -> dict[str, Sample]:
+        """``curl -F`` of every file to a task's upload route (``xargs -P`` for several)."""
         assert self.curl is not None
         uuid = self._init()
         route = f"{self.url}/task/new/upload/{uuid}"
@@ -146,6 +148,7 @@ class NodeODM:
         return {"dronesync": meter.sample, "dronesync task": Sample(task_s)}
 
     def pyodm_run(self, data: DataSet) -> dict[str, Sample]:
+        """The pyodm reference, ``Node.create_task``: init, uploads and commit, timed together."""
         from pyodm import Node  # noqa: PLC0415 - optional: a row is skipped without it
 
         node = Node.from_url(self.url, timeout=600)

@@ -77,6 +77,7 @@ class Cloud:
         self._ids = iter(range(1, 1 << 30))
 
     def close(self) -> None:
+        """Close the client, then stop the server."""
         self.http.close()
         self.server.close()
 
@@ -135,6 +136,7 @@ class Cloud:
             )
 
     def curl_run(self, data: DataSet) -> dict[str, Sample]:
+        """``curl -T`` of every file to a presigned PUT URL (``xargs -P`` for several)."""
         assert self.curl is not None
         run = next(self._ids)
         creds = self._credentials(self._project(f"reference-curl-{run}"))
@@ -168,6 +170,7 @@ class Cloud:
         return {"curl": meter.sample}
 
     def rclone_run(self, data: DataSet) -> dict[str, Sample]:
+        """``rclone copy`` of the folder, with the project's temporary credentials."""
         assert self.rclone is not None
         run = next(self._ids)
         creds = self._credentials(self._project(f"reference-rclone-{run}"))
@@ -201,6 +204,7 @@ class Cloud:
         return {"rclone": meter.sample}
 
     def dronesync_run(self, data: DataSet, warmup: UploadItem) -> dict[str, Sample]:
+        """The target's uploads, after a warm-up upload that sets up the project."""
         run_id = next(self._ids)
         meter = Meter(self.server.proc.pid, child=False)
 

@@ -55,6 +55,7 @@ class Group:
 
 
 def mbps(nbytes: int, seconds: float) -> float:
+    """MB/s (10^6 bytes) of ``nbytes`` sent in ``seconds``."""
     return nbytes / 1e6 / seconds
 
 

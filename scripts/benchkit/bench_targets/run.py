@@ -1,5 +1,7 @@
-"""Upload throughput of the HTTP targets against the local servers, each beside a reference
-measured in the same run, on the same files and the same server (ratios survive a noisy box).
+"""Upload throughput of the HTTP targets against the local servers, each beside a reference.
+
+Each reference is measured in the same run, on the same files and the same server (ratios
+survive a noisy box).
 
     scripts/bench-targets [--big-mb 1024] [--files 500] [--file-mb 8] [--runs 3]
                           [--targets nodeodm,pix4dcloud] [--scenarios big,many]
@@ -53,6 +55,7 @@ from benchkit.table import machine
 
 
 def parse_args() -> argparse.Namespace:
+    """The command line, checked."""
     parser = argparse.ArgumentParser(description=summary(__doc__))
     parser.add_argument("--big-mb", type=int, default=1024, help="size of the big file (MiB)")
     parser.add_argument("--files", type=int, default=500, help="how many files in 'many'")
@@ -138,6 +141,7 @@ def run(groups: list[Group], runs: int) -> None:
 
 
 def main() -> int:
+    """Build the groups, run them, print the table."""
     args = parse_args()
     # The targets log every task and project they create; errors are enough here.
     structlog.configure(

@@ -47,6 +47,7 @@ class Server:
         # Nothing reads its stdout from here on: the servers print only at start.
 
     def close(self) -> None:
+        """SIGTERM, and a kill if the server is not gone within 20 s."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -71,7 +72,7 @@ def run_tool(
 
 
 def curl_batches(work: Path, entries: list[list[str]], batch: int, name: str) -> list[Path]:
-    """curl config files of ``batch`` transfers each; one curl process reuses its connection.
+    """Config files of ``batch`` curl transfers each; one curl process reuses its connection.
 
     ``entries`` holds, per file, the config lines of its transfer.
     """
@@ -97,11 +98,12 @@ def xargs_curl(curl: str, configs: list[Path], concurrency: int) -> None:
 
 
 def quote(value: str) -> str:
+    """A string quoted for a curl config file."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def tool_version(name: str, *args: str) -> str:
-    """``curl 7.88.1``: the first two words of what the tool says its version is."""
+    """The first two words of what the tool says its version is (``curl 7.88.1``)."""
     path = shutil.which(name)
     if path is None:
         return f"no {name}"
