@@ -4,7 +4,7 @@ Shared pieces:
 
 - ``env``: where the project and its virtual environment are, the environment of child
   processes (standard library only: a launcher imports it before entering the venv).
-- ``project``: every name taken from the daemon package and from ``tests/``, nowhere else.
+- ``project``: every name the benchmarks take from the daemon package and from ``tests/``.
 - ``files``: distinct test files written at disk speed, SHA-256 of a file, a tree's files.
 - ``procfs``: CPU time, children, memory and bytes read of a process, from ``/proc``.
 - ``settling``: the settled start of every timed run (``tests/bench/settle.py``).

@@ -24,14 +24,15 @@ from pathlib import Path
 import pytest
 
 from benchkit.cli import summary
-from benchkit.project import SOAK_TARGETS, Box, SoakOptions, SoakResult, run_soak
+from tests.conftest import Box
+from tests.reliability.soak import TARGETS, SoakOptions, SoakResult, run_soak
 
 
 def parse(argv: list[str]) -> tuple[list[str], SoakOptions, bool]:
     """The targets, the soak's options and ``--keep``, from the command line."""
     defaults = SoakOptions()
     parser = argparse.ArgumentParser(prog="scripts/soak", description=summary(__doc__))
-    parser.add_argument("--target", choices=[*SOAK_TARGETS, "both"], default="both")
+    parser.add_argument("--target", choices=[*TARGETS, "both"], default="both")
     parser.add_argument("--files", type=int, default=defaults.files, help="image files in all")
     parser.add_argument("--datasets", type=int, default=defaults.datasets)
     parser.add_argument(
@@ -78,7 +79,7 @@ def parse(argv: list[str]) -> tuple[list[str], SoakOptions, bool]:
         opts.check()
     except ValueError as exc:
         parser.error(str(exc))
-    targets = list(SOAK_TARGETS) if args.target == "both" else [args.target]
+    targets = list(TARGETS) if args.target == "both" else [args.target]
     return targets, opts, args.keep
 
 
