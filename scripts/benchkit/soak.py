@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 
 from benchkit.cli import summary
+
+# Not through benchkit.project: moto, which the harness loads, must stay out of the benchmarks.
 from tests.conftest import Box
 from tests.reliability.soak import TARGETS, SoakOptions, SoakResult, run_soak
 
