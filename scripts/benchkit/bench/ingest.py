@@ -1,0 +1,243 @@
+"""The ingest and spool scenarios: a card ingested by the daemon, copied by the references."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchkit.bench.card import Card, card_shape, make_card, write_config
+from benchkit.bench.child import BenchError
+from benchkit.bench.harness import GOAL_INGEST, GOAL_READS, GOAL_READS_SPOOL, GOAL_RSS_MB, Bench
+from benchkit.bench.journal_reader import JournalReader, wait_uploaded
+from benchkit.files import MIB, files_under, sha256_file
+from benchkit.procfs import ProcFigures
+from benchkit.settling import remove, settle
+from benchkit.timing import progress, timed
+
+
+def bench_idle(bench: Bench) -> None:
+    """The daemon on an empty folder, just after its first scan: start-up reads and memory."""
+    work = bench.work / "idle"
+    (work / "inbox").mkdir(parents=True)
+    config = work / "dronesync.toml"
+    write_config(config, work / "state", work / "archive", work / "inbox", stable_s=0)
+    daemon = bench.start(config, "idle")
+    daemon.wait_event("first scan done", bench.args.timeout)
+    bench.idle = daemon.figures()
+    daemon.stop()
+    remove(work)
+    rss, reads = bench.idle.vm_hwm / 1e6, bench.idle.rchar / 1e6
+    progress(f"idle daemon: peak RSS {rss:.0f} MB, {reads:.1f} MB read at start-up")
+    bench.add("peak RSS, idle daemon after its first scan (MB)", rss)
+    bench.notes.append(
+        f"idle daemon (an empty folder, just after its first scan): peak RSS {rss:.1f} MB,"
+        f" rchar {reads:.1f} MB (modules and the journal; subtracted from each ingest's rchar)"
+    )
+
+
+def disk_rate(bench: Bench) -> float:
+    """The disk's durable write rate (MB/s): dd of zeros with conv=fsync."""
+    target = bench.work / "dd.bin"
+    settle()
+    dd = shutil.which("dd") or "dd"
+    argv = [dd, "if=/dev/zero", f"of={target}", "bs=1M", f"count={bench.args.dd_mb}"]
+    seconds = timed(lambda: subprocess.run([*argv, "conv=fsync"], check=True, capture_output=True))
+    target.unlink()
+    settle()
+    rate: float = bench.args.dd_mb * MIB / 1e6 / seconds
+    progress(f"dd conv=fsync {bench.args.dd_mb} MiB: {rate:.0f} MB/s")
+    return rate
+
+
+def cp_reference(bench: Bench, card: Card, dest: Path, *, sync: bool) -> float:
+    """``cp -r`` of the card, sha256 of every copied file (and ``sync``): seconds."""
+    remove(dest)
+    settle()
+    cp = shutil.which("cp") or "cp"
+
+    def run() -> None:
+        subprocess.run([cp, "-r", str(card.root), str(dest)], check=True)
+        count = 0
+        for path in files_under(dest):
+            sha256_file(path)
+            count += 1
+        if count != card.files:
+            raise BenchError(f"cp -r copied {count} files, not {card.files}")
+        if sync:
+            os.sync()
+
+    seconds = timed(run)
+    bench.keep(dest)
+    return seconds
+
+
+@dataclass
+class Ingest:
+    """One ingest of a card by the daemon, until every file is uploaded.
+
+    Times run from the card's arrival (``arrive``) or else from the daemon's process start.
+    """
+
+    seconds: float
+    proc: ProcFigures
+    stopped: dict[str, Any]
+    removable_s: float | None  # spool mode: when the daemon said the card can be removed
+    strace: Path
+    start_up_s: float | None  # arrive: process start to "ready", before the card came
+
+
+def daemon_ingest(
+    bench: Bench,
+    card: Card,
+    name: str,
+    *,
+    spool: bool = False,
+    trace: str | None = None,
+    arrive: bool = False,
+) -> Ingest:
+    """The daemon ingests ``card`` into a directory target.
+
+    ``arrive``: the daemon is up ("ready") with a card source (``path = "INBOX/*"``, every
+    folder in INBOX a card) and no card yet when the card's tree is renamed into INBOX: a card
+    mounted on a box that is already running. The card is renamed back afterwards. Otherwise
+    the card's folder is the source from the daemon's start.
+    """
+    work = bench.work / name
+    state, archive, spool_dir = work / "state", work / "archive", work / "spool"
+    inbox = work / "inbox"
+    config = work / "dronesync.toml"
+    work.mkdir()
+    if arrive:
+        inbox.mkdir()
+    write_config(
+        config,
+        state,
+        archive,
+        f"{inbox}/*" if arrive else card.root,
+        stable_s=bench.args.ingest_stable_s,
+        spool=spool_dir if spool else None,
+        spool_gb=card.nbytes / 1024**3 * 1.2 + 1,  # never full: this measures throughput
+    )
+    settle()
+    daemon = bench.start(config, name, trace=trace)
+    start = daemon.started
+    start_up = None
+    arrived = inbox / card.root.name
+    journal = JournalReader(state / "journal.sqlite3")
+    try:
+        if arrive:
+            start_up = daemon.wait_event("ready", bench.args.timeout).at - daemon.started
+            start = time.perf_counter()
+            card.root.rename(arrived)
+        done = wait_uploaded(daemon, journal, card.files, bench.args.timeout)
+        figures = daemon.figures()
+    finally:
+        journal.close()
+        if arrive and arrived.exists():
+            arrived.rename(card.root)
+    removable = [e for e in daemon.events.get("card can be removed", []) if e.at >= start]
+    stopped = daemon.stop()
+    bench.problems(name, daemon)
+    got = sum(1 for _ in files_under(archive))
+    if got != card.files:
+        raise BenchError(f"{name}: {got} files in the archive, not {card.files}")
+    bench.keep(archive)
+    return Ingest(
+        done - start,
+        figures,
+        stopped,
+        removable[0].at - start if removable else None,
+        daemon.strace_path,
+        start_up,
+    )
+
+
+def bench_ingest_shape(bench: Bench, shape: str, pool: bytes, dd_rate: float) -> None:
+    """The card of ``shape`` ingested by the daemon and copied by the references, in turns.
+
+    Each of the ``--runs`` rounds times ``cp -r`` + sha256, the daemon (plain, then spool
+    mode) and ``cp -r`` + sha256 + ``sync``, one after the other; each side's best round counts.
+    """
+    args = bench.args
+    files, size, folders, label = card_shape(args, shape)
+    progress(f"ingest {label}: writing the card")
+    card = make_card(bench.work / f"card-{shape}", files, size, min(folders, files), pool, label)
+    gb = card.nbytes / 1e9
+    bench.card_bytes = card.nbytes
+    for path in files_under(card.root):  # every side reads the card from the page cache
+        sha256_file(path)
+    dest = bench.work / "cp-copy"
+    modes = [m for m in ("ingest", "spool") if m in args.scenarios]
+    refs: list[float] = []
+    ref_syncs: list[float] = []
+    ingests: dict[str, list[Ingest]] = {mode: [] for mode in modes}
+    for round_ in range(1, args.runs + 1):
+        refs.append(cp_reference(bench, card, dest, sync=False))
+        progress(f"ingest {label}, round {round_}: cp -r + sha256 {refs[-1]:.2f} s")
+        for mode in modes:
+            spool = mode == "spool"
+            run = daemon_ingest(bench, card, f"{mode}-{shape}-{round_}", spool=spool, arrive=True)
+            ingests[mode].append(run)
+            progress(f"ingest {label}, round {round_}: the daemon, {mode} {run.seconds:.2f} s")
+        ref_syncs.append(cp_reference(bench, card, dest, sync=True))
+        progress(f"ingest {label}, round {round_}: cp -r + sha256 + sync {ref_syncs[-1]:.2f} s")
+    runs = f"best of {args.runs}"
+    for mode, done in ingests.items():
+        spool = mode == "spool"
+        tag = f"{label}{', spool' if spool else ''}"
+        run = min(done, key=lambda r: r.seconds)
+        mbps = gb * 1e3 / run.seconds
+        name = f"ingest {tag} (MB/s, {runs})"
+        bench.add(
+            name,
+            mbps,
+            reference=f"cp -r + sha256, {runs}",
+            ref=gb * 1e3 / min(refs),
+            goal=GOAL_INGEST,
+            higher=True,
+        )
+        sync_ref = f"cp -r + sha256 + sync, {runs}"
+        bench.add(name, mbps, reference=sync_ref, ref=gb * 1e3 / min(ref_syncs), higher=True)
+        dd_ref = f"dd {args.dd_mb} MiB conv=fsync"
+        bench.add(name, mbps, reference=dd_ref, ref=dd_rate, higher=True)
+        # Python's start-up reads its modules: what an idle daemon read is not card bytes.
+        # Bytes read and memory: the most of any round.
+        start_up = bench.idle.rchar if bench.idle else 0
+        bench.add(
+            f"bytes read less start-up, {tag} (GB)",
+            (max(r.proc.rchar for r in done) - start_up) / 1e9,
+            reference="card size",
+            ref=gb,
+            goal=GOAL_READS_SPOOL if spool else GOAL_READS,
+        )
+        hwm = max(r.proc.vm_hwm for r in done)
+        bench.add(f"peak RSS, {tag} (MB)", hwm / 1e6, goal=GOAL_RSS_MB)
+        commits = int(run.stopped["journal_commits"])
+        removable = (
+            "" if run.removable_s is None else f", card removable after {run.removable_s:.1f} s"
+        )
+        each = ", ".join(f"{r.seconds:.2f}" for r in done)
+        bench.notes.append(
+            f"ingest {tag}: {each} s (cp -r + sha256: {', '.join(f'{s:.2f}' for s in refs)} s);"
+            f" best round: rchar {run.proc.rchar / card.nbytes:.3f} x card"
+            f" ({start_up / 1e6:.1f} MB of it an idle daemon's start-up), read_bytes"
+            f" {run.proc.read_bytes / card.nbytes:.2f} x; {run.proc.cpu_s / gb:.1f} CPU s/GB;"
+            f" {commits} journal commits ({commits / card.files:.2f}/file);"
+            f" files_hashed={run.stopped['files_hashed']}{removable}; the daemon's start to"
+            f" 'ready', before the card came: {run.start_up_s:.2f} s; {memory_note(run.proc)}"
+        )
+    bench.drop_kept()
+    remove(card.root)
+
+
+def memory_note(figures: ProcFigures) -> str:
+    """The peak RSS row's parts, for the notes."""
+    return (
+        f"peak RSS {figures.vm_hwm / 1e6:.1f} MB with the hashing processes' own memory"
+        f" (their RSS in full: {figures.children_rss / 1e6:.1f} MB)"
+    )

@@ -1,0 +1,48 @@
+"""The files each scenario sends, hashed beforehand as the engine records them."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchkit.files import sha256_file, write_distinct
+from benchkit.project import UploadItem
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """Files on local disk with what dronesync records before an upload."""
+
+    folder: Path
+    items: list[UploadItem]
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of all the files."""
+        return sum(item.size for item in self.items)
+
+    @property
+    def paths(self) -> list[Path]:
+        """The files' paths."""
+        return [item.path for item in self.items]
+
+
+def make_files(folder: Path, count: int, size: int, name: str, pool: bytes) -> DataSet:
+    """``count`` files of ``size`` bytes, each distinct (a header, then slices of ``pool``)."""
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(count):
+        path = folder / name.format(i=i)
+        write_distinct(path, i, size, pool)
+        paths.append(path)
+    # Hashing is not timed: the engine records the hash before an upload starts. It also
+    # reads every file once, so each side of a ratio reads from the page cache.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool_:
+        hashes = list(pool_.map(sha256_file, paths))
+    items = []
+    for path, sha in zip(paths, hashes, strict=True):
+        info = path.stat()
+        items.append(UploadItem(path, path.name.encode(), info.st_size, info.st_mtime_ns, sha))
+    return DataSet(folder, items)

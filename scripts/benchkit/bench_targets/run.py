@@ -1,0 +1,172 @@
+"""Upload throughput of the HTTP targets against the local servers, each beside a reference.
+
+Each reference is measured in the same run, on the same files and the same server (ratios
+survive a noisy box).
+
+    scripts/bench-targets [--big-mb 1024] [--files 500] [--file-mb 8] [--runs 3]
+                          [--targets nodeodm,pix4dcloud] [--scenarios big,many]
+
+Scenarios: "big" is one file of --big-mb MiB; "many" is --files files of --file-mb MiB sent
+--concurrency at a time (default 4, the engine's default); "drops" (nodeodm only) is
+--drop-files images of --drop-file-mb MiB to a second node that answers about half the uploads
+HTTP 500 unread (its --test-drop-uploads, as a real node's --test_drop_uploads): dronesync,
+retrying as the engine does ([upload] defaults), against pyodm's create_task with its own
+retries, both timed over init, uploads and commit.
+
+- nodeodm: the local NodeODM-compatible server (tests/fakes/nodeodm.py), in its own process,
+  storing without hashing as NodeODM does (--node-digest: hashing every file, as before).
+  dronesync (NodeODMTarget.upload, gathered under a semaphore as the engine does) against
+  `curl -F` of the same files to the same task route (`xargs -P` for concurrency), and against
+  pyodm's Node.create_task (init, uploads, commit; timed against the same three steps of
+  dronesync).
+- pix4dcloud: the local PIX4Dcloud server (tests/fakes/pix4dcloud.py: API, S3 proxy that checks
+  temporary credentials, moto behind it), in its own process. dronesync (Pix4DCloudTarget.upload)
+  against `curl -T` to presigned PUT URLs and `rclone copy`, all three through the same S3
+  endpoint (the proxy) with temporary credentials of their own project.
+
+Files are hashed before anything is timed (the recorded SHA-256 is an input of an upload), which
+also puts them in the page cache: every side reads warm files. Before each timed transfer the
+page cache is filled (tests/bench/settle.py; --no-settle only syncs), so that what the server
+stores goes into reclaimed memory, not memory the last transfer's deletion handed back.
+Figures are MB/s (10^6 bytes), best of --runs; ratio = dronesync / reference, higher is
+better. After the table: how the references compare with each other, and the CPU seconds per
+GB the client and the server process spent in each client's best run. Every run's time goes
+to stderr. docs/performance.md has the figures and what bounds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import structlog
+
+from benchkit.bench_targets.groups import build_groups
+from benchkit.bench_targets.results import Group, mbps, print_table
+from benchkit.bench_targets.tools import tool_version
+from benchkit.cli import csv, summary
+from benchkit.settling import SETTLER, start
+from benchkit.table import machine
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line, checked."""
+    parser = argparse.ArgumentParser(description=summary(__doc__))
+    parser.add_argument("--big-mb", type=int, default=1024, help="size of the big file (MiB)")
+    parser.add_argument("--files", type=int, default=500, help="how many files in 'many'")
+    parser.add_argument("--file-mb", type=float, default=8, help="size of each of them (MiB)")
+    parser.add_argument("--concurrency", type=int, default=4, help="uploads at a time")
+    parser.add_argument(
+        "--drop-files", type=int, default=10, help="how many images in 'drops' (nodeodm)"
+    )
+    parser.add_argument("--drop-file-mb", type=float, default=4, help="size of each of them")
+    parser.add_argument("--runs", type=int, default=3, help="best of this many runs")
+    parser.add_argument(
+        "--targets", type=csv, default=["nodeodm", "pix4dcloud"], help="nodeodm,pix4dcloud"
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=csv,
+        default=["big", "many"],
+        help="big (one file), many (--files), drops (nodeodm: --drop-files, half dropped)",
+    )
+    parser.add_argument(
+        "--curl-batch",
+        type=int,
+        default=25,
+        help="files per curl process in 'many' (one connection each); 1: a process per file",
+    )
+    parser.add_argument(
+        "--pyodm-threads",
+        type=int,
+        default=None,
+        help="pyodm's parallel_uploads (default: --concurrency; pyodm's own default is 10)",
+    )
+    parser.add_argument(
+        "--multipart-threshold-mb",
+        type=int,
+        default=None,
+        help="the pix4dcloud target's multipart_threshold_mb (default: the daemon's default)",
+    )
+    parser.add_argument(
+        "--parallel-parts",
+        type=int,
+        default=None,
+        help="the pix4dcloud target's parallel_parts (default: the daemon's default)",
+    )
+    parser.add_argument(
+        "--node-digest",
+        action="store_true",
+        help="the fake node hashes every file it stores (for the tests; NodeODM does not)",
+    )
+    parser.add_argument("--tmp", type=Path, default=None, help="where the files are written")
+    parser.add_argument(
+        "--no-settle",
+        dest="settle",
+        action="store_false",
+        help="before each timed run only sync, without filling the page cache",
+    )
+    args = parser.parse_args()
+    if not set(args.targets) <= {"nodeodm", "pix4dcloud"}:
+        parser.error("--targets: nodeodm, pix4dcloud")
+    if not set(args.scenarios) <= {"big", "many", "drops"}:
+        parser.error("--scenarios: big, many, drops")
+    counts = (args.big_mb, args.files, args.concurrency, args.runs, args.curl_batch)
+    if min(counts) < 1 or args.file_mb <= 0 or (args.pyodm_threads or 1) < 1:
+        parser.error("sizes, counts and runs must be at least 1")
+    return args
+
+
+def run(groups: list[Group], runs: int) -> None:
+    """Every step of every group, ``runs`` times; each key's best sample kept."""
+    started = time.perf_counter()
+    for g in groups:
+        for run in range(runs):
+            for step in g.steps:
+                for key, sample in step().items():
+                    if key not in g.best or sample.seconds < g.best[key].seconds:
+                        g.best[key] = sample
+                    print(
+                        f"  [{time.perf_counter() - started:4.0f} s] {g.target} {g.scenario}"
+                        f" run {run + 1}: {key} {sample.seconds:.2f} s"
+                        f" ({mbps(g.nbytes, sample.seconds):.1f} MB/s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+
+
+def main() -> int:
+    """Build the groups, run them, print the table."""
+    args = parse_args()
+    # The targets log every task and project they create; errors are enough here.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    print(
+        f"{machine()},"
+        f" {tool_version('curl', '--version')}, {tool_version('rclone', 'version')};"
+        f" best of {args.runs}; files in the page cache for every side",
+        flush=True,
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="dronesync-bench-targets-", dir=args.tmp) as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        work = Path(tmp)
+        # No deletion here is of many files: no wait for deleted inodes to age.
+        start(work, fill=args.settle, age=False)
+        filler = SETTLER.filler
+        if filler is not None:
+            stack.callback(filler.close)
+        groups = build_groups(args, work, stack)
+        run(groups, args.runs)
+        print_table(groups, sys.stdout)
+        if filler is not None:
+            print(f"- {filler.note()}")
+    return 0

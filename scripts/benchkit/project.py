@@ -1,0 +1,70 @@
+"""Every name the benchmarks take from the daemon package and from ``tests/``.
+
+The one module to change when one of them moves: nothing else in the benchmarks imports
+``daemon`` or ``tests``, nor names their modules. The soak's harness is the exception: ``soak``
+imports it from ``tests/`` itself, because moto, which it loads, hooks every botocore client
+made after it in the process, and ``bench_targets`` times one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from daemon.config import UploadSettings
+from daemon.errors import TransientTargetError
+from daemon.hashing import hash_file
+from daemon.journal import FILE_COLUMNS, FileRow, HashRecord, Journal, NewFile
+from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
+from daemon.targets.nodeodm import NodeODMTargetConfig
+from daemon.targets.nodeodm.target import NodeODMTarget
+from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
+from daemon.targets.pix4dcloud.target import Pix4DCloudTarget
+from daemon.upload.retry import Backoff
+from tests.bench.settle import PageCacheFiller, Settler
+
+__all__ = [
+    "DAEMON_IMPORTS",
+    "DAEMON_MODULE",
+    "FAKE_NODEODM",
+    "FAKE_PIX4DCLOUD",
+    "FILE_COLUMNS",
+    "Backoff",
+    "DatasetRef",
+    "FileRow",
+    "HashRecord",
+    "Journal",
+    "MemoryState",
+    "NewFile",
+    "NodeODMTarget",
+    "NodeODMTargetConfig",
+    "PageCacheFiller",
+    "Pix4DCloudTarget",
+    "Pix4DCloudTargetConfig",
+    "Settler",
+    "Transfer",
+    "TransientTargetError",
+    "UploadItem",
+    "UploadSettings",
+    "hash_file",
+    "journal_connection",
+    "write_fetch",
+]
+
+# Run as ``python -m MODULE``: the daemon, and the local servers of the HTTP targets.
+DAEMON_MODULE = "daemon"
+FAKE_NODEODM = "tests.fakes.nodeodm"
+FAKE_PIX4DCLOUD = "tests.fakes.pix4dcloud"
+# What the daemon imports before it can start (``python -c``, timed by scripts/bench).
+DAEMON_IMPORTS = "import daemon.cli, daemon.service"
+
+
+def journal_connection(journal: Journal) -> sqlite3.Connection:
+    """The journal's connection (scripts/bench-queue adds the index its reference needs)."""
+    return journal._conn
+
+
+def write_fetch(journal: Journal, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """One write statement on the journal's writer; the rows of its RETURNING clause."""
+    _, rows = journal._write_fetch(sql, params)
+    return rows
