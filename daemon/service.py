@@ -30,7 +30,7 @@ from daemon.processing import ProcessingController
 from daemon.sources.hasher import Hasher
 from daemon.sources.manager import SourceManager
 from daemon.sources.spool import Spool
-from daemon.status import write_live
+from daemon.status import mark_stopping, write_live
 from daemon.targets.base import Target, TargetState
 from daemon.targets.registry import build_target
 from daemon.upload.engine import UploadEngine
@@ -197,6 +197,7 @@ class Daemon:
         """End the daemon (SIGTERM)."""
         log.info("stopping")
         notify("STOPPING=1")
+        mark_stopping(self._settings.state_dir)  # `status` stops showing a rate at once
         self._stop.set()
         self._session_end.set()
 
@@ -235,7 +236,7 @@ class Daemon:
         self._refresh_dataset_settings(journal, settings)
         journal.make_due()
         engine: UploadEngine
-        notifier = Notifier(settings.notifications)
+        notifier = Notifier(settings.notifications, state_dir=settings.state_dir)
         spool = Spool(settings.spool, journal) if settings.spool.dir is not None else None
         if spool is not None:
             spool.recover()
