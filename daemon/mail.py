@@ -300,6 +300,7 @@ class Mailer:
     def _attempt(self, message: EmailMessage) -> str | None:
         """One delivery over a new connection (in a worker thread): the error, or None."""
         config = self.config
+        refused: dict[str, tuple[int, bytes]] | None = None
         try:
             password = None
             if config.user is not None:
@@ -323,14 +324,23 @@ class Mailer:
                 refused = smtp.send_message(message)
         except ConfigError as exc:
             return "; ".join(exc.problems)
-        except smtplib.SMTPResponseException as exc:
-            reply = exc.smtp_error
-            text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
-            return f"{config.host}: SMTP {exc.smtp_code}: {text}"
-        except smtplib.SMTPRecipientsRefused as exc:
-            return f"{config.host}: every recipient refused: {', '.join(exc.recipients)}"
         except (smtplib.SMTPException, OSError) as exc:
-            return f"{config.host}:{config.port_or_default}: {type(exc).__name__}: {exc}"
+            if refused is not None:
+                return None  # the relay took it; only saying goodbye failed: not sent twice
+            return _smtp_error(config, exc)
         if refused:
             log.warning("e-mail refused for some recipients", refused=sorted(refused))
         return None
+
+
+def _smtp_error(config: EmailConfig, exc: Exception) -> str:
+    """A failed delivery in one line, the relay's own words where it gave some."""
+    match exc:
+        case smtplib.SMTPResponseException():
+            reply = exc.smtp_error
+            text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+            return f"{config.host}: SMTP {exc.smtp_code}: {text}"
+        case smtplib.SMTPRecipientsRefused():
+            return f"{config.host}: every recipient refused: {', '.join(exc.recipients)}"
+        case _:
+            return f"{config.host}:{config.port_or_default}: {type(exc).__name__}: {exc}"
