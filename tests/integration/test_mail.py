@@ -305,8 +305,8 @@ def test_the_notifier_mails_only_the_configured_events(servers: list[SmtpServer]
             await asyncio.gather(task, return_exceptions=True)
 
     (message,) = asyncio.run(run())
+    # Mailed in order: had the other event gone out, it would have arrived first.
     assert message["Subject"] == "dronesync: field-k: processing failed"
-    assert notifier.mailer.sent == 1
 
 
 def test_the_daemon_mails_a_dataset_s_processing(box: Box, servers: list[SmtpServer]) -> None:
