@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from daemon import __version__, control, logs
 from daemon.config import (
@@ -28,7 +29,7 @@ from daemon.config import (
 from daemon.config.example import example
 from daemon.errors import EXIT_OK, ConfigError, DronesyncError, UsageError
 from daemon.journal import Journal
-from daemon.status import read_live, render, snapshot
+from daemon.status import read_live, render, snapshot, watch
 
 ANSWER_TIMEOUT_S = 2.5
 GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest objects (700)
@@ -52,8 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
     status = sub.add_parser("status", parents=[common], help="datasets and their files")
     status.add_argument("dataset", nargs="?", help="only this dataset")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--files", action="store_true", help="list every file")
+    status.add_argument(
+        "--all", action="store_true", help="every dataset, also those done over a day ago"
+    )
+    output = status.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="machine-readable output")
+    output.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
     retry = sub.add_parser("retry", parents=[common], help="failed files back to waiting")
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("dataset", nargs="?", help="dataset whose failed files to retry")
@@ -159,21 +165,37 @@ def _journal(settings: Settings) -> Journal:
 def _status(settings: Settings, args: argparse.Namespace) -> int:
     import time  # noqa: PLC0415
 
+    state_dir = settings.state_dir
     journal = _journal(settings)
+
+    def document(now: float) -> dict[str, Any]:
+        return snapshot(
+            journal,
+            read_live(state_dir, now),
+            dataset=args.dataset,
+            files=args.files,
+            requests=control.queued(state_dir),
+            now=now,
+        )
+
+    terminal = sys.stdout.isatty()
+
+    def frame() -> str:
+        now = time.time()
+        return render(document(now), bars=terminal, now=now, show_all=args.all)
+
     try:
         if args.dataset and journal.dataset_by_name(args.dataset) is None:
             raise UsageError(f"no dataset named {args.dataset!r}; see `dronesync status`")
-        now = time.time()
-        doc = snapshot(
-            journal, read_live(settings.state_dir, now), dataset=args.dataset, files=args.files
-        )
+        if args.watch:
+            return watch(frame, sys.stdout, time.sleep, terminal=terminal)
+        if args.json:
+            json.dump(document(time.time()), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print(frame())
     finally:
         journal.close()
-    if args.json:
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(render(doc, bars=sys.stdout.isatty(), now=now))
     return EXIT_OK
 
 

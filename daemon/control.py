@@ -31,6 +31,12 @@ class Request:
     dataset: str | None
     path: Path
 
+    @property
+    def queued_at(self) -> float | None:
+        """When it was made (its name starts with the time in nanoseconds), if known."""
+        stamp = self.path.name.split("-", 1)[0]
+        return int(stamp) / 1e9 if stamp.isdigit() else None
+
 
 def submit(state_dir: Path, action: Action, dataset: str | None) -> Path:
     """Write a request for the daemon; returns the file that stands for it."""
@@ -50,22 +56,43 @@ def submit(state_dir: Path, action: Action, dataset: str | None) -> Path:
 
 def pending(state_dir: Path) -> list[Request]:
     """Requests not applied yet, oldest first; unreadable ones are set aside."""
+    requests = []
+    for path, request in _read_all(state_dir):
+        if request is None:
+            path.rename(path.with_suffix(".bad"))
+        else:
+            requests.append(request)
+    return requests
+
+
+def queued(state_dir: Path) -> list[Request]:
+    """Requests not applied yet, oldest first, for ``status``: reading only, changing nothing."""
+    try:
+        return [request for _, request in _read_all(state_dir) if request is not None]
+    except PermissionError:
+        return []  # the service's private folder: the journal would not open either
+
+
+def _read_all(state_dir: Path) -> list[tuple[Path, Request | None]]:
+    """Each request file with what it asks (None: unreadable)."""
     folder = state_dir / REQUESTS
     try:
         names = sorted(p for p in folder.iterdir() if p.suffix == ".json")
     except FileNotFoundError:
         return []
-    requests = []
+    found: list[tuple[Path, Request | None]] = []
     for path in names:
         try:
             data = json.loads(path.read_bytes())
             action = data["action"]
             if action not in ("retry", "process", "cancel"):
                 raise ValueError(action)
-            requests.append(Request(action, data.get("dataset"), path))
+            found.append((path, Request(action, data.get("dataset"), path)))
+        except FileNotFoundError:
+            continue  # applied meanwhile
         except (OSError, ValueError, KeyError, TypeError):
-            path.rename(path.with_suffix(".bad"))
-    return requests
+            found.append((path, None))
+    return found
 
 
 def answer(request: Request, message: str) -> None:

@@ -1,8 +1,9 @@
-"""Notifications: a webhook and/or a command told when a dataset starts, ends or needs help.
+"""Notifications: a webhook, a command and e-mail told when a dataset starts, ends or needs help.
 
 Events are queued and delivered by one background task, in order, each retried with backoff
 up to ``attempts`` times. A failed delivery is logged and never stops the daemon, and the
-webhook URL is never logged (it may carry a token).
+webhook URL is never logged (it may carry a token). E-mail goes its own way beside them
+(``daemon.mail``): a message per event or a daily digest.
 """
 
 from __future__ import annotations
@@ -11,62 +12,63 @@ import asyncio
 import json
 import os
 import random
-import time
-from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
 
 from daemon.config import NotificationsConfig
+from daemon.events import Event
 from daemon.upload.retry import Backoff
+
+if TYPE_CHECKING:
+    from daemon.mail import Mailer
 
 log = structlog.get_logger("dronesync.notifications")
 
 QUEUE_LIMIT = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One thing worth telling the operator."""
-
-    event: str
-    dataset: str
-    target: str
-    state: str
-    detail: str | None
-    at: float = field(default_factory=time.time)
-
-    def document(self) -> dict[str, Any]:
-        """The JSON document sent to the webhook and to the command."""
-        return {
-            "event": self.event,
-            "dataset": self.dataset,
-            "target": self.target,
-            "state": self.state,
-            "detail": self.detail,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at)),
-        }
-
-
 class Notifier:
     """Delivers events to the configured webhook and command, retrying, never raising."""
 
-    def __init__(self, config: NotificationsConfig, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: NotificationsConfig,
+        rng: random.Random | None = None,
+        *,
+        state_dir: Path | None = None,
+    ) -> None:
         self.config = config
         self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_LIMIT)
         self._backoff = Backoff(1.0, 60.0, rng or random.Random())  # noqa: S311 (jitter)
         self.delivered = 0
         self.dropped = 0
+        self.mailer: Mailer | None = None
+        if config.email is not None:
+            from daemon.mail import Mailer  # noqa: PLC0415 (smtplib only when mail is set)
+
+            # The digest's events are kept in state_dir, across restarts and reloads.
+            self.mailer = Mailer(
+                config.email,
+                attempts=config.attempts,
+                timeout_s=config.timeout_s,
+                state_dir=state_dir,
+            )
 
     @property
     def enabled(self) -> bool:
         """Whether anything is configured to receive events."""
-        return bool(self.config.webhook_url or self.config.command)
+        return bool(self.config.webhook_url or self.config.command or self.mailer)
 
     def send(self, event: Event) -> None:
         """Queue ``event`` if it is one of the configured events (never blocks)."""
-        if not self.enabled or event.event not in self.config.events:
+        if event.event not in self.config.events:
+            return
+        if self.mailer is not None:
+            self.mailer.send(event)
+        if not (self.config.webhook_url or self.config.command):
             return
         try:
             self._queue.put_nowait(event)
@@ -75,7 +77,15 @@ class Notifier:
             log.warning("notification dropped: too many queued", notify_event=event.event)
 
     async def run(self) -> None:
-        """Deliver queued events until cancelled."""
+        """Deliver queued events until cancelled (never returns before)."""
+        async with asyncio.TaskGroup() as group:
+            if self.mailer is not None:
+                group.create_task(self.mailer.run(), name="mail")
+            group.create_task(self._run_hooks(), name="hooks")
+
+    async def _run_hooks(self) -> None:
+        # Runs until cancelled even with nothing to deliver: a component of the session that
+        # returns ends the session.
         async with httpx.AsyncClient(timeout=self.config.timeout_s) as client:
             while True:
                 event = await self._queue.get()

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from daemon.clock import Clock
 from daemon.config import Settings
+from daemon.events import Event
 from daemon.journal import DatasetRow, FileRow, Journal
-from daemon.notifications import Event, Notifier
+from daemon.notifications import Notifier
 from daemon.processing import ProcessingController
 from daemon.sources.hasher import Hasher
 from daemon.sources.manager import SourceManager

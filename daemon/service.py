@@ -29,6 +29,7 @@ from daemon.notifications import Notifier
 from daemon.notify import notify
 from daemon.pipeline import Pipeline, build_pipeline
 from daemon.requests import Requests
+from daemon.status import mark_stopping
 from daemon.targets.base import Target, TargetState
 from daemon.targets.registry import build_target
 
@@ -150,6 +151,7 @@ class Daemon:
         """End the daemon (SIGTERM)."""
         log.info("stopping")
         notify("STOPPING=1")
+        mark_stopping(self._settings.state_dir)  # `status` stops showing a rate at once
         self._stop.set()
         self._session_end.set()
 
@@ -187,7 +189,7 @@ class Daemon:
         targets = self._target_factory(settings, journal)
         self._refresh_dataset_settings(journal, settings)
         journal.make_due()
-        notifier = Notifier(settings.notifications)
+        notifier = Notifier(settings.notifications, state_dir=settings.state_dir)
         pipeline = build_pipeline(settings, journal, targets, self._clock, notifier)
         requests = Requests(
             settings.state_dir, journal, pipeline.engine, pipeline.processing, self._clock

@@ -9,6 +9,7 @@ programs, secrets). Each target type's table lives with the target (``daemon.tar
 
 from daemon.config.checks import runtime_findings, runtime_problems, runtime_warnings
 from daemon.config.load import load_config
+from daemon.config.mail import EmailConfig
 from daemon.config.model import (
     DEFAULT_CONFIG_PATH,
     ENV_PREFIX,
@@ -29,6 +30,7 @@ __all__ = [
     "ENV_PREFIX",
     "IMAGE_PATTERNS",
     "NOTIFY_EVENTS",
+    "EmailConfig",
     "NotificationsConfig",
     "NotifyEvent",
     "Settings",

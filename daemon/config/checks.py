@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from daemon.errors import ConfigError
 from daemon.secrets import secret_finding, secret_path
+from daemon.targets.base import SecretRef
 
 if TYPE_CHECKING:
     from daemon.config.model import Settings
@@ -208,6 +209,9 @@ def runtime_findings(path: Path, settings: Settings) -> tuple[list[str], list[st
             line = f"{path}: {key}: {text}; point {key.rsplit('.', 1)[-1]} at a folder"
             (access if only_access else errors).append(line)
     errors.extend(_program_problems(path, settings))
+    ca_problem = _ca_file_problem(path, settings)
+    if ca_problem is not None:
+        errors.append(ca_problem)
     secret_errors, secret_access = _secret_problems(path, settings)
     return errors + secret_errors, access + secret_access
 
@@ -229,18 +233,29 @@ def _program_problems(path: Path, settings: Settings) -> list[str]:
     return problems
 
 
+def _secrets(settings: Settings) -> list[tuple[str, SecretRef]]:
+    """Every secret the configuration names, with the table that names it."""
+    refs = [
+        (f"targets.{name}", ref)
+        for name, target in settings.targets.items()
+        if (ref := target.secret()) is not None
+    ]
+    email = settings.notifications.email
+    if email is not None and email.user is not None:
+        ref = SecretRef("password", email.password_file, email.password_credential, True)
+        refs.append(("notifications.email", ref))
+    return refs
+
+
 def _secret_problems(path: Path, settings: Settings) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     access: list[str] = []
-    for name, target in settings.targets.items():
-        ref = target.secret()
-        if ref is None:
-            continue
+    for table, ref in _secrets(settings):
         stem, file, credential = ref.stem, ref.file, ref.credential
         if ref.required and file is None and credential is None:
             words = stem.replace("_", " ")
             problems.append(
-                f"{path}: targets.{name}.{stem}_file: required; name the file that"
+                f"{path}: {table}.{stem}_file: required; name the file that"
                 f" holds the {words} (or {stem}_credential)"
             )
             continue
@@ -248,13 +263,29 @@ def _secret_problems(path: Path, settings: Settings) -> tuple[list[str], list[st
         try:
             secret = secret_path(file, credential)
         except ConfigError as exc:
-            problems.extend(f"{path}: targets.{name}.{key}: {p}" for p in exc.problems)
+            problems.extend(f"{path}: {table}.{key}: {p}" for p in exc.problems)
             continue
         found = None if secret is None else secret_finding(secret)
         if found is not None:
             text, only_access = found
-            (access if only_access else problems).append(f"{path}: targets.{name}.{key}: {text}")
+            (access if only_access else problems).append(f"{path}: {table}.{key}: {text}")
     return problems, access
+
+
+def _ca_file_problem(path: Path, settings: Settings) -> str | None:
+    """A CA file for the mail relay that cannot be read (it is public: any mode will do)."""
+    email = settings.notifications.email
+    if email is None or email.ca_file is None:
+        return None
+    try:
+        with email.ca_file.open("rb"):
+            pass
+    except OSError as exc:
+        return (
+            f"{path}: notifications.email.ca_file: {email.ca_file} cannot be read"
+            f" ({exc.strerror or exc}); name a PEM file of certificates"
+        )
+    return None
 
 
 def runtime_warnings(settings: Settings) -> list[str]:

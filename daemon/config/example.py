@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from daemon.config.mail import EmailConfig
 from daemon.config.model import (
     NotificationsConfig,
     Settings,
@@ -68,9 +69,10 @@ def _default(info: FieldInfo) -> Any:
 
 def _fields(model: type[BaseModel], skip: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
     lines: list[str] = []
-    for name, info in model.model_fields.items():
-        if name in skip or isinstance(_default(info), BaseModel):
+    for field_name, info in model.model_fields.items():
+        if field_name in skip or _is_table(info):
             continue
+        name = info.alias or field_name  # `from` in the file
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         if info.description:
             lines.extend(f"# {line}" for line in textwrap.wrap(info.description, 96))
@@ -89,11 +91,31 @@ def _fields(model: type[BaseModel], skip: set[str] = frozenset()) -> list[str]: 
     return lines
 
 
+def _is_table(info: FieldInfo) -> bool:
+    """Whether a field is a table of its own (``[upload]``, ``[notifications.email]``)."""
+    if isinstance(_default(info), BaseModel):
+        return True
+    return any(
+        isinstance(arg, type) and issubclass(arg, BaseModel)
+        for arg in typing.get_args(info.annotation)
+    )
+
+
+def _commented(lines: list[str]) -> list[str]:
+    return [line if line.startswith("#") or not line else f"# {line}" for line in lines]
+
+
+def _optional_table(header: str, model: type[BaseModel]) -> list[str]:
+    """An optional table, commented out: uncomment it and fill it in."""
+    doc = (model.__doc__ or "").strip()
+    return _commented([header, f"# {doc} Uncomment to use it.", *_fields(model)])
+
+
 def _optional_target(name: str, model: type[BaseModel]) -> list[str]:
     """Another target type, commented out: uncomment it and point a source at it."""
     doc = (model.__doc__ or "").strip()
     lines = [f"[targets.{name}]", f"{doc} Uncomment, and name it in a source.", *_fields(model)]
-    return [line if line.startswith("#") or not line else f"# {line}" for line in lines]
+    return _commented(lines)
 
 
 def example() -> str:
@@ -109,6 +131,7 @@ def example() -> str:
     parts.append("[notifications]")
     parts.append("# " + (NotificationsConfig.__doc__ or "").strip())
     parts.extend(_fields(NotificationsConfig))
+    parts.extend(_optional_table("[notifications.email]", EmailConfig))
     active = TYPES[_ACTIVE_TYPE].config
     parts.append("[targets.archive]")
     parts.append("# " + (active.__doc__ or "").strip())

@@ -176,8 +176,18 @@ def _relative_to(settings: Settings, base: Path) -> Settings:
     spool = settings.spool
     if spool.dir is not None:
         spool = spool.model_copy(update={"dir": _anchor(spool.dir, base)})
+    notifications = settings.notifications
+    email = notifications.email
+    if email is not None:
+        paths = {
+            key: _anchor(value, base)
+            for key in ("ca_file", "password_file")
+            if (value := getattr(email, key)) is not None
+        }
+        notifications = notifications.model_copy(update={"email": email.model_copy(update=paths)})
     return settings.model_copy(
         update={
+            "notifications": notifications,
             "spool": spool,
             "state_dir": _anchor(settings.state_dir, base),
             "targets": targets,

@@ -26,6 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from daemon.config.mail import EmailConfig
 from daemon.configmodel import DAY_S, Model, check_placeholders, not_blank, url_ok
 from daemon.targets.base import TargetConfig
 from daemon.targets.registry import TYPES, config_models
@@ -130,7 +131,15 @@ class NotificationsConfig(Model):
         default_factory=lambda: list(NOTIFY_EVENTS), description="The events that are sent."
     )
     attempts: int = Field(5, ge=1, le=50, description="Tries per event before it is dropped.")
-    timeout_s: float = Field(10.0, gt=0, le=600, description="Longest wait for one delivery.")
+    timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Longest wait for one delivery (a webhook, a command, one SMTP connection).",
+    )
+    email: EmailConfig | None = Field(
+        None, description="E-mail the events through an SMTP server (its own table)."
+    )
 
     @field_validator("webhook_url")
     @classmethod

@@ -30,6 +30,18 @@ class Statuses(Datasets):
             result.setdefault(dataset_id, {})[kind] = (count, error)
         return result
 
+    def parked(self, now: float) -> dict[int, tuple[int, float, float]]:
+        """Files waiting out a backoff at ``now``, by dataset: how many, first and last due.
+
+        What an ETA must wait for, however fast the other files go.
+        """
+        rows = self._rows(
+            "SELECT dataset_id, count(*), min(next_attempt_at), max(next_attempt_at)"
+            " FROM files WHERE status = 'waiting' AND next_attempt_at > ? GROUP BY dataset_id",
+            (now,),
+        )
+        return {ds: (count, first, last) for ds, count, first, last in rows}
+
     def mark_uploading(self, file_id: int) -> None:
         """Another attempt of a file taken earlier (:meth:`take_uploads`) begins."""
         self._write(

@@ -54,7 +54,9 @@ def test_the_example_loads_with_the_defaults_it_shows(tmp_path: Path) -> None:
 
 
 def test_every_commented_out_key_is_valid_once_uncommented(tmp_path: Path) -> None:
-    optional = re.compile(r"^# ([a-z_]+ = .+|\[targets\.[a-z0-9]+\])$", re.MULTILINE)
+    optional = re.compile(
+        r"^# ([a-z_]+ = .+|\[targets\.[a-z0-9]+\]|\[notifications\.email\])$", re.MULTILINE
+    )
     text = example()
     assert len(optional.findall(text)) >= 3
     settings = load_config(_as_local(optional.sub(r"\1", text), tmp_path))
@@ -66,6 +68,13 @@ def test_every_commented_out_key_is_valid_once_uncommented(tmp_path: Path) -> No
         "{dataset_dir}",
     ]
     assert settings.sources[0].poll_s == 10
+    email = settings.notifications.email
+    assert email is not None
+    assert (email.host, email.sender, email.to) == (
+        "smtp.example.org",
+        "dronesync@example.org",
+        ["pilot@example.org"],
+    )
     odm = settings.targets["nodeodm"]
     assert isinstance(odm, NodeODMTargetConfig)
     assert odm.url == "http://odm.lan:3000"

@@ -40,6 +40,7 @@ HOST_PATHS = [
     "/etc/group",
     "/etc/shadow",
     "/opt/dronesync",
+    "/usr/local/bin/dronesync",
     "/srv/drone-archive",
     "/run/dronesync",
     "/var/lib/dronesync",
@@ -187,6 +188,29 @@ def test_install_puts_each_file_in_place_with_its_mode_and_owner(root: Path) -> 
     wants = root / "etc/systemd/system/multi-user.target.wants/dronesync.service"
     assert os.readlink(wants) == "/etc/systemd/system/dronesync.service"
     assert not (root / "opt/dronesync/venv").exists()
+    # `dronesync` on PATH: every command in the README works as written.
+    assert os.readlink(root / "usr/local/bin/dronesync") == "/opt/dronesync/venv/bin/dronesync"
+
+
+def test_install_ends_with_the_status_page_address(tmp_path: Path, sandboxed: bool) -> None:
+    result = run(INSTALL, tmp_path / "stage" / "root", sandboxed, "--no-venv")
+    assert result.returncode == 0, result.stderr
+    assert lines(result)[-1] == "status page: http://127.0.0.1:8710/"
+    assert "linked /usr/local/bin/dronesync -> /opt/dronesync/venv/bin/dronesync" in lines(result)
+
+
+def test_a_dronesync_command_of_someone_else_is_left_alone(tmp_path: Path, sandboxed: bool) -> None:
+    staged = tmp_path / "stage" / "root"
+    theirs = staged / "usr/local/bin/dronesync"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_text('#!/bin/sh\nexec /home/pilot/dronesync/bin/dronesync "$@"\n')
+
+    result = run(INSTALL, staged, sandboxed, "--no-venv")
+    assert result.returncode == 0, result.stderr
+    assert any(line.startswith("kept /usr/local/bin/dronesync") for line in lines(result))
+    removed = run(UNINSTALL, staged, sandboxed)
+    assert removed.returncode == 0, removed.stderr
+    assert theirs.read_text().startswith("#!/bin/sh\nexec /home/pilot")
 
 
 def test_the_service_user_is_a_system_user_without_login(root: Path) -> None:
@@ -212,7 +236,9 @@ def test_a_second_run_changes_nothing_and_keeps_an_edited_config(
     assert config.read_text() == edited
     assert "kept /etc/dronesync/dronesync.toml" in again.stdout
     changed = [
-        line for line in lines(again) if not line.startswith(("unchanged ", "kept ", "skipped "))
+        line
+        for line in lines(again)
+        if not line.startswith(("unchanged ", "kept ", "skipped ", "status page: "))
     ]
     assert changed == []
 
@@ -259,6 +285,7 @@ def test_uninstall_removes_the_program_and_keeps_config_journal_and_archive(
         "etc/sysusers.d/dronesync.conf",
         "etc/tmpfiles.d/dronesync.conf",
         "opt/dronesync",
+        "usr/local/bin/dronesync",
         "run/dronesync",
         "etc/dronesync/dronesync.example.toml",
     ):

@@ -28,7 +28,10 @@ LAYERS = (
     "daemon.live | daemon.requests",
     "daemon.pipeline",
     # Around the pipeline: what the operator reads and sends, what the service reports.
-    "daemon.status | daemon.control | daemon.notifications",
+    "daemon.notifications",
+    "daemon.mail",
+    "daemon.status",
+    "daemon.control | daemon.events",
     # The pipeline's stages: cards and folders in, uploads out, processing started.
     "daemon.sources | daemon.upload | daemon.processing",
     "daemon.journal | daemon.hashworker | daemon.config",

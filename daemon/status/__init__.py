@@ -1,0 +1,26 @@
+"""What ``dronesync status`` shows: the journal, the daemon's live figures, queued requests.
+
+The journal holds every status; the running daemon also writes ``<state_dir>/live.json`` once
+a second with each dataset's current rate and the bytes of files in flight, which give the
+rate and the ETA (``live``). ``document`` builds the ``--json`` document from them, reading
+only; ``render`` turns it into the human lines and ``watch`` redraws them in place.
+"""
+
+from daemon.status.document import snapshot
+from daemon.status.live import LIVE, LIVE_FRESH_S, mark_stopping, read_live, write_live
+from daemon.status.render import render
+from daemon.status.text import display_path, printable
+from daemon.status.watch import watch
+
+__all__ = [
+    "LIVE",
+    "LIVE_FRESH_S",
+    "display_path",
+    "mark_stopping",
+    "printable",
+    "read_live",
+    "render",
+    "snapshot",
+    "watch",
+    "write_live",
+]
