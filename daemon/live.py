@@ -55,6 +55,7 @@ class Live:
                     for ds in set(engine.meter.rates) | set(in_flight)
                 },
                 "cards": sources.cards(),
+                "loose": sources.loose(),
             }
             if spool is not None:
                 live["spool"] = {

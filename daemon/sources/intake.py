@@ -139,6 +139,7 @@ class Intake:
         # Files waiting to be read that the walk does not meet are gone. Only those known
         # before the walk can be: a first scan of a new card keeps no set of what it met.
         unseen = {relpath for relpath, known in root.index.items() if known.status == "waiting"}
+        root.loose = 0
         walker = asyncio.ensure_future(asyncio.to_thread(walk_all))
         try:
             while (chunk := await chunks.get()) is not None:
@@ -153,6 +154,7 @@ class Intake:
             stopped = True
         if not root.path.is_dir():
             return  # vanished during the walk: what is missing is not deleted
+        _tell_loose(root)
         with self._journal.transaction():
             for relpath in unseen:
                 known = root.index.get(relpath)
@@ -359,3 +361,15 @@ class Intake:
             # string instead of 100,000 copies of "waiting" (5.6 MB for a card that size).
             sys.intern(status),
         )
+
+
+def _tell_loose(root: Root) -> None:
+    """Say once (until the count changes) that files lie in a source's top, in no dataset."""
+    if root.loose and root.loose != root.loose_told:
+        log.warning(
+            "files in the top of a source belong to no dataset; put them in a sub-folder"
+            ' (one per flight), or set layout = "single" for this source',
+            source=str(root.path),
+            files=root.loose,
+        )
+    root.loose_told = root.loose

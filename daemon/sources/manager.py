@@ -104,6 +104,10 @@ class SourceManager:
         """The cards in now, for ``status`` and the STATUS= line."""
         return self._cards.listing(self._roots)
 
+    def loose(self) -> dict[str, int]:
+        """Files lying in the top of a "subfolders" source, by folder: in no dataset."""
+        return {str(root.path): root.loose for root in self._roots if root.online and root.loose}
+
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:

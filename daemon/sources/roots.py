@@ -52,6 +52,10 @@ class Root:
     scanned: bool = False  # one whole scan since it came online: every file is known
     removable: bool = False
     files_left: int = -1
+    # Files the walk met at the top of a "subfolders" source: in no dataset folder, so never
+    # taken. Counted by each walk; ``loose_told`` is the count last said in the log.
+    loose: int = 0
+    loose_told: int = 0
 
     @property
     def is_card(self) -> bool:
@@ -66,7 +70,11 @@ class Root:
     def wanted(self, relpath: bytes) -> bool:
         """Whether a file at ``relpath`` belongs to a dataset and passes the filters."""
         found = self.mapper.split(relpath)
-        return found is not None and self.filter.wants(found[2])
+        if found is None:
+            if self.config.layout == "subfolders" and b"/" not in relpath:
+                self.loose += self.filter.wants(relpath)
+            return False
+        return self.filter.wants(found[2])
 
 
 def _is_glob(path: Path) -> bool:

@@ -104,6 +104,7 @@ def snapshot(
         ],
     }
     doc["cards"] = live.get("cards", []) if running else []
+    doc["loose"] = live.get("loose", {}) if running else {}
     if "spool" in live and running:
         doc["spool"] = live["spool"]
     return doc

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from daemon.status.document import is_current
-from daemon.status.text import printable_doc
+from daemon.status.text import printable, printable_doc
 
 BAR_WIDTH = 20
 # The order counts are said in on a dataset's line.
@@ -108,6 +108,11 @@ def _card_lines(doc: dict[str, Any]) -> list[str]:
     spool = doc.get("spool")
     if spool and spool.get("full"):
         lines.append(str(spool["full"]))
+    for folder, count in sorted(doc.get("loose", {}).items()):
+        lines.append(
+            f"{printable(folder)}: {count} file(s) in the top folder belong to no dataset; put them in a"
+            ' sub-folder (one per flight), or set layout = "single" for this source'
+        )
     return lines
 
 
