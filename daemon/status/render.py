@@ -110,8 +110,8 @@ def _card_lines(doc: dict[str, Any]) -> list[str]:
         lines.append(str(spool["full"]))
     for folder, count in sorted(doc.get("loose", {}).items()):
         lines.append(
-            f"{printable(folder)}: {count} file(s) in the top folder belong to no dataset; put them in a"
-            ' sub-folder (one per flight), or set layout = "single" for this source'
+            f"{printable(folder)}: {count} file(s) in the top folder belong to no dataset;"
+            ' put them in a sub-folder (one per flight), or set layout = "single" for this source'
         )
     return lines
 
