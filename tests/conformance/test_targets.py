@@ -87,13 +87,6 @@ def _nodeodm(tmp: Path, stack: contextlib.ExitStack) -> NodeODMTarget:
     return target
 
 
-def _nodeodm_httpx(tmp: Path, stack: contextlib.ExitStack) -> NodeODMTarget:
-    """The NodeODM target sending through httpx, as it does over https:// or a proxy."""
-    target = _nodeodm(tmp, stack)
-    target._direct = False
-    return target
-
-
 def _pix4dcloud(tmp: Path, stack: contextlib.ExitStack) -> Pix4DCloudTarget:
     del tmp
     cloud = stack.enter_context(
@@ -112,7 +105,6 @@ TARGETS: dict[str, Callable[[Path, contextlib.ExitStack], Target]] = {
     "memory": lambda tmp, stack: MemoryTarget(),
     "directory": lambda tmp, stack: _directory(tmp),
     "nodeodm": _nodeodm,
-    "nodeodm-httpx": _nodeodm_httpx,
     "pix4dcloud": _pix4dcloud,
 }
 

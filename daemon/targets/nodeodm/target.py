@@ -48,21 +48,20 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
 import structlog
 
 from daemon.errors import (
     DatasetResetError,
-    FileChangedError,
     PermanentTargetError,
     TargetError,
     TargetPausedError,
     TargetWaitError,
     TransientTargetError,
 )
-from daemon.hashing import CHUNK, open_regular
+from daemon.hashing import CHUNK, StableRead
 from daemon.targets.base import (
     DatasetRef,
     ProcessingStatus,
@@ -71,7 +70,6 @@ from daemon.targets.base import (
     Transfer,
     UploadItem,
 )
-from daemon.targets.kit.filepost import CheckedRead, FilePost, direct_ok
 from daemon.targets.kit.http import json_body, never_sent, status_error, transport_error
 from daemon.targets.nodeodm import NodeODMTargetConfig
 
@@ -213,8 +211,6 @@ class NodeODMTarget:
             timeout=httpx.Timeout(config.timeout_s),
             follow_redirects=False,
         )
-        # Plain HTTP without a proxy: images go through filepost, the check hash beside.
-        self._direct = direct_ok(self._client.base_url)
         self._locks: dict[int, asyncio.Lock] = {}
         self._checked: set[int] = set()
         self._sends: dict[int, dict[str, tuple[str, Transfer]]] = {}
@@ -564,40 +560,34 @@ class NodeODMTarget:
         self, task: str, name: str, item: UploadItem, transfer: Transfer, started: threading.Event
     ) -> None:
         """One multipart request with one file, streamed from disk (worker thread)."""
-        fd, info = open_regular(item.path)
-        try:
-            if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
-                raise FileChangedError(f"{item.path}: changed since it was hashed")
-            boundary = f"dronesync-{uuidlib.uuid4().hex}"
-            head = (
-                f"--{boundary}\r\n"
-                f'Content-Disposition: form-data; name="images"; filename="{name}"\r\n'
-                "Content-Type: application/octet-stream\r\n\r\n"
-            ).encode()
-            tail = f"\r\n--{boundary}--\r\n".encode()
-            part = _Part(fd, item, head, tail)
-            route = f"POST /task/new/upload/{task}"
-            headers = {
-                "content-type": f"multipart/form-data; boundary={boundary}",
-                "content-length": str(len(head) + item.size + len(tail)),
-            }
-            if self._direct:
-                request = self._client.build_request(
-                    "POST", f"/task/new/upload/{task}", headers=headers
-                )
-                response = _post_direct(
-                    request, route, self.config.timeout_s, part, transfer, started
-                )
-            else:
-                # Closed here, not whenever it is collected: httpx may stop reading a body
-                # (the server answered early), and the check's thread ends with it.
-                with contextlib.closing(_body(part, transfer, started)) as body:
-                    response = self._client.post(
-                        f"/task/new/upload/{task}", content=body, headers=headers
-                    )
-            self._check(route, response, upload=True)
-        finally:
-            os.close(fd)
+        boundary = f"dronesync-{uuidlib.uuid4().hex}"
+        head = (
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="images"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        headers = {
+            "content-type": f"multipart/form-data; boundary={boundary}",
+            "content-length": str(len(head) + item.size + len(tail)),
+        }
+        path = f"/task/new/upload/{task}"
+        # Opened before the request: a file changed since it was hashed costs no request.
+        with (
+            StableRead(
+                item.path,
+                item.size,
+                item.mtime_ns,
+                expect=item.sha256,
+                seen="hashed",
+                doing="uploaded",
+            ) as read,
+            # Closed here, not whenever it is collected: httpx stops reading a body when the
+            # server answered early, and the file is closed right after.
+            contextlib.closing(_body(read, head, tail, transfer, started)) as body,
+        ):
+            response = self._client.post(path, content=body, headers=headers)
+        self._check(f"POST {path}", response, upload=True)
 
     # -- processing -------------------------------------------------------------------------
 
@@ -790,61 +780,24 @@ class NodeODMTarget:
         return body
 
 
-class _Part(NamedTuple):
-    """One image as the body of an upload: the part's header, the open file, the last boundary."""
-
-    fd: int
-    item: UploadItem
-    head: bytes
-    tail: bytes
-
-
-def _post_direct(
-    request: httpx.Request,
-    route: str,
-    timeout_s: float,
-    part: _Part,
-    transfer: Transfer,
-    started: threading.Event,
-) -> httpx.Response:
-    """The upload through :class:`FilePost`: the last boundary only after the check passed."""
-    post = FilePost(request, route, timeout_s)
-    try:
-        post.connect()
-        started.set()
-        post.send_head(part.head)
-        try:
-            post.send_file(part.fd, part.item, transfer)
-        except TransientTargetError:
-            early = post.early_reply()
-            if early is None:
-                raise
-            # The node refused the request before reading it all: its answer says why. An
-            # answer of success for a body it did not get is not believed.
-            NodeODMTarget._check(route, early, upload=True)
-            raise
-        return post.finish(part.tail)
-    finally:
-        post.close()
-
-
 def _body(
-    part: _Part, transfer: Transfer, started: threading.Event
+    read: StableRead, head: bytes, tail: bytes, transfer: Transfer, started: threading.Event
 ) -> Generator[bytes, None, None]:
-    """The request body; checks the bytes against the recorded hash before the last boundary.
+    """The request body: the part's header, the file, then the closing boundary.
 
-    When the file changed, the body ends without its closing boundary: the node sees a cut
-    upload, and the task is replaced because of it.
+    The read hashes each chunk and raises before handing out the last one unless the file is
+    the recorded one: the body then ends cut short, the node sees a broken upload (and the
+    task is replaced because of it), never a whole file that is not the recorded one.
     """
     started.set()
-    yield part.head
-    with CheckedRead(part.fd, part.item) as check:
-        for chunk in check.chunks():
-            transfer.progress(len(chunk))
-            # A copy: the buffer is filled again for a later chunk, and httpx takes bytes.
-            yield bytes(chunk)
-    check.verify()
-    yield part.tail
+    yield head
+    for chunk in read.chunks():
+        # Bandwidth limit, stall watch and abort, per chunk.
+        transfer.progress(len(chunk))
+        # A copy: the read's buffer is filled again for the next chunk, and h11 takes bytes.
+        yield bytes(chunk)
+    read.finish()
+    yield tail
 
 
 def _image_names(item: UploadItem) -> list[str]:
