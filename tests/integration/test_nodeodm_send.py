@@ -20,6 +20,7 @@ import pytest
 from daemon.errors import FileChangedError, TransientTargetError
 from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
 from daemon.targets.nodeodm import NodeODMTargetConfig
+from daemon.targets.nodeodm.api import check_reply
 from daemon.targets.nodeodm.target import NodeODMTarget
 from tests.conftest import wait_until
 from tests.fakes.nodeodm import FakeNodeODM
@@ -177,5 +178,5 @@ def test_only_the_nodes_own_500_to_an_upload_means_nothing_was_stored(
     request = httpx.Request("POST", "http://node.lan:3000/task/new/upload/u")
     response = httpx.Response(500, content=body, request=request)
     with pytest.raises(TransientTargetError) as caught:
-        NodeODMTarget._check("POST /task/new/upload/u", response, upload=True)
+        check_reply("POST /task/new/upload/u", response, upload=True)
     assert ("dropped the upload unread" in str(caught.value)) is dropped
