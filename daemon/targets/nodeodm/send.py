@@ -1,10 +1,13 @@
 """One image as one multipart request to ``/task/new/upload/<uuid>``, streamed from disk.
 
-The node keeps whatever it receives whole, so the bytes sent must be the bytes recorded:
+The node keeps every file it receives, so the bytes sent must be the bytes recorded:
 :class:`~daemon.hashing.StableRead` hashes each chunk as it is read and raises before handing
 out the last one when the content is not the recorded one. The body then ends without its
 last chunk and closing boundary: the node sees a cut upload (and the task is replaced because
 of it), never a whole file that is not the recorded one.
+
+Reading, hashing and sending share the upload's worker thread: the engine runs several uploads
+at a time, each in a thread of its own, and hashlib lets go of the GIL while it hashes.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ from daemon.targets.nodeodm.api import NodeAPI, RefusedError
 from daemon.targets.nodeodm.names import Names, file_memo
 from daemon.targets.nodeodm.processing import Processing
 from daemon.targets.nodeodm.send import send_image
-from daemon.targets.nodeodm.tasks import GAVE_UP, Tasks
+from daemon.targets.nodeodm.tasks import Tasks
 
 log = structlog.get_logger("dronesync.nodeodm")
 
@@ -127,12 +127,7 @@ class NodeODMTarget:
         # then never both take it.
         name = self._names.claim(dataset, item.key)
         memo = file_memo(name)
-        self._tasks.budget(dataset, memo)
-        try:
-            task = await self._tasks.ready(dataset)
-        except PermanentTargetError:
-            self._state.put_memo(dataset.id, memo, GAVE_UP)
-            raise
+        task = await self._tasks.ready_for(dataset, memo)
         await self._preflight(dataset)
         previous = self._state.get_memo(dataset.id, memo)
         if previous == f"{task} sent":

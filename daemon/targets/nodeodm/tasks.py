@@ -43,7 +43,7 @@ _COMMIT_SENT = "nodeodm.commit_sent"  # the uuid once a commit was sent for it
 _RESETS = "nodeodm.resets"  # how many times the dataset's task was replaced after a fault
 _NEXT_REPLACE = "nodeodm.next_replace"  # wall-clock time before which no replacement is made
 _EXHAUSTED = "nodeodm.exhausted"  # the message once the replacement budget is spent
-GAVE_UP = "gave-up"  # a file's memo: it failed because the budget was spent
+_GAVE_UP = "gave-up"  # a file's memo: it failed because the budget was spent
 
 # The first replacements are made at once (a file waiting for one spends attempts); the wait
 # before each later one doubles from the base, up to the cap.
@@ -222,17 +222,25 @@ class Tasks:
         self._state.put_memo(dataset.id, _READY, task)
         log.info("task created", dataset=dataset.name, task=task)
 
-    def budget(self, dataset: DatasetRef, memo: str) -> None:
-        """Fail the file once the replacement budget is spent.
+    async def ready_for(self, dataset: DatasetRef, memo: str) -> str:
+        """:meth:`ready`, for the file whose memo is ``memo``; it fails once the budget is spent.
 
         A file sent again after ``dronesync retry`` (its memo says it failed that way) gives
         the dataset a fresh budget.
         """
+        self._budget(dataset, memo)
+        try:
+            return await self.ready(dataset)
+        except PermanentTargetError:
+            self._state.put_memo(dataset.id, memo, _GAVE_UP)
+            raise
+
+    def _budget(self, dataset: DatasetRef, memo: str) -> None:
         exhausted = self._state.get_memo(dataset.id, _EXHAUSTED)
         if exhausted is None:
             return
-        if self._state.get_memo(dataset.id, memo) != GAVE_UP:
-            self._state.put_memo(dataset.id, memo, GAVE_UP)
+        if self._state.get_memo(dataset.id, memo) != _GAVE_UP:
+            self._state.put_memo(dataset.id, memo, _GAVE_UP)
             raise PermanentTargetError(exhausted)
         for key in (_EXHAUSTED, _RESETS, _NEXT_REPLACE):
             self._state.put_memo(dataset.id, key, None)
