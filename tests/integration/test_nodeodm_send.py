@@ -1,15 +1,14 @@
-"""How one NodeODM upload ends when the node misbehaves, by both of its ways of sending.
+"""How one NodeODM upload ends when the node misbehaves.
 
-Plain HTTP goes through ``daemon.targets.kit.filepost`` (the check hash in a thread beside), https://
-and proxies through httpx. Either way a node that stalls or goes away costs a bounded wait and
-a one-line error without the token, and a task that may hold part of an image is never
-committed.
+A node that stalls or goes away costs a bounded wait and a one-line error without the token,
+and a task that may hold part of an image is never committed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -18,11 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon.errors import TransientTargetError
+from daemon.errors import FileChangedError, TransientTargetError
 from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
-from daemon.targets.kit.filepost import direct_ok
 from daemon.targets.nodeodm import NodeODMTargetConfig
+from daemon.targets.nodeodm.api import check_reply
 from daemon.targets.nodeodm.target import NodeODMTarget
+from tests.conftest import wait_until
 from tests.fakes.nodeodm import FakeNodeODM
 
 DS = DatasetRef(1, "flight")
@@ -35,11 +35,9 @@ def node(tmp_path: Path) -> Iterator[FakeNodeODM]:
         yield server
 
 
-def _target(node: FakeNodeODM, *, direct: bool, timeout_s: float = 10) -> NodeODMTarget:
+def _target(node: FakeNodeODM, *, timeout_s: float = 10) -> NodeODMTarget:
     config = NodeODMTargetConfig(type="nodeodm", url=node.url, timeout_s=timeout_s)
-    target = NodeODMTarget("odm", config, MemoryState(), token=TOKEN)
-    target._direct = direct  # the way https:// and proxies take when False
-    return target
+    return NodeODMTarget("odm", config, MemoryState(), token=TOKEN)
 
 
 def _image(tmp_path: Path, size: int) -> UploadItem:
@@ -52,13 +50,12 @@ def _image(tmp_path: Path, size: int) -> UploadItem:
     )
 
 
-@pytest.mark.parametrize("direct", [True, False], ids=["filepost", "httpx"])
 def test_a_node_that_stops_reading_ends_the_upload_after_the_timeout(
-    node: FakeNodeODM, tmp_path: Path, direct: bool
+    node: FakeNodeODM, tmp_path: Path
 ) -> None:
     # 32 MiB: more than the socket buffers hold, so the sender itself waits for room.
     item = _image(tmp_path, 32 * 1024 * 1024)
-    target = _target(node, direct=direct, timeout_s=0.5)
+    target = _target(node, timeout_s=0.5)
 
     async def go() -> None:
         await target.ensure_dataset(DS)
@@ -80,11 +77,10 @@ def test_a_node_that_stops_reading_ends_the_upload_after_the_timeout(
     assert target.tainted(DS)
 
 
-@pytest.mark.parametrize("direct", [True, False], ids=["filepost", "httpx"])
-def test_a_node_that_is_gone_leaves_the_task_clean(tmp_path: Path, direct: bool) -> None:
+def test_a_node_that_is_gone_leaves_the_task_clean(tmp_path: Path) -> None:
     item = _image(tmp_path, 3 * 1024 * 1024)
     with FakeNodeODM(tmp_path / "node", token=TOKEN, setup_s=0.05) as node:
-        target = _target(node, direct=direct, timeout_s=2)
+        target = _target(node, timeout_s=2)
         asyncio.run(target.ensure_dataset(DS))
     # The node is stopped: nothing can reach it, so nothing reached the task either.
     with pytest.raises(TransientTargetError) as caught:
@@ -95,13 +91,12 @@ def test_a_node_that_is_gone_leaves_the_task_clean(tmp_path: Path, direct: bool)
     asyncio.run(target.aclose())
 
 
-@pytest.mark.parametrize("direct", [True, False], ids=["filepost", "httpx"])
 def test_a_node_that_refuses_before_reading_the_image_is_heard(
-    node: FakeNodeODM, tmp_path: Path, direct: bool
+    node: FakeNodeODM, tmp_path: Path
 ) -> None:
     # 32 MiB: the node answers and closes long before the image could have been sent.
     item = _image(tmp_path, 32 * 1024 * 1024)
-    target = _target(node, direct=direct)
+    target = _target(node)
 
     async def go() -> None:
         await target.ensure_dataset(DS)
@@ -119,13 +114,12 @@ def test_a_node_that_refuses_before_reading_the_image_is_heard(
     assert not target.tainted(DS)
 
 
-@pytest.mark.parametrize("direct", [True, False], ids=["filepost", "httpx"])
 def test_a_refusal_the_node_may_give_after_storing_part_of_the_image_taints_the_task(
-    node: FakeNodeODM, tmp_path: Path, direct: bool
+    node: FakeNodeODM, tmp_path: Path
 ) -> None:
     """NodeODM's error handler also answers errors met while multer writes the file."""
     item = _image(tmp_path, 4 * 1024 * 1024)
-    target = _target(node, direct=direct)
+    target = _target(node)
 
     async def go() -> None:
         await target.ensure_dataset(DS)
@@ -140,21 +134,35 @@ def test_a_refusal_the_node_may_give_after_storing_part_of_the_image_taints_the_
     assert target.tainted(DS)  # a truncated copy may be in the task: never committed
 
 
-def test_uploads_bypass_httpx_only_over_plain_http_with_no_proxy_set(
-    monkeypatch: pytest.MonkeyPatch,
+def test_an_image_whose_last_mib_changed_never_reaches_the_node_whole(
+    node: FakeNodeODM, tmp_path: Path
 ) -> None:
-    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    node = httpx.URL("http://192.168.1.20:3000")
-    assert direct_ok(node)
-    assert not direct_ok(httpx.URL("https://node.example.org"))
-    monkeypatch.setenv("http_proxy", "http://proxy.lan:3128")
-    assert not direct_ok(node)  # the proxy is httpx's to reach
-    monkeypatch.setenv("no_proxy", "192.168.1.20")
-    assert not direct_ok(node)  # whether no_proxy exempts the node is httpx's to say
-    monkeypatch.delenv("http_proxy")
-    monkeypatch.setenv("ALL_PROXY", "socks5://proxy.lan:1080")
-    assert not direct_ok(node)
+    item = _image(tmp_path, 3 * 1024 * 1024)
+    data = bytearray(item.path.read_bytes())
+    data[-10] ^= 0xFF  # in the last chunk: the first two are sent before the hash tells
+    item.path.write_bytes(data)
+    os.utime(item.path, ns=(item.mtime_ns, item.mtime_ns))  # only the content tells
+    target = _target(node)
+
+    async def go() -> None:
+        await target.ensure_dataset(DS)
+        try:
+            await target.upload(DS, item, Transfer())
+        finally:
+            await target.aclose()
+
+    with pytest.raises(FileChangedError, match="content differs from its recorded hash"):
+        asyncio.run(go())
+    task = target.current_task(DS)
+    assert task is not None
+
+    def cut() -> list[tuple[bool, bool]]:
+        view = node.task(task)
+        files = view.files.values() if view is not None else []
+        return [(f.truncated, f.size < item.size) for f in files]
+
+    assert wait_until(cut, what="the cut upload") == [(True, True)]
+    assert target.tainted(DS)  # part of an image is in the task: never committed
 
 
 @pytest.mark.parametrize(
@@ -170,5 +178,5 @@ def test_only_the_nodes_own_500_to_an_upload_means_nothing_was_stored(
     request = httpx.Request("POST", "http://node.lan:3000/task/new/upload/u")
     response = httpx.Response(500, content=body, request=request)
     with pytest.raises(TransientTargetError) as caught:
-        NodeODMTarget._check("POST /task/new/upload/u", response, upload=True)
+        check_reply("POST /task/new/upload/u", response, upload=True)
     assert ("dropped the upload unread" in str(caught.value)) is dropped

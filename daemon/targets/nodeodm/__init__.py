@@ -1,6 +1,9 @@
 """The NodeODM target: a processing node of OpenDroneMap, directly or the one behind a WebODM.
 
-Its table and its registry entry; the client is in ``target``.
+Its table and its registry entry. The client, :class:`~.target.NodeODMTarget` in ``target``,
+is built from ``api`` (requests, and what a reply means), ``tasks`` (a dataset's task: made,
+tainted, replaced, committed), ``names`` (each file's name in the task), ``send`` (one image's
+upload) and ``processing`` (status and outputs of a committed task).
 """
 
 from __future__ import annotations
