@@ -22,7 +22,7 @@ import structlog.testing
 
 from daemon.errors import TransientTargetError
 from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
-from daemon.targets.kit.s3upload import SHA256_META, _checksum_differs
+from daemon.targets.kit.s3api import SHA256_META, checksum_differs
 from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
 from daemon.targets.pix4dcloud.target import Pix4DCloudTarget, s3_key
 from tests.conftest import wait_until
@@ -264,11 +264,11 @@ def _b64(data: bytes) -> str:
 
 def test_a_checksum_named_in_a_reply_must_be_the_one_sent() -> None:
     sent = _b64(b"image")
-    assert _checksum_differs({}, sent) is None
-    assert _checksum_differs({"ChecksumSHA256": sent}, sent) is None
-    assert _checksum_differs({"ChecksumSHA256": _b64(b"other")}, sent) == _b64(b"other")
+    assert checksum_differs({}, sent) is None
+    assert checksum_differs({"ChecksumSHA256": sent}, sent) is None
+    assert checksum_differs({"ChecksumSHA256": _b64(b"other")}, sent) == _b64(b"other")
     # A multipart object's checksum of checksums, with or without S3's part-count suffix.
     composite = _b64(b"digests") + "-3"
-    assert _checksum_differs({"ChecksumSHA256": composite}, composite) is None
-    assert _checksum_differs({"ChecksumSHA256": _b64(b"digests")}, composite) is None
-    assert _checksum_differs({"ChecksumSHA256": _b64(b"digests") + "-2"}, composite) is not None
+    assert checksum_differs({"ChecksumSHA256": composite}, composite) is None
+    assert checksum_differs({"ChecksumSHA256": _b64(b"digests")}, composite) is None
+    assert checksum_differs({"ChecksumSHA256": _b64(b"digests") + "-2"}, composite) is not None

@@ -65,12 +65,9 @@ from daemon.targets.base import (
 )
 from daemon.targets.kit.http import json_body, status_error, transport_error
 from daemon.targets.kit.oauth import TokenSource
-from daemon.targets.kit.s3upload import (
-    CredentialsExpiredError,
-    PartSenders,
-    abort_stale_uploads,
-    put_file,
-)
+from daemon.targets.kit.s3api import CredentialsExpiredError
+from daemon.targets.kit.s3parts import PartSenders, abort_stale_uploads
+from daemon.targets.kit.s3upload import put_file
 from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
 
 if TYPE_CHECKING:
