@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -27,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from daemon.errors import FileChangedError, SourceError, TransientTargetError
-from daemon.hashing import CHUNK
+from daemon.errors import TransientTargetError
+from daemon.hashing import CHUNK, StableRead
 from daemon.targets.base import Transfer, UploadItem
 from daemon.targets.kit.s3api import (
     ACL,
@@ -55,13 +54,17 @@ def put_parts(
     s3: S3Client,
     bucket: str,
     key: str,
-    fd: int,
+    read: StableRead,
     item: UploadItem,
     transfer: Transfer,
     part_size: int,
     senders: PartSenders,
-) -> tuple[Stored, str]:
-    """Store ``item`` from ``fd`` in a multipart upload; returns what S3 confirmed and the hash."""
+) -> Stored:
+    """Store ``item`` from ``read`` in a multipart upload; returns what S3 confirmed.
+
+    The whole file is checked against its recorded hash as its last part is read: a file
+    whose content differs never has its last part sent, nor its upload completed.
+    """
     upload_id = str(
         call(
             "CreateMultipartUpload",
@@ -76,7 +79,7 @@ def put_parts(
     with _ACTIVE_LOCK:
         _ACTIVE_UPLOADS.add(upload_id)
     try:
-        return _send_parts(s3, bucket, key, fd, item, transfer, part_size, senders, upload_id)
+        return _send_parts(s3, bucket, key, read, item, transfer, part_size, senders, upload_id)
     finally:
         with _ACTIVE_LOCK:
             _ACTIVE_UPLOADS.discard(upload_id)
@@ -86,14 +89,14 @@ def _send_parts(
     s3: S3Client,
     bucket: str,
     key: str,
-    fd: int,
+    read: StableRead,
     item: UploadItem,
     transfer: Transfer,
     part_size: int,
     senders: PartSenders,
     upload_id: str,
-) -> tuple[Stored, str]:
-    whole = hashlib.sha256()
+) -> Stored:
+    source = _Cutter(read)
     sending: list[Future[_Part]] = []
     try:
         offset = 0
@@ -101,7 +104,7 @@ def _send_parts(
             size = min(part_size, item.size - offset)
             senders.take(transfer, sending)
             try:
-                data = _read_part(fd, item, size, whole.update)
+                data = source.part(size)
                 part = _PartBody(len(sending) + 1, data, transfer)
                 del data  # the part's bytes go as soon as it is sent (_PartBody.drop)
                 future = senders.send(part, _send_part, s3, bucket, key, upload_id)
@@ -111,8 +114,6 @@ def _send_parts(
             sending.append(future)
             offset += size
         parts = [future.result() for future in sending]  # in order: the first failure raises
-        if whole.hexdigest() != item.sha256:
-            raise FileChangedError(f"{item.path}: content differs from its recorded hash")
         reply_done = call(
             "CompleteMultipartUpload",
             s3.complete_multipart_upload,
@@ -133,7 +134,7 @@ def _send_parts(
     if named is not None:
         discard(s3, bucket, key)
         raise TransientTargetError(f"S3 multipart {key}: checksum {named}, sent {composite}")
-    return confirmed(s3, bucket, key, item, reply_done), whole.hexdigest()
+    return confirmed(s3, bucket, key, item, reply_done)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,33 +274,34 @@ def _send_part(s3: S3Client, bucket: str, key: str, upload_id: str, part: _PartB
     return _Part(listed, digest)
 
 
-def _read_part(
-    fd: int, item: UploadItem, size: int, hashed: Callable[[memoryview], object]
-) -> bytearray:
-    """The next ``size`` bytes of the file, read into the part's one buffer.
+class _Cutter:
+    """The file's bytes in order, cut into parts, each copied into a buffer of its own.
 
-    Each chunk is handed to ``hashed`` (the whole file's hash) as soon as it is read, while
-    it is still in the CPU's cache.
+    The read hashes each chunk as it comes, while it is still in the CPU's cache; a part
+    outlives the chunk (a view of the thread's one read buffer), so it holds a copy.
     """
-    data = bytearray(size)
-    view = memoryview(data)
-    done = 0
-    try:
-        while done < size:
-            try:
-                count = os.readv(fd, [view[done : min(size, done + CHUNK)]])
-            except OSError as exc:
-                raise SourceError(f"{item.path}: read error: {exc.strerror}") from exc
-            if not count:
-                raise FileChangedError(f"{item.path}: shrank while it was being uploaded")
-            hashed(view[done : done + count])
-            done += count
-    except BaseException:
-        # The error's traceback keeps this frame alive, and its place is already free.
-        view.release()
-        del view, data
-        raise
-    return data
+
+    def __init__(self, read: StableRead) -> None:
+        self._chunks = read.chunks()
+        self._rest = memoryview(b"")  # the end of a chunk a part boundary cut
+
+    def part(self, size: int) -> bytearray:
+        """The next ``size`` bytes of the file."""
+        data = bytearray(size)
+        done = 0
+        try:
+            while done < size:
+                if not self._rest:
+                    self._rest = next(self._chunks)
+                count = min(len(self._rest), size - done)
+                data[done : done + count] = self._rest[:count]
+                self._rest = self._rest[count:]
+                done += count
+        except BaseException:
+            # The error's traceback keeps this frame alive, and its place is already free.
+            del data
+            raise
+        return data
 
 
 def abort_stale_uploads(s3: S3Client, bucket: str, prefix: str) -> list[str]:

@@ -2,10 +2,11 @@
 
 What is verified, and by whom:
 
-- **the bytes sent are the recorded ones**: the file is read once, in 1 MiB chunks, and every
-  chunk is hashed with SHA-256 as it goes out; the body is refused before its last bytes leave
-  when the whole does not match the journal's hash (a file that changed raises
-  FileChangedError), and S3 never publishes a PutObject or multipart upload cut off;
+- **the bytes sent are the recorded ones**: the file is read once (``hashing.StableRead``), in
+  1 MiB chunks, and every chunk is hashed with SHA-256 as it goes out; the body is refused
+  before its last bytes leave when the whole does not match the journal's hash (a file that
+  changed raises FileChangedError), and S3 never publishes a PutObject or multipart upload
+  cut off;
 - **the bytes S3 received are the bytes sent**: every PutObject carries the recorded hash in
   ``x-amz-checksum-sha256``, every UploadPart its part's SHA-256, and S3 hashes what it
   received and refuses a mismatch with ``BadDigest`` (a body altered on the way: transient,
@@ -32,12 +33,10 @@ and backoff.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from typing import TYPE_CHECKING
 
-from daemon.errors import FileChangedError, SourceError, TransientTargetError
-from daemon.hashing import CHUNK, open_regular
+from daemon.errors import FileChangedError, TransientTargetError
+from daemon.hashing import StableRead
 from daemon.targets.base import Transfer, UploadItem
 from daemon.targets.kit.s3api import (
     ACL,
@@ -57,46 +56,34 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
-class _Source:
-    """The whole file as botocore reads it: chunks hashed and counted, checked at the end."""
+class _Body:
+    """The whole file as botocore reads it: read 1 MiB at a time, counted as it goes out.
 
-    def __init__(self, fd: int, item: UploadItem, transfer: Transfer) -> None:
-        self._fd = fd
-        self._item = item
+    The read refuses the last chunk when the whole does not match the recorded hash, so S3
+    never receives the complete body of other content.
+    """
+
+    def __init__(self, read: StableRead, transfer: Transfer) -> None:
+        self._chunks = read.chunks()
         self._transfer = transfer
-        self._left = item.size
         self._pending = memoryview(b"")
-        self.sha256 = hashlib.sha256()
         self.count = 0
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (botocore asks for small blocks; the disk is read by 1 MiB)."""
         if not self._pending:
-            self._fill()
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return b""
+            self.count += len(chunk)
+            self._transfer.progress(len(chunk))
+            self._pending = chunk
         if size is None or size < 0 or size >= len(self._pending):
             out, self._pending = bytes(self._pending), memoryview(b"")
             return out
         out = bytes(self._pending[:size])
         self._pending = self._pending[size:]
         return out
-
-    def _fill(self) -> None:
-        if self._left <= 0:
-            return
-        try:
-            chunk = os.read(self._fd, min(CHUNK, self._left))
-        except OSError as exc:
-            raise SourceError(f"{self._item.path}: read error: {exc.strerror}") from exc
-        if not chunk:
-            raise FileChangedError(f"{self._item.path}: shrank while it was being uploaded")
-        self._left -= len(chunk)
-        self.count += len(chunk)
-        self.sha256.update(chunk)
-        if self._left == 0 and self.sha256.hexdigest() != self._item.sha256:
-            # Refuse before the last bytes go out: S3 never stores a body cut short.
-            raise FileChangedError(f"{self._item.path}: content differs from its recorded hash")
-        self._transfer.progress(len(chunk))
-        self._pending = memoryview(chunk)
 
 
 def put_file(
@@ -110,65 +97,67 @@ def put_file(
     part_size: int,
     senders: PartSenders,
 ) -> Stored:
-    """Store ``item`` under ``key`` and verify it; raises the project's errors only."""
-    fd, info = open_regular(item.path)
-    try:
-        if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
-            raise FileChangedError(f"{item.path}: changed since it was hashed")
-        if item.size <= threshold:
-            try:
-                stored, sha = _put_single(s3, bucket, key, fd, item, transfer, if_absent=True)
-            except KeyTakenError:
-                already = already_stored(s3, bucket, key, item)
-                if already is not None:
-                    return already  # sent before a crash or a lost reply: never stored twice
-                # Other content under the key (an earlier version of the file): replace it.
-                os.lseek(fd, 0, os.SEEK_SET)
-                stored, sha = _put_single(s3, bucket, key, fd, item, transfer, if_absent=False)
-        else:
+    """Store ``item`` under ``key`` and verify it; raises the project's errors only.
+
+    A file stored from bytes that turn out not to be the recorded ones raises
+    FileChangedError: the next attempt overwrites the object.
+    """
+    if item.size > threshold:
+        with _reading(item) as read:
             already = already_stored(s3, bucket, key, item)
             if already is not None:
                 return already  # sent before a crash or a lost reply: never sent twice
-            stored, sha = put_parts(s3, bucket, key, fd, item, transfer, part_size, senders)
-        after = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if after.st_size != item.size or after.st_mtime_ns != item.mtime_ns or sha != item.sha256:
-        # Stored from bytes that are not the recorded ones: the next attempt overwrites it.
-        raise FileChangedError(f"{item.path}: changed while it was being uploaded")
-    return stored
+            stored = put_parts(s3, bucket, key, read, item, transfer, part_size, senders)
+            read.finish()
+            return stored
+    try:
+        return _put_single(s3, bucket, key, item, transfer, if_absent=True)
+    except KeyTakenError:
+        already = already_stored(s3, bucket, key, item)
+        if already is not None:
+            return already  # sent before a crash or a lost reply: never stored twice
+    # Other content under the key (an earlier version of the file): read again, replace it.
+    return _put_single(s3, bucket, key, item, transfer, if_absent=False)
+
+
+def _reading(item: UploadItem) -> StableRead:
+    return StableRead(
+        item.path, item.size, item.mtime_ns, expect=item.sha256, seen="hashed", doing="uploaded"
+    )
 
 
 def _put_single(
     s3: S3Client,
     bucket: str,
     key: str,
-    fd: int,
     item: UploadItem,
     transfer: Transfer,
     *,
     if_absent: bool,
-) -> tuple[Stored, str]:
+) -> Stored:
     """One PutObject; with ``if_absent`` a taken key raises KeyTakenError, nothing stored."""
-    source = _Source(fd, item, transfer)
-    checksum = b64(bytes.fromhex(item.sha256))
-    condition: dict[str, str] = {"IfNoneMatch": "*"} if if_absent else {}
-    reply = call(
-        "PutObject",
-        s3.put_object,
-        Bucket=bucket,
-        Key=key,
-        Body=source,
-        ContentLength=item.size,
-        ChecksumSHA256=checksum,
-        Metadata={SHA256_META: item.sha256},
-        ACL=ACL,
-        **condition,
-    )
-    if source.count != item.size:
-        raise FileChangedError(f"{item.path}: changed while it was being uploaded")
-    named = checksum_differs(reply, checksum)
-    if named is not None:
-        discard(s3, bucket, key)
-        raise TransientTargetError(f"S3 PutObject {key}: checksum {named}, sent {checksum}")
-    return confirmed(s3, bucket, key, item, reply), source.sha256.hexdigest()
+    with _reading(item) as read:
+        body = _Body(read, transfer)
+        checksum = b64(bytes.fromhex(item.sha256))
+        condition: dict[str, str] = {"IfNoneMatch": "*"} if if_absent else {}
+        reply = call(
+            "PutObject",
+            s3.put_object,
+            Bucket=bucket,
+            Key=key,
+            Body=body,
+            ContentLength=item.size,
+            ChecksumSHA256=checksum,
+            Metadata={SHA256_META: item.sha256},
+            ACL=ACL,
+            **condition,
+        )
+        if body.count != item.size:
+            raise FileChangedError(f"{item.path}: changed while it was being uploaded")
+        named = checksum_differs(reply, checksum)
+        if named is not None:
+            discard(s3, bucket, key)
+            raise TransientTargetError(f"S3 PutObject {key}: checksum {named}, sent {checksum}")
+        stored = confirmed(s3, bucket, key, item, reply)
+        read.finish()
+        return stored
