@@ -23,6 +23,7 @@ import structlog.testing
 from daemon.errors import TransientTargetError
 from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
 from daemon.targets.kit.s3api import SHA256_META, checksum_differs
+from daemon.targets.kit.s3parts import PartSenders, _Part, _PartBody
 from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
 from daemon.targets.pix4dcloud.target import Pix4DCloudTarget, s3_key
 from tests.conftest import wait_until
@@ -256,6 +257,19 @@ def test_uploads_a_crash_left_unfinished_are_aborted_on_the_next_start(
     # The crash's leftovers are gone; another project's upload and this process's own are not.
     assert [(u["Key"], u["UploadId"]) for u in uploads] == [(other["Key"], other["UploadId"])]
     assert cloud.objects() == {cloud.key(big): (big.size, big.sha256)}
+
+
+def _never_called(*args: object) -> _Part:
+    raise AssertionError(args)
+
+
+def test_a_part_read_while_the_target_closes_ends_its_upload_as_transient() -> None:
+    # The engine aborts the transfers and closes the target while a part may be in the read.
+    senders = PartSenders(1)
+    senders.close()
+    part = _PartBody(1, bytearray(b"part"), Transfer())
+    with pytest.raises(TransientTargetError, match="closing"):
+        senders.send(part, _never_called)
 
 
 def _b64(data: bytes) -> str:

@@ -201,7 +201,10 @@ class PartSenders:
 
         The part's bytes go first, also when it was cancelled before it ran.
         """
-        future = self._pool.submit(call, *args, part)
+        try:
+            future = self._pool.submit(call, *args, part)
+        except RuntimeError as exc:  # closed while this part was being read
+            raise TransientTargetError("S3 upload stopped: the target is closing") from exc
 
         def ended(_: Future[_Part]) -> None:
             part.drop()
