@@ -11,8 +11,9 @@ import base64
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from daemon.errors import (
@@ -26,7 +27,6 @@ from daemon.targets.base import UploadItem
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-ACL: Final = "bucket-owner-full-control"
 # Object metadata holding the file's SHA-256: a retry after a crash finds the object there.
 SHA256_META = "sha256"
 # Codes that mean "these credentials are no longer good": fetch new ones and try again.
@@ -65,6 +65,30 @@ class Stored:
 
     size: int
     etag: str
+
+
+def client_config(timeout_s: float, *, path_style: bool) -> Config:
+    """The botocore settings of a client these uploads use.
+
+    Its retries are off: the upload engine owns retry and backoff. It computes no checksum
+    and signs no payload of its own: the upload reads each byte once, and sends the SHA-256
+    it checked. ``path_style`` for an endpoint other than AWS's (a bucket name in the host
+    needs DNS the endpoint may not have).
+    """
+    return Config(
+        connect_timeout=timeout_s,
+        read_timeout=timeout_s,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        max_pool_connections=32,
+        s3={"addressing_style": "path" if path_style else "auto", "payload_signing_enabled": False},
+    )
+
+
+def with_acl(acl: str | None) -> dict[str, str]:
+    """The ``ACL`` argument of a call that creates an object (none: the bucket's default)."""
+    return {"ACL": acl} if acl else {}
 
 
 def s3_error(action: str, exc: BaseException) -> TargetError:

@@ -30,7 +30,6 @@ from daemon.errors import TransientTargetError
 from daemon.hashing import CHUNK, StableRead
 from daemon.targets.base import Transfer, UploadItem
 from daemon.targets.kit.s3api import (
-    ACL,
     SHA256_META,
     Stored,
     b64,
@@ -39,6 +38,7 @@ from daemon.targets.kit.s3api import (
     confirmed,
     discard,
     s3_error,
+    with_acl,
 )
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ def put_parts(
     transfer: Transfer,
     part_size: int,
     senders: PartSenders,
+    acl: str | None,
 ) -> Stored:
     """Store ``item`` from ``read`` in a multipart upload; returns what S3 confirmed.
 
@@ -71,9 +72,9 @@ def put_parts(
             s3.create_multipart_upload,
             Bucket=bucket,
             Key=key,
-            ACL=ACL,
             ChecksumAlgorithm="SHA256",
             Metadata={SHA256_META: item.sha256},
+            **with_acl(acl),
         )["UploadId"]
     )
     with _ACTIVE_LOCK:

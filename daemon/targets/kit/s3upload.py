@@ -39,7 +39,6 @@ from daemon.errors import FileChangedError, TransientTargetError
 from daemon.hashing import StableRead
 from daemon.targets.base import Transfer, UploadItem
 from daemon.targets.kit.s3api import (
-    ACL,
     SHA256_META,
     KeyTakenError,
     Stored,
@@ -49,6 +48,7 @@ from daemon.targets.kit.s3api import (
     checksum_differs,
     confirmed,
     discard,
+    with_acl,
 )
 from daemon.targets.kit.s3parts import PartSenders, put_parts
 
@@ -96,28 +96,30 @@ def put_file(
     threshold: int,
     part_size: int,
     senders: PartSenders,
+    acl: str | None = None,
 ) -> Stored:
     """Store ``item`` under ``key`` and verify it; raises the project's errors only.
 
-    A file stored from bytes that turn out not to be the recorded ones raises
-    FileChangedError: the next attempt overwrites the object.
+    Files above ``threshold`` go in parts of ``part_size``; ``acl`` is the canned ACL the
+    object gets (None: the bucket's default). A file stored from bytes that turn out not to
+    be the recorded ones raises FileChangedError: the next attempt overwrites the object.
     """
     if item.size > threshold:
         with _reading(item) as read:
             already = already_stored(s3, bucket, key, item)
             if already is not None:
                 return already  # sent before a crash or a lost reply: never sent twice
-            stored = put_parts(s3, bucket, key, read, item, transfer, part_size, senders)
+            stored = put_parts(s3, bucket, key, read, item, transfer, part_size, senders, acl)
             read.finish()
             return stored
     try:
-        return _put_single(s3, bucket, key, item, transfer, if_absent=True)
+        return _put_single(s3, bucket, key, item, transfer, acl, if_absent=True)
     except KeyTakenError:
         already = already_stored(s3, bucket, key, item)
         if already is not None:
             return already  # sent before a crash or a lost reply: never stored twice
     # Other content under the key (an earlier version of the file): read again, replace it.
-    return _put_single(s3, bucket, key, item, transfer, if_absent=False)
+    return _put_single(s3, bucket, key, item, transfer, acl, if_absent=False)
 
 
 def _reading(item: UploadItem) -> StableRead:
@@ -132,6 +134,7 @@ def _put_single(
     key: str,
     item: UploadItem,
     transfer: Transfer,
+    acl: str | None,
     *,
     if_absent: bool,
 ) -> Stored:
@@ -149,7 +152,7 @@ def _put_single(
             ContentLength=item.size,
             ChecksumSHA256=checksum,
             Metadata={SHA256_META: item.sha256},
-            ACL=ACL,
+            **with_acl(acl),
             **condition,
         )
         if body.count != item.size:

@@ -47,7 +47,6 @@ from urllib.parse import quote_from_bytes
 import boto3
 import httpx
 import structlog
-from botocore.config import Config
 
 from daemon.errors import (
     PermanentTargetError,
@@ -65,7 +64,7 @@ from daemon.targets.base import (
 )
 from daemon.targets.kit.http import json_body, status_error, transport_error
 from daemon.targets.kit.oauth import TokenSource
-from daemon.targets.kit.s3api import CredentialsExpiredError
+from daemon.targets.kit.s3api import CredentialsExpiredError, client_config
 from daemon.targets.kit.s3parts import PartSenders, abort_stale_uploads
 from daemon.targets.kit.s3upload import put_file
 from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
@@ -75,6 +74,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("dronesync.pix4dcloud")
 
+# The project's bucket is PIX4Dcloud's: what is put there must be its owner's to process.
+ACL = "bucket-owner-full-control"
 MIN_IMAGES = 6
 MAX_IMAGES = 4000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff")
@@ -170,14 +171,6 @@ class Pix4DCloudTarget:
         self._credentials: dict[int, _Credentials] = {}
         self._credential_locks: dict[int, asyncio.Lock] = {}
         self._swept: set[int] = set()
-        self._s3_config = Config(
-            connect_timeout=config.timeout_s,
-            read_timeout=config.timeout_s,
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            max_pool_connections=32,
-        )
         self._parts = PartSenders(config.parallel_parts)
 
     # -- the API ----------------------------------------------------------------------------
@@ -306,16 +299,7 @@ class Pix4DCloudTarget:
                     aws_session_token=body.get("session_token"),
                     region_name=body.get("region") or "us-east-1",
                     endpoint_url=endpoint,
-                    config=self._s3_config.merge(
-                        Config(
-                            s3={
-                                "addressing_style": "path" if endpoint else "auto",
-                                # The engine checks the bytes itself (one read per byte):
-                                # botocore must not read the body again to sign it.
-                                "payload_signing_enabled": False,
-                            }
-                        )
-                    ),
+                    config=client_config(self.config.timeout_s, path_style=bool(endpoint)),
                 )
                 fresh = _Credentials(
                     client,
@@ -387,6 +371,7 @@ class Pix4DCloudTarget:
                     threshold=self.config.multipart_threshold_mb * _MB,
                     part_size=self.config.part_size_mb * _MB,
                     senders=self._parts,
+                    acl=ACL,
                 )
             except CredentialsExpiredError:
                 if attempt == 2:
