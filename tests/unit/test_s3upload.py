@@ -22,7 +22,8 @@ import structlog.testing
 
 from daemon.errors import TransientTargetError
 from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
-from daemon.targets.kit.s3upload import SHA256_META, _checksum_differs
+from daemon.targets.kit.s3api import SHA256_META, checksum_differs
+from daemon.targets.kit.s3parts import PartSenders, _Part, _PartBody
 from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
 from daemon.targets.pix4dcloud.target import Pix4DCloudTarget, s3_key
 from tests.conftest import wait_until
@@ -258,17 +259,30 @@ def test_uploads_a_crash_left_unfinished_are_aborted_on_the_next_start(
     assert cloud.objects() == {cloud.key(big): (big.size, big.sha256)}
 
 
+def _never_called(*args: object) -> _Part:
+    raise AssertionError(args)
+
+
+def test_a_part_read_while_the_target_closes_ends_its_upload_as_transient() -> None:
+    # The engine aborts the transfers and closes the target while a part may be in the read.
+    senders = PartSenders(1)
+    senders.close()
+    part = _PartBody(1, bytearray(b"part"), Transfer())
+    with pytest.raises(TransientTargetError, match="closing"):
+        senders.send(part, _never_called)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
 def test_a_checksum_named_in_a_reply_must_be_the_one_sent() -> None:
     sent = _b64(b"image")
-    assert _checksum_differs({}, sent) is None
-    assert _checksum_differs({"ChecksumSHA256": sent}, sent) is None
-    assert _checksum_differs({"ChecksumSHA256": _b64(b"other")}, sent) == _b64(b"other")
+    assert checksum_differs({}, sent) is None
+    assert checksum_differs({"ChecksumSHA256": sent}, sent) is None
+    assert checksum_differs({"ChecksumSHA256": _b64(b"other")}, sent) == _b64(b"other")
     # A multipart object's checksum of checksums, with or without S3's part-count suffix.
     composite = _b64(b"digests") + "-3"
-    assert _checksum_differs({"ChecksumSHA256": composite}, composite) is None
-    assert _checksum_differs({"ChecksumSHA256": _b64(b"digests")}, composite) is None
-    assert _checksum_differs({"ChecksumSHA256": _b64(b"digests") + "-2"}, composite) is not None
+    assert checksum_differs({"ChecksumSHA256": composite}, composite) is None
+    assert checksum_differs({"ChecksumSHA256": _b64(b"digests")}, composite) is None
+    assert checksum_differs({"ChecksumSHA256": _b64(b"digests") + "-2"}, composite) is not None

@@ -1,7 +1,8 @@
 """The PIX4Dcloud target (PIX4Dengine Cloud API): one project per dataset, images straight to S3.
 
-Its table and its registry entry; the client is in ``target`` (which imports boto3, a quarter
-of a second of every start: only when a pix4dcloud target is configured).
+Its table and its registry entry; the client is ``target.Pix4DCloudTarget``, built from
+``api``, ``projects``, ``upload`` and ``processing``. ``upload`` imports boto3, a quarter of a
+second of every start: only when a pix4dcloud target is configured.
 """
 
 from __future__ import annotations
