@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 MIB = 1 << 20
@@ -147,17 +148,25 @@ class Settler:
     """What every timed run starts with: ``sync``, no recent deletion, the page cache full."""
 
     def __init__(
-        self, filler: PageCacheFiller | None, *, age: bool = True, age_s: float = DELETED_AGE_S
+        self,
+        filler: PageCacheFiller | None,
+        *,
+        age: bool = True,
+        age_s: float = DELETED_AGE_S,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.filler = filler
         self.age = age  # wait for deleted inodes to age
         self._age_s = age_s
+        self._monotonic = monotonic
+        self._sleep = sleep
         self._deleted_at: float | None = None  # time.monotonic() of the last deletion
         self.waited_s = 0.0  # spent waiting for deleted inodes to age, not timed
 
     def deleted(self) -> None:
         """Files were just deleted (and synced): the next run waits until they have aged."""
-        self._deleted_at = time.monotonic()
+        self._deleted_at = self._monotonic()
 
     def settle(self) -> None:
         """Call just before a timed run (and after its set-up)."""
@@ -165,8 +174,8 @@ class Settler:
         if self.filler is not None:
             self.filler.fill()
         if self._deleted_at is not None and self.age:
-            wait = self._deleted_at + self._age_s - time.monotonic()
+            wait = self._deleted_at + self._age_s - self._monotonic()
             if wait > 0:
                 self.waited_s += wait
-                time.sleep(wait)  # the kernel's clock decides: no event to wait on
+                self._sleep(wait)  # the kernel's clock decides: no event to wait on
             self._deleted_at = None

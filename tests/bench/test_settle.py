@@ -3,30 +3,44 @@ filler writes nothing when memory is already short, and its ballast goes when it
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from tests.bench.settle import PageCacheFiller, Settler, mem_free
 
 
+class Clock:
+    """Time that moves only when slept on."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 def test_a_run_after_a_deletion_waits_for_it_to_age_and_only_once() -> None:
-    settler = Settler(None, age_s=0.3)
+    clock = Clock()
+    settler = Settler(None, age_s=30, monotonic=clock.monotonic, sleep=clock.sleep)
     settler.deleted()
-    deleted = time.monotonic()
+    clock.now += 10  # the set-up of the next run took 10 s
     settler.settle()
-    assert time.monotonic() - deleted >= 0.3
-    again = time.monotonic()
+    assert clock.slept == [20]
     settler.settle()  # nothing deleted since: no wait
-    assert time.monotonic() - again < 0.25
-    assert 0.0 < settler.waited_s <= 0.35
+    assert clock.slept == [20]
+    assert settler.waited_s == 20
 
 
 def test_no_wait_when_aging_is_off() -> None:
-    settler = Settler(None, age=False, age_s=30)
+    clock = Clock()
+    settler = Settler(None, age=False, age_s=30, monotonic=clock.monotonic, sleep=clock.sleep)
     settler.deleted()
-    start = time.monotonic()
     settler.settle()
-    assert time.monotonic() - start < 5
+    assert clock.slept == []
     assert settler.waited_s == 0
 
 

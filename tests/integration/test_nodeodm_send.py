@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import os
 import random
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,10 +64,9 @@ def test_a_node_that_stops_reading_ends_the_upload_after_the_timeout(
         finally:
             await target.aclose()
 
-    started = time.monotonic()
     with pytest.raises(TransientTargetError) as caught:
-        asyncio.run(go())
-    assert time.monotonic() - started < 10  # the stall (60 s) was not waited out
+        # Past this deadline the stall (60 s) is being waited out: TimeoutError, not the error.
+        asyncio.run(asyncio.wait_for(go(), 30))
     message = str(caught.value)
     assert message.startswith("POST /task/new/upload/")
     assert "\n" not in message

@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -356,9 +356,10 @@ def test_stall_ends_promptly_when_the_server_stops(tmp_path):
         with pytest.raises(httpx.ReadTimeout):
             httpx.get(f"{node.url}/info", timeout=0.3)
     finally:
-        started = time.monotonic()
-        node.stop()
-    assert time.monotonic() - started < 2
+        stopper = threading.Thread(target=node.stop)
+        stopper.start()
+        stopper.join(timeout=10)  # the stall (60 s) is cut short, not waited out
+    assert not stopper.is_alive()
 
 
 def test_random_faults_are_reproducible(tmp_path):

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import io
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -471,9 +470,8 @@ def test_stall_ends_when_the_server_stops() -> None:
         caller = threading.Thread(target=call)
         caller.start()
         wait_until(lambda: cloud.api_faults.injected["stall"], what="the stalled request")
-        stopped_at = time.monotonic()
-    caller.join(timeout=10)
-    assert time.monotonic() - stopped_at < 5
+    caller.join(timeout=10)  # the stall (60 s) ends with the server, not after
+    assert not caller.is_alive()
     assert len(outcome) == 1
     assert isinstance(outcome[0], httpx.TransportError)
 
