@@ -184,7 +184,9 @@ class FakeWebODM:
         self.collision = collision
         self.queued_s = queued_s
         self.running_s = running_s
-        self.nodes = nodes if nodes is not None else {1: {"online": True, "max_images": None}}
+        self.nodes: dict[int, dict[str, Any]] = (
+            nodes if nodes is not None else {1: {"online": True, "max_images": None}}
+        )
         self.fail_processing = False
         self.faults = Faults()
         self.requests: Counter[str] = Counter()
