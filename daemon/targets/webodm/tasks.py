@@ -188,7 +188,7 @@ class Tasks:
         """
         task = self.current(dataset)
         if task is not None and self._state.get_memo(dataset.id, _COMMITTED) == task:
-            # Processing again (after a failure): a new task, as the issue of the dataset asks.
+            # Processing again (after a failure): a new task; the failed one keeps its log.
             self.start_over(dataset, f"task {task} was processed already")
             raise DatasetResetError("a new task is made; the images are sent to it first")
         if task is None:
