@@ -2,8 +2,8 @@
 
 Its table and its registry entry. The client, :class:`~.target.WebODMTarget` in ``target``,
 is built from ``api`` (the JSON Web Token and what a reply means), ``tasks`` (the project and
-each dataset's task: found, made once, committed), ``send`` (one image's upload) and
-``status`` (a committed task as WebODM reports it).
+each dataset's task: found, made once, committed) and ``send`` (one image's upload); it reads
+a committed task's status itself.
 """
 
 from __future__ import annotations
