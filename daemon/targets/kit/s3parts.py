@@ -10,7 +10,9 @@ CompleteMultipartUpload is sent only once the whole file matched its recorded ha
 A multipart upload is never resumed across a crash or a restart (a part list left by a
 crash is not trusted): the file is sent again in a new upload. The one left behind holds
 its parts in the bucket until it is aborted, so :func:`abort_stale_uploads` aborts every
-unfinished upload under a prefix that no upload of this process is sending.
+unfinished upload under a prefix that no upload of this process is sending. Where other
+writers share the prefix (a fleet of boxes), a :class:`MultipartLog` records each upload
+begun and ended instead, and only this writer's leftovers are aborted.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -50,6 +52,16 @@ _ACTIVE_UPLOADS: set[str] = set()
 _ACTIVE_LOCK = threading.Lock()
 
 
+class MultipartLog(Protocol):
+    """Hears of each multipart upload begun and ended, to abort what a crash left."""
+
+    def started(self, key: str, upload_id: str) -> None:
+        """An upload was created (before any part is sent)."""
+
+    def ended(self, upload_id: str) -> None:
+        """The upload was completed or aborted."""
+
+
 def put_parts(
     s3: S3Client,
     bucket: str,
@@ -60,11 +72,15 @@ def put_parts(
     part_size: int,
     senders: PartSenders,
     acl: str | None,
+    *,
+    if_absent: bool = False,
+    log: MultipartLog | None = None,
 ) -> Stored:
     """Store ``item`` from ``read`` in a multipart upload; returns what S3 confirmed.
 
     The whole file is checked against its recorded hash as its last part is read: a file
-    whose content differs never has its last part sent, nor its upload completed.
+    whose content differs never has its last part sent, nor its upload completed. With
+    ``if_absent``, a key taken meanwhile raises KeyTakenError and replaces nothing.
     """
     upload_id = str(
         call(
@@ -79,11 +95,18 @@ def put_parts(
     )
     with _ACTIVE_LOCK:
         _ACTIVE_UPLOADS.add(upload_id)
+    if log is not None:
+        log.started(key, upload_id)
+    condition = {"IfNoneMatch": "*"} if if_absent else {}
     try:
-        return _send_parts(s3, bucket, key, read, item, transfer, part_size, senders, upload_id)
+        return _send_parts(
+            s3, bucket, key, read, item, transfer, part_size, senders, upload_id, condition
+        )
     finally:
         with _ACTIVE_LOCK:
             _ACTIVE_UPLOADS.discard(upload_id)
+        if log is not None:
+            log.ended(upload_id)
 
 
 def _send_parts(
@@ -96,6 +119,7 @@ def _send_parts(
     part_size: int,
     senders: PartSenders,
     upload_id: str,
+    condition: dict[str, str],
 ) -> Stored:
     source = _Cutter(read)
     sending: list[Future[_Part]] = []
@@ -122,6 +146,7 @@ def _send_parts(
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": [part.listed for part in parts]},
+            **condition,
         )
     except BaseException:
         # Parts still on the wire finish (or fail) first: the abort is the upload's last word.
@@ -306,6 +331,12 @@ class _Cutter:
             del data
             raise
         return data
+
+
+def sending(upload_id: str) -> bool:
+    """Whether an upload of this process is sending ``upload_id`` (a reload's old target)."""
+    with _ACTIVE_LOCK:
+        return upload_id in _ACTIVE_UPLOADS
 
 
 def abort_stale_uploads(s3: S3Client, bucket: str, prefix: str) -> list[str]:
