@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from daemon.secrets import read_secret, secret_path
-from daemon.targets import directory, memory, nodeodm, pix4dcloud
+from daemon.targets import directory, memory, nodeodm, pix4dcloud, s3
 from daemon.targets.base import Target, TargetConfig, TargetEnv, TargetState, TargetType
 
 TYPES: dict[str, TargetType[Any]] = {
-    entry.name: entry for entry in (directory.TYPE, nodeodm.TYPE, pix4dcloud.TYPE, memory.TYPE)
+    entry.name: entry
+    for entry in (directory.TYPE, nodeodm.TYPE, pix4dcloud.TYPE, s3.TYPE, memory.TYPE)
 }
 
 
