@@ -17,7 +17,6 @@ begun and ended instead, and only this writer's leftovers are aborted.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import threading
 from collections import deque
@@ -59,7 +58,7 @@ class MultipartLog(Protocol):
         """An upload was created (before any part is sent)."""
 
     def ended(self, upload_id: str) -> None:
-        """The upload was completed or aborted."""
+        """The upload was completed or aborted (not called when its abort failed)."""
 
 
 def put_parts(
@@ -99,14 +98,15 @@ def put_parts(
         log.started(key, upload_id)
     condition = {"IfNoneMatch": "*"} if if_absent else {}
     try:
-        return _send_parts(
-            s3, bucket, key, read, item, transfer, part_size, senders, upload_id, condition
+        stored = _send_parts(
+            s3, bucket, key, read, item, transfer, part_size, senders, upload_id, condition, log
         )
     finally:
         with _ACTIVE_LOCK:
             _ACTIVE_UPLOADS.discard(upload_id)
-        if log is not None:
-            log.ended(upload_id)
+    if log is not None:
+        log.ended(upload_id)
+    return stored
 
 
 def _send_parts(
@@ -120,6 +120,7 @@ def _send_parts(
     senders: PartSenders,
     upload_id: str,
     condition: dict[str, str],
+    log: MultipartLog | None,
 ) -> Stored:
     source = _Cutter(read)
     sending: list[Future[_Part]] = []
@@ -152,7 +153,8 @@ def _send_parts(
         # Parts still on the wire finish (or fail) first: the abort is the upload's last word.
         # A part cancelled before it ran never will (nor is it ever "done" after a shutdown).
         wait([future for future in sending if not future.cancel()])
-        _abort(s3, bucket, key, upload_id)
+        if _abort(s3, bucket, key, upload_id) and log is not None:
+            log.ended(upload_id)  # else it stays in the log, for a later sweep
         raise
     digests = b"".join(part.digest for part in parts)
     composite = f"{b64(hashlib.sha256(digests).digest())}-{len(parts)}"
@@ -368,7 +370,12 @@ def abort_stale_uploads(s3: S3Client, bucket: str, prefix: str) -> list[str]:
     return aborted
 
 
-def _abort(s3: S3Client, bucket: str, key: str, upload_id: str) -> None:
-    """Best effort; a bucket lifecycle rule reaps what is left if this fails too."""
-    with contextlib.suppress(ClientError, BotoCoreError):
+def _abort(s3: S3Client, bucket: str, key: str, upload_id: str) -> bool:
+    """Best effort (a log's sweep or a lifecycle rule reaps what is left); True if aborted."""
+    try:
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except ClientError as exc:
+        return exc.response.get("Error", {}).get("Code") == "NoSuchUpload"
+    except BotoCoreError:
+        return False
+    return True

@@ -70,15 +70,12 @@ class UploadLog:
 
     Boxes of a fleet write the same keys: an unfinished upload under ``objects/`` may be
     another box's, on its wire right now. Each box aborts only the uploads this log says it
-    began and never ended (a crash, a SIGKILL, a power cut).
+    began and never ended (a crash, a SIGKILL, a power cut, an abort that failed) and that
+    no upload of this process is sending.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        try:
-            self._found = sorted(p for p in folder.iterdir() if p.suffix == ".json")
-        except FileNotFoundError:
-            self._found = []
 
     def _file(self, upload_id: str) -> Path:
         return self.folder / (hashlib.sha256(upload_id.encode()).hexdigest()[:32] + ".json")
@@ -95,10 +92,14 @@ class UploadLog:
         """The upload was completed or aborted."""
         self._file(upload_id).unlink(missing_ok=True)
 
-    def leftovers(self) -> list[tuple[Path, str, str]]:
-        """(record, key, upload id) of uploads a previous run left, as found at start."""
+    def records(self) -> list[tuple[Path, str, str]]:
+        """(record, key, upload id) of every upload begun and not known to have ended."""
+        try:
+            paths = sorted(p for p in self.folder.iterdir() if p.suffix == ".json")
+        except FileNotFoundError:
+            return []
         found = []
-        for path in self._found:
+        for path in paths:
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 record = json.loads(path.read_text(encoding="utf-8"))
                 found.append((path, str(record["key"]), str(record["upload_id"])))

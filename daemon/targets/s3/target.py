@@ -109,7 +109,7 @@ class S3Target:
         self._uploads = UploadLog(state_dir / "s3" / name / "multipart")
         self._command = CommandRunner(config, state_dir / "processing")
         self._log_dir = state_dir / "processing"
-        self._swept: asyncio.Task[None] | None = None
+        self._swept: asyncio.Task[int] | None = None
 
     @property
     def client(self) -> S3Client:
@@ -171,11 +171,12 @@ class S3Target:
             self._swept = asyncio.create_task(asyncio.to_thread(self._abort_leftovers))
         await asyncio.shield(self._swept)
 
-    def _abort_leftovers(self) -> None:
-        aborted = 0
-        for record, key, upload_id in self._uploads.leftovers():
+    def _abort_leftovers(self) -> int:
+        """Abort this box's unfinished uploads that nothing sends; returns how many are left."""
+        left = aborted = 0
+        for record, key, upload_id in self._uploads.records():
             if sending(upload_id):
-                continue  # a reload: the target before this one is still sending it
+                continue  # on the wire (or a reload's target before this one sends it)
             try:
                 self._s3.abort_multipart_upload(
                     Bucket=self.config.bucket, Key=key, UploadId=upload_id
@@ -183,14 +184,17 @@ class S3Target:
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
                     log.warning("unfinished upload not aborted", key=key, error=str(exc))
-                    continue  # tried again at the next start; a lifecycle rule reaps it
+                    left += 1
+                    continue  # tried again later; a lifecycle rule reaps it otherwise
             except BotoCoreError as exc:
                 log.warning("unfinished upload not aborted", key=key, error=str(exc))
+                left += 1
                 continue
             record.unlink(missing_ok=True)
             aborted += 1
         if aborted:
             log.info("unfinished uploads aborted", target=self.name, count=aborted)
+        return left
 
     def manifest_key(self, dataset: DatasetRef) -> str:
         """Where the dataset's manifest goes."""
@@ -199,6 +203,9 @@ class S3Target:
     async def start_processing(self, dataset: DatasetRef, keys: list[bytes]) -> str:
         """Write the dataset's manifest (every file, duplicates too), then run the command."""
         del keys  # the manifest lists every file, not only the uploaded ones
+        # What an abort that failed left: the dataset is not done while parts of it linger.
+        if left := await asyncio.to_thread(self._abort_leftovers):
+            raise TransientTargetError(f"{left} unfinished multipart upload(s) not aborted yet")
         files = self._state.sent_files(dataset.id)
         waiting = sum(1 for *_, key in files if key is None)
         if waiting:
