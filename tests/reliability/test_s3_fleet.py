@@ -16,6 +16,7 @@ import random
 import signal
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,10 @@ def _done(box: Box) -> int:
     return sum(d["files"]["uploaded"] + d["files"]["duplicate"] for d in box.datasets().values())
 
 
+def _done_at_least(box: Box, count: int) -> bool:
+    return _done(box) >= count
+
+
 def _processed(box: Box, name: str) -> bool:
     return box.datasets().get(name, {}).get("state") == "processed"
 
@@ -88,8 +93,14 @@ def boxes(tmp_path: Path) -> Iterator[dict[str, Box]]:
         box.cleanup()
 
 
-def _check_bucket(store: S3Store, cards: dict[str, dict[str, bytes]]) -> dict[str, int]:
-    """Every distinct image once, byte-identical; both manifests whole; no upload left."""
+def _check_bucket(
+    store: S3Store, cards: dict[str, dict[str, bytes]], lost_creates: int = 0
+) -> dict[str, int]:
+    """Every distinct image once, byte-identical; both manifests whole; no upload left.
+
+    An upload whose CreateMultipartUpload reply was lost has an id no box ever learnt, and
+    under a key other boxes write too: no box may abort it (a lifecycle rule reaps it).
+    """
     distinct = {hashlib.sha256(d).hexdigest() for files in cards.values() for d in files.values()}
     objects = store.objects("fleet/objects/")
     assert objects == {f"fleet/objects/sha256/{sha[:2]}/{sha}": sha for sha in distinct}
@@ -105,7 +116,7 @@ def _check_bucket(store: S3Store, cards: dict[str, dict[str, bytes]]) -> dict[st
             sha = hashlib.sha256(data).hexdigest()
             expected[rel] = (sha, f"fleet/objects/sha256/{sha[:2]}/{sha}", len(data))
         assert listed == expected
-    assert store.unfinished_uploads() == []
+    assert len(store.unfinished_uploads()) <= lost_creates, store.unfinished_uploads()
     return {"distinct": len(distinct), "files": sum(len(f) for f in cards.values())}
 
 
@@ -122,7 +133,7 @@ def test_two_boxes_killed_mid_upload_store_each_image_once(
         procs[name] = box.start()
         (box.root / "staging" / f"flight-{name}").rename(box.inbox / f"flight-{name}")
     for name, box in boxes.items():
-        wait_until(lambda box=box: _done(box) >= 6, what=f"box {name}: 6 files done")
+        wait_until(partial(_done_at_least, box, 6), what=f"box {name}: 6 files done")
         assert _done(box) < len(cards[name]), "the ingest ended before the kill; slow it down"
         box.stop(procs[name], signal.SIGKILL)
     left = store.unfinished_uploads()
@@ -130,7 +141,7 @@ def test_two_boxes_killed_mid_upload_store_each_image_once(
         procs[name] = box.start()
     for name, box in boxes.items():
         wait_until(
-            lambda box=box, name=name: _processed(box, f"flight-{name}"),
+            partial(_processed, box, f"flight-{name}"),
             what=f"box {name}: its dataset processed",
             timeout=120,
         )
@@ -159,14 +170,15 @@ def test_a_fleet_over_a_store_failing_30_percent_loses_nothing_and_stores_nothin
         (box.root / "staging" / f"flight-{name}").rename(box.inbox / f"flight-{name}")
     for name, box in boxes.items():
         wait_until(
-            lambda box=box, name=name: _processed(box, f"flight-{name}"),
+            partial(_processed, box, f"flight-{name}"),
             what=f"box {name}: its dataset processed",
             timeout=240,
         )
     injected = dict(store.faults.injected)
+    lost_creates = store.faults.injected_on["drop_response", "create_multipart"]
     store.faults.clear()
-    figures = _check_bucket(store, cards)
+    figures = _check_bucket(store, cards, lost_creates)
     for name, box in boxes.items():
         assert box.stop(procs[name]) == 0
-    assert sum(injected.values()) > 20, injected
-    print(f"fleet under faults: {figures}, injected {injected}")
+    assert sum(injected.values()) >= 10, injected  # about 70 requests, 30 % of them
+    print(f"fleet under faults: {figures}, injected {injected}, lost creates {lost_creates}")

@@ -25,11 +25,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from daemon.errors import PermanentTargetError
 from daemon.targets.base import SentFile
-from daemon.targets.kit.s3api import KeyTakenError, b64, call, s3_error
+from daemon.targets.kit.s3api import KeyTakenError, b64, call
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -113,23 +111,3 @@ def read(s3: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return found if isinstance(found, dict) else None
-
-
-def read_all(s3: S3Client, bucket: str, prefix: str) -> list[dict[str, Any]]:
-    """Every manifest under ``prefix`` (``PREFIX/datasets/``), in key order."""
-    found = []
-    try:
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        keys = [
-            obj["Key"]
-            for page in pages
-            for obj in page.get("Contents", [])
-            if obj["Key"].endswith("/manifest.json")
-        ]
-    except (ClientError, BotoCoreError) as exc:
-        raise s3_error("ListObjectsV2", exc) from exc
-    for key in sorted(keys):
-        manifest = read(s3, bucket, key)
-        if manifest is not None:
-            found.append(manifest)
-    return found

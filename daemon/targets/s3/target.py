@@ -111,11 +111,6 @@ class S3Target:
         self._log_dir = state_dir / "processing"
         self._swept: asyncio.Task[int] | None = None
 
-    @property
-    def client(self) -> S3Client:
-        """The botocore client (``dronesync fleet`` reads the manifests with it)."""
-        return self._s3
-
     async def ensure_dataset(self, dataset: DatasetRef) -> None:
         """Note when the dataset began; the first time, abort what a crash left unfinished."""
         if self._state.get_memo(dataset.id, _CREATED) is None:
