@@ -135,6 +135,25 @@ class Statuses(Datasets):
         ).fetchall()
         return [bytes(r[0]) for r in rows]
 
+    def sent_files(self, dataset_id: int) -> list[tuple[bytes, int, int, str, bytes | None]]:
+        """The dataset's uploaded and duplicate files, in path order, for a target's manifest.
+
+        Each is (path in the dataset, size, mtime_ns, SHA-256, remote key); a duplicate's key
+        is its original's, None while the original is not uploaded.
+        """
+        rows = self._conn.execute(
+            "SELECT f.dspath, f.size, f.mtime_ns, f.sha256,"
+            " CASE WHEN f.status = 'uploaded' THEN f.remote_key"
+            "      WHEN o.status = 'uploaded' THEN o.remote_key END"
+            " FROM files f LEFT JOIN files o ON o.id = f.duplicate_of"
+            " WHERE f.dataset_id = ? AND f.status IN ('uploaded', 'duplicate') ORDER BY f.dspath",
+            (dataset_id,),
+        ).fetchall()
+        return [
+            (bytes(path), int(size), int(mtime), str(sha), None if key is None else bytes(key))
+            for path, size, mtime, sha, key in rows
+        ]
+
     def uploaded_since(self, since: float) -> list[tuple[int, float, int]]:
         """(dataset id, uploaded_at, size) of files uploaded after ``since``: for rates."""
         rows = self._conn.execute(

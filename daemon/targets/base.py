@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
@@ -30,6 +30,9 @@ from daemon.configmodel import Model
 from daemon.errors import TransientTargetError
 
 DuplicateScope = Literal["target", "dataset"]
+# One file of a dataset as sent: path inside the dataset, size, mtime (ns), SHA-256 and the
+# remote key its bytes are under (a duplicate's is its original's; None until that is sent).
+SentFile = tuple[bytes, int, int, str, bytes | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,9 @@ class TargetState(Protocol):
     def file_count(self, dataset_id: int) -> int:
         """How many files the dataset sends, at least (hashed; no duplicate, skipped, failed)."""
 
+    def sent_files(self, dataset_id: int) -> Sequence[SentFile]:
+        """Every uploaded or duplicate file of the dataset, in path order (a manifest)."""
+
 
 class MemoryState:
     """A TargetState in memory, for targets used outside the daemon (tests, benchmarks)."""
@@ -93,6 +99,7 @@ class MemoryState:
         self._values: dict[tuple[int, str], str] = {}
         self.requeued: dict[int, int] = {}
         self.files: dict[int, int] = {}  # file_count's answers, set by tests
+        self.sent: dict[int, list[SentFile]] = {}  # sent_files' answers, set by tests
 
     def get_memo(self, dataset_id: int, key: str) -> str | None:
         """The stored value, or None."""
@@ -122,6 +129,10 @@ class MemoryState:
     def file_count(self, dataset_id: int) -> int:
         """The count a test set in :attr:`files` (0 without one)."""
         return self.files.get(dataset_id, 0)
+
+    def sent_files(self, dataset_id: int) -> list[SentFile]:
+        """The files a test set in :attr:`sent` (none without them)."""
+        return list(self.sent.get(dataset_id, []))
 
 
 class Throttle(Protocol):

@@ -12,12 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from daemon.secrets import read_secret, secret_path
-from daemon.targets import directory, memory, nodeodm, pix4dcloud, webodm
+from daemon.targets import directory, memory, nodeodm, pix4dcloud, s3, webodm
 from daemon.targets.base import Target, TargetConfig, TargetEnv, TargetState, TargetType
 
 TYPES: dict[str, TargetType[Any]] = {
     entry.name: entry
-    for entry in (directory.TYPE, nodeodm.TYPE, webodm.TYPE, pix4dcloud.TYPE, memory.TYPE)
+    for entry in (
+        directory.TYPE,
+        nodeodm.TYPE,
+        webodm.TYPE,
+        pix4dcloud.TYPE,
+        s3.TYPE,
+        memory.TYPE,
+    )
 }
 
 

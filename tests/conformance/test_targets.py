@@ -58,7 +58,6 @@ def test_upload_stores_the_bytes_exactly(harness: Harness, tmp_path: Path, size:
     seen: list[int] = []
     item = item_for(src, b"DJI_0001.JPG")
     key = run(harness.target.upload(DS, item, Transfer(on_bytes=seen.append)))
-    assert key == b"DJI_0001.JPG"
     assert harness.stored(key) == src.read_bytes()
     assert sum(seen) == size
     assert harness.copies() == 1
@@ -71,8 +70,7 @@ def test_upload_stores_the_bytes_exactly(harness: Harness, tmp_path: Path, size:
 def test_nested_and_non_utf8_keys(harness: Harness, tmp_path: Path, key: bytes) -> None:
     src = source(tmp_path, "x.jpg", b"nested image")
     got = run(harness.target.upload(DS, item_for(src, key), Transfer()))
-    assert got == key
-    assert harness.stored(got) == b"nested image"
+    assert harness.stored(got) == b"nested image"  # the key is the target's: a path, a hash
 
 
 def test_uploading_the_same_item_again_returns_the_same_key_and_no_second_copy(

@@ -172,6 +172,7 @@ class FaultPlan:
         self._random_route = "any"
         self._random_delay_s = 0.5
         self.injected: Counter[str] = Counter()
+        self.injected_on: Counter[tuple[str, str]] = Counter()  # by (kind, route)
 
     def add(
         self,
@@ -255,6 +256,7 @@ class FaultPlan:
                     if fault.times == 0:
                         self._faults.remove(fault)
                 self.injected[fault.kind] += 1
+                self.injected_on[fault.kind, route] += 1
                 return fault
             if self._rate > 0 and self._random_route in {"any", route}:
                 if self._rng.random() >= self._rate:
@@ -264,6 +266,7 @@ class FaultPlan:
                     return None
                 kind = self._rng.choice(candidates)
                 self.injected[kind] += 1
+                self.injected_on[kind, route] += 1
                 return Fault(kind, route, 1, delay_s=self._random_delay_s, is_random=True)
             return None
 
@@ -272,6 +275,7 @@ class FaultPlan:
         with self._lock:
             self.injected[fault.kind] -= 1
             if fault.is_random:
+                self.injected_on[fault.kind, fault.route] -= 1  # its route is the request's
                 return
             if fault.times is not None:
                 fault.times += 1

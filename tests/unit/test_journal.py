@@ -126,6 +126,21 @@ def test_dataset_scope_only_finds_duplicates_inside_the_dataset(journal: Journal
     assert journal.file(again).status == "duplicate"
 
 
+def test_sent_files_list_duplicates_with_their_original_s_key(journal: Journal) -> None:
+    ds = dataset(journal, "m1")
+    other = dataset(journal, "m2")
+    original = add(journal, ds, b"m1/a.jpg", "h1", scope="dataset")
+    add(journal, ds, b"m1/sub/b.jpg", "h1", scope="dataset")  # a duplicate of a.jpg
+    add(journal, ds, b"m1/c.jpg", "h2", scope="dataset")  # not sent yet: not listed
+    add(journal, other, b"m2/a.jpg", "h1")  # another dataset's
+    assert journal.sent_files(ds) == [(b"b.jpg", 10, 1, "h1", None)]
+    journal.mark_uploaded(original, b"objects/h1", NOW)
+    assert journal.sent_files(ds) == [
+        (b"a.jpg", 10, 1, "h1", b"objects/h1"),
+        (b"b.jpg", 10, 1, "h1", b"objects/h1"),
+    ]
+
+
 def test_content_in_a_cancelled_dataset_is_sent_again(journal: Journal) -> None:
     cancelled = dataset(journal, "m1")
     add(journal, cancelled, b"m1/a.jpg", "h1")

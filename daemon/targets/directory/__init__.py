@@ -1,7 +1,7 @@
 """The directory target: a local folder or a mounted NAS share (the embedded default).
 
 Its table and its registry entry; the copies are made in ``target``, processing runs in
-``command``.
+``kit.command``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ its own: the engine calls :meth:`DirectoryTarget.make_durable` once for every ba
 finished uploads, and one ``syncfs`` (:mod:`daemon.durable`) covers them all instead of two
 ``fsync`` calls per file.
 
-Processing runs ``process_command`` (``command``).
+Processing runs ``process_command`` (``kit.command``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from daemon.errors import (
 from daemon.hashing import StableRead, write_all
 from daemon.targets.base import DatasetRef, ProcessingStatus, Staging, Transfer, UploadItem
 from daemon.targets.directory import STAGING, DirectoryTargetConfig
-from daemon.targets.directory.command import CommandRunner
+from daemon.targets.kit.command import CommandRunner
 
 # Errors the operator must fix (permissions, read-only share, bad names): retrying won't help.
 # Errors no retry can fix until the operator acts: permissions, a read-only file system, a
@@ -298,7 +298,9 @@ class DirectoryTarget:
     async def start_processing(self, dataset: DatasetRef, keys: list[bytes]) -> str:
         """Start ``process_command`` (if configured) for the dataset's folder."""
         del keys  # the dataset folder holds exactly the uploaded files
-        return await self._command.start(dataset, self.dataset_dir(dataset))
+        folder = self.dataset_dir(dataset)
+        values = {"dataset": dataset.name, "dataset_dir": str(folder)}
+        return await self._command.start(dataset, folder, values)
 
     async def processing_status(self, dataset: DatasetRef, handle: str) -> ProcessingStatus:
         """Whether the dataset's ``process_command`` is still running, and how it ended."""

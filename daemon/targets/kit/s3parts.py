@@ -10,19 +10,20 @@ CompleteMultipartUpload is sent only once the whole file matched its recorded ha
 A multipart upload is never resumed across a crash or a restart (a part list left by a
 crash is not trusted): the file is sent again in a new upload. The one left behind holds
 its parts in the bucket until it is aborted, so :func:`abort_stale_uploads` aborts every
-unfinished upload under a prefix that no upload of this process is sending.
+unfinished upload under a prefix that no upload of this process is sending. Where other
+writers share the prefix (a fleet of boxes), a :class:`MultipartLog` records each upload
+begun and ended instead, and only this writer's leftovers are aborted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -50,6 +51,16 @@ _ACTIVE_UPLOADS: set[str] = set()
 _ACTIVE_LOCK = threading.Lock()
 
 
+class MultipartLog(Protocol):
+    """Hears of each multipart upload begun and ended, to abort what a crash left."""
+
+    def started(self, key: str, upload_id: str) -> None:
+        """An upload was created (before any part is sent)."""
+
+    def ended(self, upload_id: str) -> None:
+        """The upload was completed or aborted (not called when its abort failed)."""
+
+
 def put_parts(
     s3: S3Client,
     bucket: str,
@@ -60,11 +71,15 @@ def put_parts(
     part_size: int,
     senders: PartSenders,
     acl: str | None,
+    *,
+    if_absent: bool = False,
+    log: MultipartLog | None = None,
 ) -> Stored:
     """Store ``item`` from ``read`` in a multipart upload; returns what S3 confirmed.
 
     The whole file is checked against its recorded hash as its last part is read: a file
-    whose content differs never has its last part sent, nor its upload completed.
+    whose content differs never has its last part sent, nor its upload completed. With
+    ``if_absent``, a key taken meanwhile raises KeyTakenError and replaces nothing.
     """
     upload_id = str(
         call(
@@ -79,11 +94,19 @@ def put_parts(
     )
     with _ACTIVE_LOCK:
         _ACTIVE_UPLOADS.add(upload_id)
+    if log is not None:
+        log.started(key, upload_id)
+    condition = {"IfNoneMatch": "*"} if if_absent else {}
     try:
-        return _send_parts(s3, bucket, key, read, item, transfer, part_size, senders, upload_id)
+        stored = _send_parts(
+            s3, bucket, key, read, item, transfer, part_size, senders, upload_id, condition, log
+        )
     finally:
         with _ACTIVE_LOCK:
             _ACTIVE_UPLOADS.discard(upload_id)
+    if log is not None:
+        log.ended(upload_id)
+    return stored
 
 
 def _send_parts(
@@ -96,6 +119,8 @@ def _send_parts(
     part_size: int,
     senders: PartSenders,
     upload_id: str,
+    condition: dict[str, str],
+    log: MultipartLog | None,
 ) -> Stored:
     source = _Cutter(read)
     sending: list[Future[_Part]] = []
@@ -122,12 +147,14 @@ def _send_parts(
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": [part.listed for part in parts]},
+            **condition,
         )
     except BaseException:
         # Parts still on the wire finish (or fail) first: the abort is the upload's last word.
         # A part cancelled before it ran never will (nor is it ever "done" after a shutdown).
         wait([future for future in sending if not future.cancel()])
-        _abort(s3, bucket, key, upload_id)
+        if _abort(s3, bucket, key, upload_id) and log is not None:
+            log.ended(upload_id)  # else it stays in the log, for a later sweep
         raise
     digests = b"".join(part.digest for part in parts)
     composite = f"{b64(hashlib.sha256(digests).digest())}-{len(parts)}"
@@ -308,6 +335,12 @@ class _Cutter:
         return data
 
 
+def sending(upload_id: str) -> bool:
+    """Whether an upload of this process is sending ``upload_id`` (a reload's old target)."""
+    with _ACTIVE_LOCK:
+        return upload_id in _ACTIVE_UPLOADS
+
+
 def abort_stale_uploads(s3: S3Client, bucket: str, prefix: str) -> list[str]:
     """Abort the unfinished multipart uploads under ``prefix`` this process is not sending.
 
@@ -337,7 +370,12 @@ def abort_stale_uploads(s3: S3Client, bucket: str, prefix: str) -> list[str]:
     return aborted
 
 
-def _abort(s3: S3Client, bucket: str, key: str, upload_id: str) -> None:
-    """Best effort; a bucket lifecycle rule reaps what is left if this fails too."""
-    with contextlib.suppress(ClientError, BotoCoreError):
+def _abort(s3: S3Client, bucket: str, key: str, upload_id: str) -> bool:
+    """Best effort (a log's sweep or a lifecycle rule reaps what is left); True if aborted."""
+    try:
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except ClientError as exc:
+        return exc.response.get("Error", {}).get("Code") == "NoSuchUpload"
+    except BotoCoreError:
+        return False
+    return True

@@ -24,7 +24,9 @@ What is verified, and by whom:
   ignores the condition overwrites the object with the same bytes: correct, only sent twice.
   A file above the threshold is looked up with a HeadObject first, because a condition on
   CompleteMultipartUpload would refuse only after every part had been sent again; beside
-  the parts (the threshold is tens of MiB) the HEAD costs nothing.
+  the parts (the threshold is tens of MiB) the HEAD costs nothing. With ``overwrite`` false
+  nothing is ever replaced: other content under the key raises KeyTakenError, and the
+  CompleteMultipartUpload carries ``If-None-Match: *`` too (two writers racing for one key).
 
 The parts of a file above the threshold go as ``s3parts`` sends them. Signing and multipart
 bookkeeping stay with botocore; its own retries are off, because the upload engine owns retry
@@ -50,7 +52,7 @@ from daemon.targets.kit.s3api import (
     discard,
     with_acl,
 )
-from daemon.targets.kit.s3parts import PartSenders, put_parts
+from daemon.targets.kit.s3parts import MultipartLog, PartSenders, put_parts
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -97,19 +99,32 @@ def put_file(
     part_size: int,
     senders: PartSenders,
     acl: str | None = None,
+    overwrite: bool = True,
+    log: MultipartLog | None = None,
 ) -> Stored:
     """Store ``item`` under ``key`` and verify it; raises the project's errors only.
 
     Files above ``threshold`` go in parts of ``part_size``; ``acl`` is the canned ACL the
     object gets (None: the bucket's default). A file stored from bytes that turn out not to
     be the recorded ones raises FileChangedError: the next attempt overwrites the object.
+    With ``overwrite`` false, other content under the key raises KeyTakenError instead of
+    being replaced. ``log`` hears of each multipart upload begun and ended.
     """
     if item.size > threshold:
         with _reading(item) as read:
             already = already_stored(s3, bucket, key, item)
             if already is not None:
                 return already  # sent before a crash or a lost reply: never sent twice
-            stored = put_parts(s3, bucket, key, read, item, transfer, part_size, senders, acl)
+            try:
+                stored = put_parts(
+                    s3, bucket, key, read, item, transfer, part_size, senders, acl,
+                    if_absent=not overwrite, log=log,
+                )  # fmt: skip
+            except KeyTakenError:
+                already = already_stored(s3, bucket, key, item)
+                if already is not None:
+                    return already  # another writer stored the same bytes meanwhile
+                raise
             read.finish()
             return stored
     try:
@@ -118,6 +133,8 @@ def put_file(
         already = already_stored(s3, bucket, key, item)
         if already is not None:
             return already  # sent before a crash or a lost reply: never stored twice
+        if not overwrite:
+            raise
     # Other content under the key (an earlier version of the file): read again, replace it.
     return _put_single(s3, bucket, key, item, transfer, acl, if_absent=False)
 

@@ -1,4 +1,4 @@
-"""The directory target's processing: ``process_command`` run once per dataset.
+"""A target's ``process_command``: run once per dataset, followed across restarts.
 
 Its output goes to ``<state_dir>/processing/<dataset>.log`` and its exit code decides processed
 or failed. The command runs in its own session and records its pid and its exit code in files
@@ -16,13 +16,23 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from daemon.errors import PermanentTargetError
 from daemon.targets.base import DatasetRef, ProcessingStatus
 
-if TYPE_CHECKING:
-    from daemon.targets.directory import DirectoryTargetConfig
+
+class CommandConfig(Protocol):
+    """The keys of a target's table the runner reads."""
+
+    @property
+    def process_command(self) -> list[str] | None:
+        """The command, with ``{placeholders}`` in its arguments; None: nothing to run."""
+
+    @property
+    def process_timeout_s(self) -> float:
+        """A run that lasts longer is stopped, and failed."""
+
 
 # Runs process_command: first records its own pid in a file ($1), so a daemon killed while
 # starting it never starts a second one; then records the command's exit code in a file ($0),
@@ -41,15 +51,15 @@ class _Run:
 
 
 class CommandRunner:
-    """Starts and follows ``process_command`` for each dataset of one directory target."""
+    """Starts and follows ``process_command`` for each dataset of one target."""
 
-    def __init__(self, config: DirectoryTargetConfig, log_dir: Path) -> None:
+    def __init__(self, config: CommandConfig, log_dir: Path) -> None:
         self.config = config
         self.log_dir = log_dir
         self._runs: dict[int, _Run] = {}
 
-    async def start(self, dataset: DatasetRef, folder: Path) -> str:
-        """Start the command for the dataset in ``folder``; its pid is the handle ("": none)."""
+    async def start(self, dataset: DatasetRef, folder: Path, values: dict[str, str]) -> str:
+        """Start the command in ``folder``, ``values`` in its placeholders; its pid ("": none)."""
         command = self.config.process_command
         if not command:
             return ""
@@ -60,7 +70,6 @@ class CommandRunner:
             return pid_file.read_text(encoding="ascii").strip()
         except (FileNotFoundError, UnicodeDecodeError):
             pass
-        values = {"dataset": dataset.name, "dataset_dir": str(folder)}
         argv = [arg.format(**values) for arg in command]
         if shutil.which(argv[0]) is None:
             raise PermanentTargetError(

@@ -1,0 +1,165 @@
+"""The S3 target against moto on loopback: shared keys, mirror names, manifests, leftovers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.errors import PermanentTargetError
+from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
+from daemon.targets.s3 import S3TargetConfig
+from daemon.targets.s3.keys import UploadLog
+from daemon.targets.s3.target import S3Target
+from tests.fakes.s3store import ACCESS_KEY, SECRET_KEY, S3Store
+
+DS = DatasetRef(1, "mission")
+
+
+@pytest.fixture
+def store() -> Iterator[S3Store]:
+    with S3Store() as running:
+        yield running
+
+
+def _target(store: S3Store, tmp: Path, box: str, **keys: object) -> S3Target:
+    config = S3TargetConfig.model_validate(
+        {
+            "type": "s3",
+            "bucket": store.bucket,
+            "prefix": "fleet",
+            "endpoint_url": store.url,
+            "access_key_id": ACCESS_KEY,
+            "secret_access_key_file": tmp / "secret",
+            "box": box,
+            "multipart_threshold_mb": 5,
+            "part_size_mb": 5,
+            "timeout_s": 10,
+            **keys,
+        }
+    )
+    return S3Target("fleet", config, MemoryState(), state_dir=tmp / box, secret=SECRET_KEY)
+
+
+def _item(tmp: Path, name: str, data: bytes, key: bytes | None = None) -> UploadItem:
+    path = tmp / "card" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    info = path.stat()
+    sha = hashlib.sha256(data).hexdigest()
+    return UploadItem(path, key or name.encode(), info.st_size, info.st_mtime_ns, sha)
+
+
+@pytest.mark.parametrize("size", [100_000, 7 * 1024 * 1024])
+def test_two_boxes_sending_one_image_at_once_store_it_once(
+    store: S3Store, tmp_path: Path, size: int
+) -> None:
+    data = random.Random(size).randbytes(size)
+    a, b = _target(store, tmp_path, "a"), _target(store, tmp_path, "b")
+    item = _item(tmp_path, "IMG.JPG", data)
+
+    async def both() -> list[bytes]:
+        keys = await asyncio.gather(a.upload(DS, item, Transfer()), b.upload(DS, item, Transfer()))
+        await a.aclose()
+        await b.aclose()
+        return list(keys)
+
+    keys = asyncio.run(both())
+    sha = hashlib.sha256(data).hexdigest()
+    assert keys == [f"fleet/objects/sha256/{sha[:2]}/{sha}".encode()] * 2
+    assert store.objects("fleet/") == {keys[0].decode(): sha}
+    assert store.unfinished_uploads() == []
+
+
+def test_a_content_key_holding_other_bytes_is_never_overwritten(
+    store: S3Store, tmp_path: Path
+) -> None:
+    item = _item(tmp_path, "IMG.JPG", b"the image")
+    key = f"fleet/objects/sha256/{item.sha256[:2]}/{item.sha256}"
+    store.direct.put_object(Bucket=store.bucket, Key=key, Body=b"something else")
+    target = _target(store, tmp_path, "a")
+    with pytest.raises(PermanentTargetError, match="never overwritten"):
+        asyncio.run(target.upload(DS, item, Transfer()))
+    assert store.get(key) == b"something else"
+
+
+def test_mirror_takes_the_next_free_name_and_replaces_nothing(
+    store: S3Store, tmp_path: Path
+) -> None:
+    target = _target(store, tmp_path, "truck 3", layout="mirror")
+    first = _item(tmp_path, "a.jpg", b"first", b"DCIM/caf\xe9.jpg")
+    second = _item(tmp_path, "b.jpg", b"second", b"DCIM/caf\xe9.jpg")
+
+    async def put() -> list[bytes]:
+        keys = [await target.upload(DS, i, Transfer()) for i in (first, second, first)]
+        await target.aclose()
+        return keys
+
+    keys = asyncio.run(put())
+    assert keys == [
+        b"fleet/truck%203/mission/DCIM/caf%E9.jpg",
+        b"fleet/truck%203/mission/DCIM/caf%E9~2.jpg",
+        b"fleet/truck%203/mission/DCIM/caf%E9.jpg",
+    ]
+    assert store.get(keys[0].decode()) == b"first"
+    assert store.get(keys[1].decode()) == b"second"
+
+
+def test_the_manifest_lists_every_file_and_is_written_once(store: S3Store, tmp_path: Path) -> None:
+    target = _target(store, tmp_path, "a")
+    one = _item(tmp_path, "1.jpg", b"one", b"DCIM/100/1.jpg")
+    state = target._state
+    assert isinstance(state, MemoryState)
+
+    async def run() -> tuple[str, str]:
+        await target.ensure_dataset(DS)
+        key = await target.upload(DS, one, Transfer())
+        state.sent[DS.id] = [
+            (b"DCIM/100/1.jpg", one.size, one.mtime_ns, one.sha256, key),
+            (b"DCIM/101/1.jpg", one.size, one.mtime_ns, one.sha256, key),  # a duplicate
+        ]
+        handle = await target.start_processing(DS, [key])
+        again = await target.start_processing(DS, [key])  # a restart: the same manifest
+        status = await target.processing_status(DS, again)
+        state.sent[DS.id].pop()
+        with pytest.raises(PermanentTargetError, match="never"):
+            await target.start_processing(DS, [key])
+        await target.aclose()
+        return handle, status.state
+
+    handle, state_now = asyncio.run(run())
+    assert (handle, state_now) == ("", "done")
+    manifest = json.loads(store.get("fleet/datasets/a/mission/manifest.json"))
+    assert manifest["box"] == "a"
+    assert manifest["dataset"] == "mission"
+    assert manifest["count"] == 2
+    assert [f["path"] for f in manifest["files"]] == ["DCIM/100/1.jpg", "DCIM/101/1.jpg"]
+    assert {f["key"] for f in manifest["files"]} == {
+        f"fleet/objects/sha256/{one.sha256[:2]}/{one.sha256}"
+    }
+
+
+def test_a_restart_aborts_its_own_leftover_upload_and_no_other_box_s(
+    store: S3Store, tmp_path: Path
+) -> None:
+    s3 = store.direct
+    ours = s3.create_multipart_upload(Bucket=store.bucket, Key="fleet/objects/sha256/aa/aa")
+    theirs = s3.create_multipart_upload(Bucket=store.bucket, Key="fleet/objects/sha256/aa/aa")
+    UploadLog(tmp_path / "a" / "s3" / "fleet" / "multipart").started(
+        "fleet/objects/sha256/aa/aa", ours["UploadId"]
+    )
+    target = _target(store, tmp_path, "a")
+
+    async def start() -> None:
+        await target.ensure_dataset(DS)
+        await target.aclose()
+
+    asyncio.run(start())
+    uploads = s3.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+    assert [u["UploadId"] for u in uploads] == [theirs["UploadId"]]
+    assert list((tmp_path / "a" / "s3" / "fleet" / "multipart").iterdir()) == []
