@@ -20,6 +20,7 @@ from daemon.config.model import (
     SourceConfig,
     SpoolSettings,
     UploadSettings,
+    WebSettings,
     compile_glob,
     config_path,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "SourceConfig",
     "SpoolSettings",
     "UploadSettings",
+    "WebSettings",
     "compile_glob",
     "config_path",
     "load_config",

@@ -176,9 +176,13 @@ def _relative_to(settings: Settings, base: Path) -> Settings:
     spool = settings.spool
     if spool.dir is not None:
         spool = spool.model_copy(update={"dir": _anchor(spool.dir, base)})
+    web = settings.web
+    if web.password_file is not None:
+        web = web.model_copy(update={"password_file": _anchor(web.password_file, base)})
     return settings.model_copy(
         update={
             "spool": spool,
+            "web": web,
             "state_dir": _anchor(settings.state_dir, base),
             "targets": targets,
             "sources": sources,
