@@ -186,7 +186,10 @@ def parse_listen(value: str) -> tuple[str, int] | None:
         raise ValueError(f"port {port} is above 65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-        ipaddress.IPv6Address(host)  # a bracketed host is an IPv6 address
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f'[{host}] is not an IPv6 address, e.g. "[::1]:8710"') from None
     elif host not in LOOPBACK_NAMES:
         try:
             ipaddress.ip_address(host)
