@@ -112,6 +112,17 @@ def _fill_one(journal: Journal, spec: Spec, now: float) -> None:
         journal.set_dataset_state(ds.id, spec.state)
 
 
+def page_url(state_dir: Path, timeout: float = 60.0) -> str:
+    """The URL of the page a daemon (or a ``PageServer``) serves for ``state_dir``."""
+    path = state_dir / URL_FILE
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {path}: the status page did not start")
+        time.sleep(0.02)
+    return str(json.loads(path.read_text())["url"])
+
+
 class PageServer:
     """``daemon.web.serve`` on its own event loop in a thread, for as long as the block runs."""
 
@@ -131,15 +142,11 @@ class PageServer:
             return asyncio.create_task(coroutine, name="web")
 
         self.task = asyncio.run_coroutine_threadsafe(begin(), self.loop).result(timeout)
-        deadline = time.monotonic() + timeout
-        url_file = self.state_dir / URL_FILE
-        while not url_file.exists():
+        try:
+            return page_url(self.state_dir, timeout)
+        finally:
             if self.task.done():
                 self.task.result()  # raises what stopped it
-            if time.monotonic() > deadline:
-                raise TimeoutError("the status page did not start")
-            time.sleep(0.02)
-        return str(json.loads(url_file.read_text())["url"])
 
     def stop(self) -> None:
         """Cancel the task as a session's end does, wait for it to end, then end the loop."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import socket
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from tests import webpage
 from tests.conftest import Box, wait_until
 
 
@@ -21,9 +21,7 @@ def _images(folder: Path, count: int, rng: random.Random) -> None:
 
 def page_url(box: Box) -> str:
     """The daemon's page, once it listens."""
-    path = box.state / "web.json"
-    wait_until(path.exists, what="the status page to listen")
-    return str(json.loads(path.read_text())["url"])
+    return webpage.page_url(box.state)
 
 
 def test_the_api_shows_the_journal_and_acts_as_the_cli_does(box: Box) -> None:
@@ -37,8 +35,11 @@ def test_the_api_shows_the_journal_and_acts_as_the_cli_does(box: Box) -> None:
             lambda: box.datasets().get("blocked", {}).get("files", {}).get("failed") == 4,
             what="files to fail",
         )
-        document = page.get("/api/status").json()
-        assert document["datasets"] == box.status()["datasets"]
+        # The same document as `status --json`, once the daemon's detail has settled too.
+        wait_until(
+            lambda: page.get("/api/status").json()["datasets"] == box.status()["datasets"],
+            what="the API's document to be status --json's",
+        )
         listing = page.get("/api/status", params={"files": "1"}).json()
         assert all(f["last_error"] for f in listing["datasets"][0]["file_list"])
         failed = page.get("/datasets/blocked", params={"status": "failed"}).text
@@ -48,7 +49,9 @@ def test_the_api_shows_the_journal_and_acts_as_the_cli_does(box: Box) -> None:
         reply = page.post("/api/datasets/blocked/retry")
         assert reply.status_code == 200, reply.text
         assert reply.json()["message"] == "blocked: 4 failed file(s) back to waiting"
-        wait_until(lambda: box.processed_runs() == ["blocked"], what="processed after retry")
+        wait_until(
+            lambda: box.datasets()["blocked"]["state"] == "processed", what="processed after retry"
+        )
 
         refused = page.post("/api/datasets/blocked/cancel")
         assert refused.status_code == 409
