@@ -19,7 +19,7 @@ from pathlib import Path
 
 from daemon import control
 from daemon.config import WebSettings
-from daemon.journal import Journal, NewFile
+from daemon.journal import HashRecord, Journal, NewFile
 from daemon.web import URL_FILE, serve
 
 JOURNAL = "journal.sqlite3"
@@ -74,25 +74,28 @@ def _fill_one(journal: Journal, spec: Spec, now: float) -> None:
         for i, name in enumerate(names)
     ]
     ids = journal.add_files(new, now)
-    uploaded = []
-    for file_id, kind, item in zip(ids, kinds, new, strict=True):
-        digest = hashlib.sha256(f"{spec.name}/{file_id}".encode()).hexdigest()
-        row = journal.record_hash(
-            file_id,
-            dataset_id=ds.id,
-            size=item.size,
-            mtime_ns=item.mtime_ns,
-            sha256=digest,
-            duplicate_scope="target",
-            now=now,
+    rows = journal.find_files(ids)
+    records = [
+        HashRecord(
+            rows[file_id],
+            ds.id,
+            item.size,
+            item.mtime_ns,
+            hashlib.sha256(f"{spec.name}/{file_id}".encode()).hexdigest(),
+            "target",
         )
+        for file_id, item in zip(ids, new, strict=True)
+    ]
+    hashed = journal.record_hashes(records, now)
+    uploaded = []
+    for row, kind in zip(hashed, kinds, strict=True):
         if kind == "uploaded":
             uploaded.append((row, row.dspath))
         elif kind == "failed":
-            journal.mark_failed(file_id, spec.error)
+            journal.mark_failed(row.id, spec.error)
         elif kind == "retrying":
-            journal.mark_uploading(file_id)
-            journal.mark_retry(file_id, spec.error, now + 60)
+            journal.mark_uploading(row.id)
+            journal.mark_retry(row.id, spec.error, now + 60)
     journal.mark_all_uploaded(uploaded, now)
     for i in range(spec.duplicate):  # same content as the first uploaded file
         name = f"COPY_{i:05d}.JPG".encode()

@@ -74,9 +74,14 @@ def families(journal: Journal, live: dict[str, Any], now: float | None = None) -
     uploaded = CounterMetricFamily(
         "dronesync_uploaded_bytes", "Bytes of the files uploaded, by target.", labels=["target"]
     )
-    sums = journal.uploaded_bytes()
-    for target in sorted(set(targets) | set(sums)):
-        uploaded.add_metric([target], sums.get(target, 0))
+    sums = dict.fromkeys(targets, 0)
+    duplicates = journal.duplicate_bytes()
+    for dataset_id, c in counts.items():
+        if dataset_id in target_of:
+            done = c.bytes_uploaded - duplicates.get(dataset_id, 0)
+            sums[target_of[dataset_id]] += done
+    for target, total in sums.items():
+        uploaded.add_metric([target], total)
     errors = GaugeMetricFamily(
         "dronesync_upload_errors",
         "Files whose last upload attempt failed: retrying (waiting for their next attempt)"
