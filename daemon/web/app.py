@@ -134,12 +134,14 @@ class App:
         status = status if status in pages.STATUSES else None
         page = _page_number(request.query.get("page"))
         live = self.reader.live()
+        # The dataset's figures as the index shows them (at most a second old); its files fresh.
+        known = [ds for ds in (await self.reader.status())["datasets"] if ds["name"] == name]
 
         def read(journal: Journal) -> str | None:
             row = journal.dataset_by_name(name)
             if row is None:
                 return None
-            dataset = snapshot(journal, live, dataset=name)["datasets"][0]
+            dataset = known[0] if known else snapshot(journal, live, dataset=name)["datasets"][0]
             offset = (page - 1) * pages.PAGE_SIZE
             files = journal.files_page(row.id, status, offset, pages.PAGE_SIZE)
             rows = [_file_entry(journal, f) for f in files]

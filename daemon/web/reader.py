@@ -5,8 +5,9 @@ hold up the uploads for as long as it takes. Here every read (and the rendering 
 it) runs in one worker thread with its own read-only connection, which WAL lets read while
 the daemon writes. SQLite lets go of the GIL while it works, so the loop keeps turning.
 
-The status document is computed at most once per :data:`STATUS_TTL_S`, whoever asks: a page
-and its live updates in ten browsers cost one snapshot a second.
+The status document is computed at most once a second, whoever asks, and in the background
+of the requests that ask for it: a page and its live updates in ten browsers cost one
+snapshot a second, and none of them waits for it once the first is there.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from daemon.journal import Journal
 from daemon.status import read_live, snapshot
 
 T = TypeVar("T")
-STATUS_TTL_S = 0.5
+FRESH_S = 1.0  # the daemon writes its live figures once a second
+STALE_S = 5.0
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A refresh nobody waited for may fail: its error is for the next caller, not asyncio's."""
+    if not future.cancelled():
+        future.exception()
 
 
 class JournalReader:
@@ -51,20 +59,30 @@ class JournalReader:
         return read_live(self.state_dir, time.time())
 
     async def status(self) -> dict[str, Any]:
-        """The ``status --json`` document of every dataset, at most :data:`STATUS_TTL_S` old."""
+        """The ``status --json`` document of every dataset, computed at most once a second.
+
+        A document older than :data:`FRESH_S` is still answered at once while a new one is
+        computed (up to :data:`STALE_S`): the live figures it holds change once a second.
+        """
         now = time.monotonic()
-        if self._status is not None and now - self._status[0] < STATUS_TTL_S:
-            return self._status[1]
+        cached = self._status
+        if cached is not None and now - cached[0] < FRESH_S:
+            return cached[1]
         if self._pending is None:
-            self._pending = asyncio.ensure_future(self.call(lambda j: snapshot(j, self.live())))
-            pending = self._pending
-            try:
-                document = await asyncio.shield(pending)
-            finally:
-                self._pending = None
-            self._status = (time.monotonic(), document)
-            return document
+            self._pending = asyncio.ensure_future(self._refresh())
+            self._pending.add_done_callback(_retrieved)
+        if cached is not None and now - cached[0] < STALE_S:
+            return cached[1]
         return await asyncio.shield(self._pending)
+
+    async def _refresh(self) -> dict[str, Any]:
+        try:
+            live = self.live()
+            document = await self.call(lambda journal: snapshot(journal, live))
+        finally:
+            self._pending = None
+        self._status = (time.monotonic(), document)
+        return document
 
     async def close(self) -> None:
         """Close the connection in its own thread, then end the thread."""
