@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import typing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlencode
@@ -37,6 +37,8 @@ ANSWER_TIMEOUT_S = 2.5  # as long as `dronesync retry` waits for the daemon
 EVENT_S = 1.0
 KEEPALIVE_EVERY = 15  # events: a comment after this many quiet seconds keeps proxies open
 ACTIONS = ("retry", "process", "cancel")
+MADE_MAX = 64
+T = typing.TypeVar("T")
 
 
 def _local(path: str | None, default: str = "/") -> str:
@@ -61,6 +63,19 @@ class App:
         self.guard = guard
         self.reader = reader
         self.state_dir = state_dir
+        # What was made of the current status document (its JSON, the index for a session):
+        # made once per document, not once per request; the event loop is the uploads' too.
+        self._made_from: object = None
+        self._made: dict[tuple[str, ...], Any] = {}
+
+    def _once(self, document: object, key: tuple[str, ...], make: Callable[[], T]) -> T:
+        """``make()``, remembered for as long as ``document`` is the current one."""
+        if document is not self._made_from or len(self._made) >= MADE_MAX:
+            self._made_from = document
+            self._made = {}
+        if key not in self._made:
+            self._made[key] = make()
+        return typing.cast(T, self._made[key])
 
     async def handle(self, request: Request) -> Response:
         """Check who asks and from where, then answer."""
@@ -126,7 +141,11 @@ class App:
         flash = request.query.get("done")
         if request.path == "/":
             document = await self.reader.status()
-            return pages.index_fragment(document, csrf, flash)
+            return self._once(
+                document,
+                ("index", csrf, flash or ""),
+                lambda: pages.index_fragment(document, csrf, flash),
+            )
         if not request.path.startswith("/datasets/"):
             return None
         name = unquote(request.path.removeprefix("/datasets/"))
@@ -155,7 +174,9 @@ class App:
         dataset = request.query.get("dataset") or None
         files = request.query.get("files", "") not in ("", "0", "false")
         if dataset is None and not files:
-            return Response.json(200, await self.reader.status())
+            current = await self.reader.status()
+            body = self._once(current, ("json",), lambda: Response.json(200, current).body)
+            return Response(200, body, "application/json")
         live = self.reader.live()
 
         def read(journal: Journal) -> dict[str, Any] | None:
