@@ -144,6 +144,8 @@ def parse_head(head: bytes) -> Request:
         headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
     if len(headers) > MAX_HEADERS:
         raise RequestError(431, "too many headers")
+    if parts[2] == "HTTP/1.0" and "keep-alive" not in headers.get("connection", "").lower():
+        headers["connection"] = "close"  # HTTP/1.0 closes after each answer unless asked
     if "transfer-encoding" in headers:
         raise RequestError(501, "chunked request bodies are not accepted; send Content-Length")
     return Request(method.upper(), target, headers)

@@ -335,6 +335,9 @@ def test_malformed_and_oversized_requests_are_answered_and_closed(page: str) -> 
     assert _raw(page, big_body).startswith(b"HTTP/1.1 413")
     chunked = b"POST /api/retry HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
     assert _raw(page, chunked).startswith(b"HTTP/1.1 501")
+    old = _raw(page, b"GET /api/status HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    assert old.startswith(b"HTTP/1.1 200")
+    assert b"Connection: close" in old
 
 
 def test_stopping_ends_open_streams_and_frees_the_port(tmp_path: Path, journal: Journal) -> None:
