@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -14,9 +15,10 @@ from benchkit.bench.card import Card, card_shape, make_card, write_config
 from benchkit.bench.child import BenchError
 from benchkit.bench.harness import GOAL_INGEST, GOAL_READS, GOAL_READS_SPOOL, GOAL_RSS_MB, Bench
 from benchkit.bench.journal_reader import JournalReader, wait_uploaded
-from benchkit.files import MIB, files_under, sha256_file
+from benchkit.files import KIB, MIB, files_under, sha256_file
 from benchkit.procfs import ProcFigures
 from benchkit.settling import remove, settle
+from benchkit.smallcpu import CardImage, maybe_inside
 from benchkit.timing import progress, timed
 
 
@@ -59,6 +61,7 @@ def cp_reference(bench: Bench, card: Card, dest: Path, *, sync: bool) -> float:
     remove(dest)
     settle()
     cp = shutil.which("cp") or "cp"
+    mounted = card.image.mounted(card.root) if card.image else contextlib.nullcontext()
 
     def run() -> None:
         subprocess.run([cp, "-r", str(card.root), str(dest)], check=True)
@@ -71,7 +74,8 @@ def cp_reference(bench: Bench, card: Card, dest: Path, *, sync: bool) -> float:
         if sync:
             os.sync()
 
-    seconds = timed(run)
+    with mounted, maybe_inside(bench.confine):
+        seconds = timed(run)
     bench.keep(dest)
     return seconds
 
@@ -114,6 +118,10 @@ def daemon_ingest(
     work.mkdir()
     if arrive:
         inbox.mkdir()
+    arrived = inbox / card.root.name
+    if card.image is not None:  # the card's mount point, empty until the card comes
+        assert arrive
+        arrived.mkdir()
     write_config(
         config,
         state,
@@ -122,26 +130,33 @@ def daemon_ingest(
         stable_s=bench.args.ingest_stable_s,
         spool=spool_dir if spool else None,
         spool_gb=card.nbytes / 1024**3 * 1.2 + 1,  # never full: this measures throughput
+        require_mount=card.image is not None,
     )
     settle()
     daemon = bench.start(config, name, trace=trace)
     start = daemon.started
     start_up = None
-    arrived = inbox / card.root.name
     journal = JournalReader(state / "journal.sqlite3")
     try:
         if arrive:
             start_up = daemon.wait_event("ready", bench.args.timeout).at - daemon.started
             start = time.perf_counter()
-            card.root.rename(arrived)
+            if card.image is not None:
+                card.image.mount(arrived)
+            else:
+                card.root.rename(arrived)
         done = wait_uploaded(daemon, journal, card.files, bench.args.timeout)
         figures = daemon.figures()
     finally:
         journal.close()
-        if arrive and arrived.exists():
+        if arrive and card.image is None and arrived.exists():
             arrived.rename(card.root)
     removable = [e for e in daemon.events.get("card can be removed", []) if e.at >= start]
-    stopped = daemon.stop()
+    try:
+        stopped = daemon.stop()
+    finally:
+        if card.image is not None:
+            card.image.unmount()
     bench.problems(name, daemon)
     got = sum(1 for _ in files_under(archive))
     if got != card.files:
@@ -165,12 +180,11 @@ def bench_ingest_shape(bench: Bench, shape: str, pool: bytes, dd_rate: float) ->
     """
     args = bench.args
     files, size, folders, label = card_shape(args, shape)
+    folders = min(folders, files)
     progress(f"ingest {label}: writing the card")
-    card = make_card(bench.work / f"card-{shape}", files, size, min(folders, files), pool, label)
+    card = write_card(bench, bench.work / f"card-{shape}", files, size, folders, pool, label)
     gb = card.nbytes / 1e9
     bench.card_bytes = card.nbytes
-    for path in files_under(card.root):  # every side reads the card from the page cache
-        sha256_file(path)
     dest = bench.work / "cp-copy"
     modes = [m for m in ("ingest", "spool") if m in args.scenarios]
     refs: list[float] = []
@@ -205,6 +219,9 @@ def bench_ingest_shape(bench: Bench, shape: str, pool: bytes, dd_rate: float) ->
         bench.add(name, mbps, reference=sync_ref, ref=gb * 1e3 / min(ref_syncs), higher=True)
         dd_ref = f"dd {args.dd_mb} MiB conv=fsync"
         bench.add(name, mbps, reference=dd_ref, ref=dd_rate, higher=True)
+        if args.card_mbps:
+            limit = "the card's read limit"
+            bench.add(name, mbps, reference=limit, ref=args.card_mbps, higher=True)
         # Python's start-up reads its modules: what an idle daemon read is not card bytes.
         # Bytes read and memory: the most of any round.
         start_up = bench.idle.rchar if bench.idle else 0
@@ -232,7 +249,35 @@ def bench_ingest_shape(bench: Bench, shape: str, pool: bytes, dd_rate: float) ->
             f" 'ready', before the card came: {run.start_up_s:.2f} s; {memory_note(run.proc)}"
         )
     bench.drop_kept()
+    if card.image is not None:
+        card.image.close()
     remove(card.root)
+
+
+def write_card(
+    bench: Bench, root: Path, files: int, size: int, folders: int, pool: bytes, label: str
+) -> Card:
+    """The card in a folder, warm in the page cache; or in an ext4 image (``--card-mbps``).
+
+    The image's reads are limited, and it is unmounted: each run mounts it and reads it cold.
+    """
+    if not bench.args.card_mbps:
+        card = make_card(root, files, size, folders, pool, label)
+        for path in files_under(card.root):  # every side reads the card from the page cache
+            sha256_file(path)
+        return card
+    assert bench.confine is not None
+    room = files * (size + 8 * KIB) * 21 // 20 + 64 * MIB  # ext4's own blocks and inodes
+    image = CardImage(bench.work / f"{root.name}.img", room)
+    try:
+        bench.confine.limit_reads(image.devno)
+        with image.mounted(root):
+            (root / "lost+found").rmdir()
+            card = make_card(root, files, size, folders, pool, label)
+    except BaseException:
+        image.close()
+        raise
+    return Card(root, card.files, card.nbytes, label, image)
 
 
 def memory_note(figures: ProcFigures) -> str:
