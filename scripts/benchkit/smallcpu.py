@@ -117,6 +117,9 @@ class Confinement:
             assert self.quota is not None
             _write(group / "cpu.cfs_period_us", str(PERIOD_US))
             _write(group / "cpu.cfs_quota_us", str(round(self.quota * PERIOD_US)))
+            # Ten times the weight of any other process: on a loaded box the quota, not the
+            # neighbours, bounds the side measured.
+            _write(group / "cpu.shares", "10240")
         elif controller == "cpuset":
             _write(group / "cpuset.mems", (hierarchy / "cpuset.mems").read_text().strip())
             _write(group / "cpuset.cpus", str(self.cpu))
@@ -131,6 +134,7 @@ class Confinement:
             _write(parent / "cgroup.subtree_control", f"+{name}")
         if self.quota is not None:
             _write(group / "cpu.max", f"{round(self.quota * PERIOD_US)} {PERIOD_US}")
+            _write(group / "cpu.weight", "1000")
             _write(group / "cpuset.cpus", str(self.cpu))
 
     def limit_reads(self, devno: str) -> None:

@@ -97,6 +97,7 @@ class Bench:
     short_of_room: bool = False  # outputs could not be kept: see keep()
     card_bytes: int = 0  # the card being ingested: what each of its runs writes
     confine: Confinement | None = None  # --cpu-quota, --card-mbps: where the sides run
+    ref_cpu: list[float] = field(default_factory=list)  # CPU seconds of each cp -r reference
 
     def close_small_box(self) -> None:
         """Remove the cgroups of ``--cpu-quota`` / ``--card-mbps``, if any."""
