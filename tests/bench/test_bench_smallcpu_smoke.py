@@ -100,3 +100,15 @@ def test_the_targets_bench_on_a_small_box(tmp_path: Path) -> None:
     assert "0.5 of CPU" in out
     assert "nodeodm" in out
     assert leftovers() == []
+
+
+def test_the_daemon_bench_sends_through_a_link_on_a_small_box(tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl not found on PATH")
+    args = ["--scenarios", "spool", "--shapes", "small", "--small-files", "8", "--small-kb", "64"]
+    args += ["--runs", "1", "--no-settle", "--timeout", "60", "--tmp", str(tmp_path)]
+    args += ["--cpu-quota", "0.5", "--link-mbit", "80"]
+    out = run_script(ROOT / "scripts" / "bench", args, timeout=180)
+    assert "sent over 80 Mbit/s, 8 x 64 KiB, spool" in out
+    assert "curl -F --limit-rate" in out
+    assert leftovers() == []

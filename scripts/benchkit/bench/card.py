@@ -67,15 +67,19 @@ def write_config(
     spool: Path | None = None,
     spool_gb: float = 1.0,
     require_mount: bool = False,
+    target: list[str] | None = None,
+    upload: list[str] | None = None,
 ) -> None:
-    """The daemon's configuration: one directory target, one source (a folder or a card glob)."""
-    lines = [
-        f"state_dir = {toml_str(state)}",
-        'log_level = "info"',
-        "[targets.a]",
-        'type = "directory"',
-        f"path = {toml_str(archive)}",
-    ]
+    """The daemon's configuration: one target, one source (a folder or a card glob).
+
+    The target is a directory (``archive``) unless ``target`` gives the lines of its table;
+    ``upload``: lines of the ``[upload]`` table.
+    """
+    lines = [f"state_dir = {toml_str(state)}", 'log_level = "info"']
+    if upload:
+        lines += ["[upload]", *upload]
+    lines += ["[targets.a]"]
+    lines += target or ['type = "directory"', f"path = {toml_str(archive)}"]
     if spool is not None:
         lines += ["[spool]", f"dir = {toml_str(spool)}", f"max_gb = {spool_gb:.3f}"]
     lines += [

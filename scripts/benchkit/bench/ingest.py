@@ -133,6 +133,8 @@ def daemon_ingest(
     spool: bool = False,
     trace: str | None = None,
     arrive: bool = False,
+    target: list[str] | None = None,
+    upload: list[str] | None = None,
 ) -> Ingest:
     """The daemon ingests ``card`` into a directory target.
 
@@ -161,6 +163,8 @@ def daemon_ingest(
         spool=spool_dir if spool else None,
         spool_gb=card.nbytes / 1024**3 * 1.2 + 1,  # never full: this measures throughput
         require_mount=card.image is not None,
+        target=target,
+        upload=upload,
     )
     settle()
     daemon = bench.start(config, name, trace=trace)
@@ -190,10 +194,11 @@ def daemon_ingest(
         if card.image is not None:
             card.image.unmount()
     bench.problems(name, daemon)
-    got = sum(1 for _ in files_under(archive))
-    if got != card.files:
-        raise BenchError(f"{name}: {got} files in the archive, not {card.files}")
-    bench.keep(archive)
+    if target is None:  # a directory target: its archive
+        got = sum(1 for _ in files_under(archive))
+        if got != card.files:
+            raise BenchError(f"{name}: {got} files in the archive, not {card.files}")
+        bench.keep(archive)
     return Ingest(
         done - start,
         figures,

@@ -5,7 +5,7 @@
                   [--image-mb 10] [--small-files 10000] [--small-kb 400]
                   [--restart-files 100000] [--latency-files 20] [--latency-stable 1,3]
                   [--runs 2] [--dd-mb 1024] [--tmp DIR] [--no-settle]
-                  [--cpu-quota 0.25 [--cpu N]] [--card-mbps 90]
+                  [--cpu-quota 0.25 [--cpu N]] [--card-mbps 90] [--link-mbit 200]
 
 The real daemon runs as a child process (``python -m daemon run --config FILE``, a TOML file
 written to a temporary folder, the directory target); completion is read from its journal
@@ -36,7 +36,9 @@ written to a temporary folder, the directory target); completion is read from it
 
 A small box (``benchkit.smallcpu``): ``--cpu-quota`` runs the daemon and each reference in a
 cgroup holding one CPU at that share of it; ``--card-mbps`` makes the card an ext4 image on a
-loop device, mounted at its arrival (``require_mount``) and read cold at that rate at most.
+loop device, mounted at its arrival (``require_mount``) and read cold at that rate at most;
+``--link-mbit``: the ingest and spool runs send to a local NodeODM node at that rate instead
+(``scripts/benchkit/bench/link.py``), against the link and ``curl -F --limit-rate``.
 
 Caches cannot be dropped here: every side reads files warm in the page cache. Before every timed
 run the page cache is filled and the files deleted by the run before have aged
@@ -60,6 +62,7 @@ from benchkit.bench.harness import Bench, print_table
 from benchkit.bench.hashing import bench_hash
 from benchkit.bench.ingest import bench_idle, bench_ingest_shape, disk_rate
 from benchkit.bench.latency import bench_latency
+from benchkit.bench.link import bench_link_shape
 from benchkit.bench.restart import bench_restart
 from benchkit.cli import csv, floats, summary
 from benchkit.files import random_pool
@@ -97,6 +100,13 @@ def parse_args() -> argparse.Namespace:
     add("--latency-stable", type=floats, default=[1.0, 3.0], help="latency: stable_s values")
     add("--timeout", type=float, default=3600, help="longest wait for one daemon step (s)")
     add("--tmp", type=Path, default=None, help="where the work folder goes")
+    add(
+        "--link-mbit",
+        type=float,
+        default=None,
+        help="ingest and spool send to a local NodeODM node through a link this fast (the"
+        " daemon's bandwidth_limit), against curl --limit-rate",
+    )
     add_small_box(parser)
     add(
         "--no-settle",
@@ -125,7 +135,10 @@ def run(bench: Bench) -> None:
     pool = random_pool()
     if "hash" in args.scenarios:
         bench_hash(bench)
-    if {"ingest", "spool"} & set(args.scenarios):
+    if {"ingest", "spool"} & set(args.scenarios) and args.link_mbit:
+        for shape in args.shapes:
+            bench_link_shape(bench, shape, pool)
+    elif {"ingest", "spool"} & set(args.scenarios):
         bench_idle(bench)
         dd_rate = disk_rate(bench)
         for shape in args.shapes:
