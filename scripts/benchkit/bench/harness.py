@@ -12,7 +12,7 @@ from benchkit.bench.child import Daemon
 from benchkit.files import MIB
 from benchkit.procfs import ProcFigures
 from benchkit.settling import remove
-from benchkit.smallcpu import Confinement, maybe_inside
+from benchkit.smallcpu import CardImage, Confinement, maybe_inside
 from benchkit.table import fmt, left, right
 
 # The goals of the issue.
@@ -98,9 +98,12 @@ class Bench:
     card_bytes: int = 0  # the card being ingested: what each of its runs writes
     confine: Confinement | None = None  # --cpu-quota, --card-mbps: where the sides run
     ref_cpu: list[float] = field(default_factory=list)  # CPU seconds of each cp -r reference
+    cards: list[CardImage] = field(default_factory=list)  # --card-mbps: images attached
 
     def close_small_box(self) -> None:
-        """Remove the cgroups of ``--cpu-quota`` / ``--card-mbps``, if any."""
+        """Detach the card images, remove the cgroups of ``--cpu-quota`` / ``--card-mbps``."""
+        while self.cards:
+            self.cards.pop().close()
         if self.confine is not None:
             self.confine.close()
             self.confine = None

@@ -248,6 +248,7 @@ def bench_ingest_shape(bench: Bench, shape: str, pool: bytes, dd_rate: float) ->
     bench.drop_kept()
     if card.image is not None:
         card.image.close()
+        bench.cards.remove(card.image)
     remove(card.root)
 
 
@@ -331,6 +332,7 @@ def write_card(
     assert bench.confine is not None
     room = files * (size + 8 * KIB) * 21 // 20 + 64 * MIB  # ext4's own blocks and inodes
     image = CardImage(bench.work / f"{root.name}.img", room)
+    bench.cards.append(image)  # closed by the run's end whatever happens
     try:
         bench.confine.limit_reads(image.devno)
         with image.mounted(root):

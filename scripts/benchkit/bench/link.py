@@ -113,6 +113,7 @@ def bench_link_shape(bench: Bench, shape: str, pool: bytes) -> None:
         add_link_rows(bench, card, mode, done, curls, reads)
     if card.image is not None:
         card.image.close()
+        bench.cards.remove(card.image)
     remove(card.root)
 
 
