@@ -82,6 +82,7 @@ def test_the_daemon_bench_on_a_small_box_reads_the_card_at_its_limit(tmp_path: P
     args = ["--scenarios", "ingest", "--shapes", "small", "--small-files", "20"]
     args += ["--small-kb", "64", "--runs", "1", "--no-settle", "--dd-mb", "4", "--timeout", "60"]
     args += ["--cpu-quota", "0.5", "--card-mbps", "200", "--tmp", str(tmp_path)]
+    args += ["--hash-workers", "1"]
     out = run_script(ROOT / "scripts" / "bench", args, timeout=180)
     assert "the card read alone" in out
     assert "0.5 of CPU" in out

@@ -164,7 +164,7 @@ def daemon_ingest(
         spool_gb=card.nbytes / 1024**3 * 1.2 + 1,  # never full: this measures throughput
         require_mount=card.image is not None,
         target=target,
-        upload=upload,
+        upload=[*(upload or []), *upload_settings(bench)],
     )
     settle()
     daemon = bench.start(config, name, trace=trace)
@@ -208,6 +208,12 @@ def daemon_ingest(
         start_up,
         figures.cpu_s - start_cpu,
     )
+
+
+def upload_settings(bench: Bench) -> list[str]:
+    """The ``[upload]`` lines the command line asks for (``--hash-workers``)."""
+    workers = bench.args.hash_workers
+    return [] if workers is None else [f"hash_workers = {workers}"]
 
 
 def bench_ingest_shape(bench: Bench, shape: str, pool: bytes, dd_rate: float) -> None:

@@ -6,6 +6,7 @@
                   [--restart-files 100000] [--latency-files 20] [--latency-stable 1,3]
                   [--runs 2] [--dd-mb 1024] [--tmp DIR] [--no-settle]
                   [--cpu-quota 0.25 [--cpu N]] [--card-mbps 90] [--link-mbit 200]
+                  [--hash-workers N]
 
 The real daemon runs as a child process (``python -m daemon run --config FILE``, a TOML file
 written to a temporary folder, the directory target); completion is read from its journal
@@ -100,6 +101,7 @@ def parse_args() -> argparse.Namespace:
     add("--latency-stable", type=floats, default=[1.0, 3.0], help="latency: stable_s values")
     add("--timeout", type=float, default=3600, help="longest wait for one daemon step (s)")
     add("--tmp", type=Path, default=None, help="where the work folder goes")
+    add("--hash-workers", type=int, default=None, help="the daemon's hash_workers (default: 2)")
     add(
         "--link-mbit",
         type=float,
