@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,11 @@ from daemon.config import (
     runtime_warnings,
 )
 from daemon.config.example import example
-from daemon.errors import EXIT_OK, ConfigError, DronesyncError, UsageError
+from daemon.errors import EXIT_OK, ConfigError, DronesyncError, TargetError, UsageError
 from daemon.journal import Journal
-from daemon.status import read_live, render, snapshot, watch
+from daemon.status import printable, read_live, render, size, snapshot, watch
+from daemon.targets.base import FleetRow
+from daemon.targets.registry import lists_fleet, read_fleet
 
 ANSWER_TIMEOUT_S = 2.5
 GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest objects (700)
@@ -68,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     process.add_argument("dataset")
     cancel = sub.add_parser("cancel", parents=[common], help="stop uploading a dataset")
     cancel.add_argument("dataset")
+    fleet = sub.add_parser(
+        "fleet", parents=[common], help="every box's datasets in the store a fleet shares"
+    )
+    fleet.add_argument(
+        "target", nargs="?", help="the target whose store to read (needed when several can)"
+    )
+    fleet.add_argument("--json", action="store_true", help="machine-readable output")
     config = sub.add_parser("config", help="check or print the configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_sub.add_parser("check", parents=[common], help="validate the configuration")
@@ -130,6 +141,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(path, settings)
     if args.command == "status":
         return _status(settings, args)
+    if args.command == "fleet":
+        return _fleet(settings, args)
     return _request(settings, args)
 
 
@@ -225,3 +238,92 @@ def _request(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(answer)
     return EXIT_OK if not answer.startswith("not done") else 1
+
+
+def _fleet(settings: Settings, args: argparse.Namespace) -> int:
+    able = sorted(name for name, table in settings.targets.items() if lists_fleet(table))
+    listed = ", ".join(able) or "none is configured"
+    name: str | None = args.target
+    if name is None:
+        if len(able) != 1:
+            raise UsageError(
+                f"name the target whose store to read: dronesync fleet TARGET ({listed})"
+                if able
+                else "no configured target lists a fleet; `dronesync fleet` reads the store"
+                " a fleet shares (an s3 target, say)"
+            )
+        name = able[0]
+    elif name not in able:
+        what = "keeps no record of a fleet" if name in settings.targets else "is not configured"
+        raise UsageError(f"targets.{name} {what}; targets that list a fleet: {listed}")
+    try:
+        rows = read_fleet(settings.targets[name])
+    except TargetError as exc:
+        raise TargetError(f"targets.{name}: the fleet cannot be read: {exc}") from exc
+    rows.sort(key=lambda row: (row.box, row.dataset))
+    document = _fleet_document(name, rows)
+    if args.json:
+        json.dump(document, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print("\n".join(_fleet_lines(document, rows)))
+    return EXIT_OK
+
+
+def _fleet_document(name: str, rows: list[FleetRow]) -> dict[str, Any]:
+    """The ``fleet --json`` document: the target, the totals, a row per dataset."""
+    readable = [row for row in rows if row.problem is None]
+    return {
+        "target": name,
+        "summary": {
+            "boxes": len({row.box for row in rows}),
+            "datasets": len(rows),
+            "files": sum(row.files for row in readable),
+            "bytes": sum(row.bytes for row in readable),
+            "unreadable": len(rows) - len(readable),
+        },
+        "datasets": [dataclasses.asdict(row) for row in rows],
+    }
+
+
+def _fleet_lines(document: dict[str, Any], rows: list[FleetRow]) -> list[str]:
+    """A summary line, then one aligned line per dataset (box, dataset, files, bytes, finished)."""
+    s = document["summary"]
+    head = (
+        f"targets.{printable(document['target'])}: {_count(s['boxes'], 'box', 'boxes')},"
+        f" {_count(s['datasets'], 'dataset')}, {_count(s['files'], 'file')}, {size(s['bytes'])}"
+    )
+    if s["unreadable"]:
+        head += f", {s['unreadable']} not readable"
+    cells = [
+        (printable(row.box), printable(row.dataset), _count(row.files, "file"), size(row.bytes))
+        for row in rows
+    ]
+    widths = [max((len(cell[n]) for cell in cells), default=0) for n in range(4)]
+    lines = [head]
+    for row, (box, dataset, files, nbytes) in zip(rows, cells, strict=True):
+        start = f"{box:<{widths[0]}}  {dataset:<{widths[1]}}"
+        if row.problem is not None:
+            lines.append(f"{start}  not readable: {printable(row.problem)} ({row.manifest})")
+        else:
+            lines.append(
+                f"{start}  {files:>{widths[2]}}  {nbytes:>{widths[3]}}  {_when(row.finished)}"
+            )
+    return lines
+
+
+def _count(n: int, word: str, words: str | None = None) -> str:
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
+def _when(finished: str | None) -> str:
+    """A record's finish time for people: "finished 2025-06-01 10:40 UTC"."""
+    if finished is None:
+        return "finished -"
+    try:
+        moment = datetime.fromisoformat(finished)
+    except ValueError:
+        return f"finished {printable(finished)}"
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return f"finished {moment.strftime('%Y-%m-%d %H:%M')} UTC"

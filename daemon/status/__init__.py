@@ -8,7 +8,7 @@ only; ``render`` turns it into the human lines and ``watch`` redraws them in pla
 
 from daemon.status.document import snapshot
 from daemon.status.live import LIVE, LIVE_FRESH_S, mark_stopping, read_live, write_live
-from daemon.status.render import render
+from daemon.status.render import render, size
 from daemon.status.text import display_path, printable
 from daemon.status.watch import watch
 
@@ -20,6 +20,7 @@ __all__ = [
     "printable",
     "read_live",
     "render",
+    "size",
     "snapshot",
     "watch",
     "write_live",

@@ -298,9 +298,28 @@ class TargetEnv:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetRow:
+    """One dataset a box of a fleet finished, as the store the boxes share records it."""
+
+    box: str
+    dataset: str
+    files: int
+    bytes: int
+    finished: str | None  # ISO 8601, UTC, as the record says
+    manifest: str  # where the record is (a URL)
+    problem: str | None = None  # the record could not be read: why (files and bytes are 0)
+
+
+@dataclass(frozen=True, slots=True)
 class TargetType(Generic[C]):
-    """One entry of the registry: the ``type`` value, its table and how to build the target."""
+    """One entry of the registry: the ``type`` value, its table and how to build the target.
+
+    ``fleet``, for a type whose store many boxes share and that records each dataset there,
+    lists every box's datasets (``dronesync fleet``): called with the target's table and its
+    secret, it raises TargetError when the store cannot be read.
+    """
 
     name: str
     config: type[C]
     build: Callable[[str, C, TargetEnv], Target]
+    fleet: Callable[[C, str | None], list[FleetRow]] | None = None

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from urllib.parse import quote_from_bytes
+from urllib.parse import quote_from_bytes, unquote
 
 MANIFEST = "manifest.json"
 
@@ -48,10 +48,20 @@ class Keys:
         name = quoted(dataset.encode(), slash=False)
         return f"{self.base}datasets/{self.box}/{name}/{MANIFEST}"
 
-    @property
-    def datasets(self) -> str:
-        """The prefix every box's manifests are under."""
-        return f"{self.base}datasets/"
+
+def manifests_prefix(prefix: str) -> str:
+    """The prefix every box's manifests are under."""
+    return f"{prefix}/datasets/" if prefix else "datasets/"
+
+
+def manifest_place(prefix: str, key: str) -> tuple[str, str] | None:
+    """(box, dataset) a manifest's key names, decoded; None for a key that is not a manifest's."""
+    base = manifests_prefix(prefix)
+    parts = key[len(base) :].split("/") if key.startswith(base) else []
+    if len(parts) != 3 or parts[2] != MANIFEST or not parts[0] or not parts[1]:
+        return None
+    box, dataset = (unquote(part, errors="backslashreplace") for part in parts[:2])
+    return box, dataset
 
 
 def alternative(path: bytes, n: int) -> bytes:
