@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from daemon import control
+from daemon import control, web
 from daemon.clock import Clock, SystemClock, wait_event
 from daemon.config import Settings, load_config, runtime_problems
 from daemon.errors import ConfigError, JournalError, UsageError
@@ -203,6 +203,12 @@ class Daemon:
             asyncio.create_task(notifier.run(), name="notifications"),
             asyncio.create_task(_commit_groups(journal, self._clock), name="journal"),
         ]
+        # The status page (daemon/web): one more task of the session, on its own.
+        tasks.append(
+            asyncio.create_task(
+                web.serve(settings.web, settings.state_dir, journal.path), name="web"
+            )
+        )
         ready = asyncio.create_task(self._announce_ready(pipeline), name="ready")
         end = asyncio.create_task(self._session_end.wait(), name="end")
         code: int | None = None

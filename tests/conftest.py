@@ -68,11 +68,13 @@ class Box:
         extra: str = "",
         source_target: str = "archive",
         source_path: str | None = None,
+        web: str = 'listen = "127.0.0.1:0"',
     ) -> None:
         """A config with short timings; extra TOML lines go into each table.
 
         ``extra`` holds more tables (another target, ``[notifications]``); ``source_target``
-        names the target the inbox feeds; ``source_path`` watches another folder or glob.
+        names the target the inbox feeds; ``source_path`` watches another folder or glob;
+        ``web`` is the ``[web]`` table (by default a free port, so that boxes run side by side).
         """
         command = [
             sys.executable,
@@ -84,6 +86,7 @@ class Box:
         self.config.write_text(
             f'state_dir = "{self.state}"\nlog_level = "debug"\n'
             f"[upload]\nbackoff_initial_s = 0.1\nbackoff_max_s = 0.5\n{upload}\n"
+            f"[web]\n{web}\n"
             f'[targets.archive]\ntype = "directory"\npath = "{self.archive}"\n'
             f"process_command = {toml_list(command)}\n{target}\n{extra}\n"
             f'[[sources]]\npath = "{source_path or self.inbox}"\ntarget = "{source_target}"\n'

@@ -21,6 +21,7 @@ from daemon.config.model import (
     SourceConfig,
     SpoolSettings,
     UploadSettings,
+    WebSettings,
     compile_glob,
     config_path,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "SourceConfig",
     "SpoolSettings",
     "UploadSettings",
+    "WebSettings",
     "compile_glob",
     "config_path",
     "load_config",

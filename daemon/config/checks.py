@@ -213,7 +213,8 @@ def runtime_findings(path: Path, settings: Settings) -> tuple[list[str], list[st
     if ca_problem is not None:
         errors.append(ca_problem)
     secret_errors, secret_access = _secret_problems(path, settings)
-    return errors + secret_errors, access + secret_access
+    web_errors, web_access = _web_problems(path, settings)
+    return errors + secret_errors + web_errors, access + secret_access + web_access
 
 
 def _program_problems(path: Path, settings: Settings) -> list[str]:
@@ -286,6 +287,29 @@ def _ca_file_problem(path: Path, settings: Settings) -> str | None:
             f" ({exc.strerror or exc}); name a PEM file of certificates"
         )
     return None
+
+
+def _web_problems(path: Path, settings: Settings) -> tuple[list[str], list[str]]:
+    """The status page off loopback needs a password, and its password a readable secret."""
+    web = settings.web
+    if web.password_file is None and web.password_credential is None:
+        if web.on_loopback:
+            return [], []
+        return [
+            f"{path}: web.listen: {web.listen} is reachable from other machines, and the page"
+            " can retry, process and cancel: set web.password_file (a file, mode 0600) or"
+            " web.password_credential, or listen on 127.0.0.1 and use an SSH tunnel"
+        ], []
+    key = "web.password_credential" if web.password_credential else "web.password_file"
+    try:
+        secret = secret_path(web.password_file, web.password_credential)
+    except ConfigError as exc:
+        return [f"{path}: {key}: {p}" for p in exc.problems], []
+    found = None if secret is None else secret_finding(secret)
+    if found is None:
+        return [], []
+    text, only_access = found
+    return ([], [f"{path}: {key}: {text}"]) if only_access else ([f"{path}: {key}: {text}"], [])
 
 
 def runtime_warnings(settings: Settings) -> list[str]:

@@ -24,6 +24,7 @@ from daemon.config.model import (
     SourceConfig,
     SpoolSettings,
     UploadSettings,
+    WebSettings,
 )
 from daemon.targets.registry import TYPES
 
@@ -121,7 +122,9 @@ def _optional_target(name: str, model: type[BaseModel]) -> list[str]:
 def example() -> str:
     """The annotated example configuration."""
     parts = [HEADER]
-    parts.extend(_fields(Settings, {"upload", "spool", "notifications", "targets", "sources"}))
+    parts.extend(
+        _fields(Settings, {"upload", "spool", "notifications", "web", "targets", "sources"})
+    )
     parts.append("[upload]")
     parts.append("# Engine-wide knobs shared by every target.")
     parts.extend(_fields(UploadSettings))
@@ -132,6 +135,9 @@ def example() -> str:
     parts.append("# " + (NotificationsConfig.__doc__ or "").strip())
     parts.extend(_fields(NotificationsConfig))
     parts.extend(_optional_table("[notifications.email]", EmailConfig))
+    parts.append("[web]")
+    parts.append("# " + (WebSettings.__doc__ or "").strip())
+    parts.extend(_fields(WebSettings))
     active = TYPES[_ACTIVE_TYPE].config
     parts.append("[targets.archive]")
     parts.append("# " + (active.__doc__ or "").strip())

@@ -185,10 +185,14 @@ def _relative_to(settings: Settings, base: Path) -> Settings:
             if (value := getattr(email, key)) is not None
         }
         notifications = notifications.model_copy(update={"email": email.model_copy(update=paths)})
+    web = settings.web
+    if web.password_file is not None:
+        web = web.model_copy(update={"password_file": _anchor(web.password_file, base)})
     return settings.model_copy(
         update={
             "notifications": notifications,
             "spool": spool,
+            "web": web,
             "state_dir": _anchor(settings.state_dir, base),
             "targets": targets,
             "sources": sources,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import fnmatch
+import ipaddress
 import os
 import re
 import typing
@@ -27,7 +28,14 @@ from pydantic_settings import (
 )
 
 from daemon.config.mail import EmailConfig
-from daemon.configmodel import DAY_S, Model, check_placeholders, not_blank, url_ok
+from daemon.configmodel import (
+    DAY_S,
+    Model,
+    check_placeholders,
+    credential_ok,
+    not_blank,
+    url_ok,
+)
 from daemon.targets.base import TargetConfig
 from daemon.targets.registry import TYPES, config_models
 
@@ -172,6 +180,87 @@ class SpoolSettings(Model):
     _dir_ok = field_validator("dir", mode="before")(not_blank)
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6) as a (host, port) pair; None for ``""`` (off)."""
+    if not value:
+        return None
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f'{value!r} is not HOST:PORT, e.g. "127.0.0.1:8710"; "" is off')
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port {port} is above 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f'[{host}] is not an IPv6 address, e.g. "[::1]:8710"') from None
+    elif host not in LOOPBACK_NAMES:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"{host!r} is not an IP address; listen on an address of this box, e.g."
+                ' "0.0.0.0:8710" for every interface'
+            ) from None
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a listen address) is reachable from this machine only."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebSettings(Model):
+    """The status page: datasets, files and actions in a browser, a JSON API, metrics."""
+
+    listen: str = Field(
+        "127.0.0.1:8710",
+        description='Address and port of the status page; "" turns it off. Any address but'
+        ' loopback (e.g. "0.0.0.0:8710" for the LAN) requires a password.',
+    )
+    password_file: Path | None = Field(
+        None,
+        description="File holding the page's password (mode 0600): asked by the page, and"
+        " accepted as `Authorization: Bearer` by the API and /metrics.",
+        json_schema_extra={"example": "/etc/dronesync/web.password"},
+    )
+    password_credential: str | None = Field(
+        None,
+        description="systemd credential holding the password, instead of password_file.",
+        json_schema_extra={"example": "dronesync-web"},
+    )
+
+    _password_file_ok = field_validator("password_file", mode="before")(not_blank)
+    _credential_ok = field_validator("password_credential")(credential_ok)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_ok(cls, value: str) -> str:
+        parse_listen(value.strip())
+        return value.strip()
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, or None when the page is off."""
+        return parse_listen(self.listen)
+
+    @property
+    def on_loopback(self) -> bool:
+        """The page is reachable from this machine only (or off)."""
+        address = self.address
+        return address is None or is_loopback(address[0])
+
+
 def _companions_note() -> str:
     """The files each target type takes beside the images, as the include key says them."""
     found = [
@@ -287,6 +376,7 @@ class Settings(BaseSettings):
     upload: UploadSettings = Field(default_factory=UploadSettings)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     targets: dict[str, TargetTable] = Field(
         default_factory=dict, description="Named targets; `type` picks the implementation."
     )

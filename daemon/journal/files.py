@@ -78,6 +78,38 @@ class Files(Datasets):
         )
         return [FileRow(*r) for r in rows]
 
+    def files_page(
+        self, dataset_id: int, status: str | None, offset: int, limit: int
+    ) -> list[FileRow]:
+        """One page of a dataset's files (of one status, if given), in path order."""
+        where = "dataset_id = ?" + (" AND status = ?" if status else "")
+        params = (dataset_id, status) if status else (dataset_id,)
+        rows = self._rows(
+            f"SELECT {FILE_COLUMNS} FROM files WHERE {where}"  # noqa: S608
+            " ORDER BY dspath LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+        return [FileRow(*r) for r in rows]
+
+    def oldest_waiting(self) -> float | None:
+        """When the file waiting longest was found, or None when none waits."""
+        row = self._conn.execute(
+            "SELECT min(discovered_at) FROM files WHERE status = 'waiting'"
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def duplicate_bytes(self) -> dict[int, int]:
+        """Bytes of the duplicate files, by dataset: what counts' done bytes hold but no upload.
+
+        A seek per dataset in the counts index: duplicates are few, uploaded files are many.
+        """
+        rows = self._conn.execute(
+            "SELECT d.id, sum(f.size) FROM datasets d"
+            " JOIN files f INDEXED BY files_counts ON f.dataset_id = d.id"
+            " AND f.status = 'duplicate' GROUP BY d.id"
+        ).fetchall()
+        return {int(dataset_id): int(total) for dataset_id, total in rows}
+
     def add_file(
         self,
         *,

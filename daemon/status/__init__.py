@@ -6,7 +6,7 @@ rate and the ETA (``live``). ``document`` builds the ``--json`` document from th
 only; ``render`` turns it into the human lines and ``watch`` redraws them in place.
 """
 
-from daemon.status.document import snapshot
+from daemon.status.document import file_entry, snapshot
 from daemon.status.live import LIVE, LIVE_FRESH_S, mark_stopping, read_live, write_live
 from daemon.status.render import render, size
 from daemon.status.text import display_path, printable
@@ -16,6 +16,7 @@ __all__ = [
     "LIVE",
     "LIVE_FRESH_S",
     "display_path",
+    "file_entry",
     "mark_stopping",
     "printable",
     "read_live",

@@ -91,7 +91,7 @@ def snapshot(
         entry["active"] = is_active(entry)
         entry["current"] = is_current(entry, now)
         if files:
-            entry["file_list"] = [_file_entry(journal, f) for f in journal.files(row.id)]
+            entry["file_list"] = [file_entry(journal, f) for f in journal.files(row.id)]
         out.append(entry)
     doc: dict[str, Any] = {
         "daemon": {"running": running, "stopping": bool(live.get("stopping"))},
@@ -163,7 +163,8 @@ def _settled(ds: dict[str, Any]) -> int:
     return int(files["uploaded"] + files["duplicate"] + files.get("skipped", 0))
 
 
-def _file_entry(journal: Journal, f: FileRow) -> dict[str, Any]:
+def file_entry(journal: Journal, f: FileRow) -> dict[str, Any]:
+    """One file as ``status --files`` shows it: paths, status, size, error, the original."""
     original = None
     if f.duplicate_of is not None:
         o = journal.file(f.duplicate_of)

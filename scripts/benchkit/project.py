@@ -20,6 +20,8 @@ from daemon.targets.nodeodm import NodeODMTargetConfig
 from daemon.targets.nodeodm.target import NodeODMTarget
 from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
 from daemon.targets.pix4dcloud.target import Pix4DCloudTarget
+from daemon.targets.webodm import WebODMTargetConfig
+from daemon.targets.webodm.target import WebODMTarget
 from daemon.upload.retry import Backoff
 from tests.bench.settle import PageCacheFiller, Settler
 
@@ -28,6 +30,7 @@ __all__ = [
     "DAEMON_MODULE",
     "FAKE_NODEODM",
     "FAKE_PIX4DCLOUD",
+    "FAKE_WEBODM",
     "FILE_COLUMNS",
     "Backoff",
     "DatasetRef",
@@ -46,6 +49,8 @@ __all__ = [
     "TransientTargetError",
     "UploadItem",
     "UploadSettings",
+    "WebODMTarget",
+    "WebODMTargetConfig",
     "hash_file",
     "journal_connection",
     "write_fetch",
@@ -55,6 +60,7 @@ __all__ = [
 DAEMON_MODULE = "daemon"
 FAKE_NODEODM = "tests.fakes.nodeodm"
 FAKE_PIX4DCLOUD = "tests.fakes.pix4dcloud"
+FAKE_WEBODM = "tests.fakes.webodm"
 # What the daemon imports before it can start (``python -c``, timed by scripts/bench).
 DAEMON_IMPORTS = "import daemon.cli, daemon.service"
 

@@ -17,7 +17,7 @@ from tests.bench import ROOT, run_script
 SCRIPT = ROOT / "scripts" / "bench-targets"
 TINY = ["--big-mb", "1", "--files", "6", "--file-mb", "0.25", "--runs", "1", "--no-settle"]
 HEADER = re.compile(r"^target\s{2,}data\s{2,}reference\s{2,}ref MB/s\s{2,}dronesync MB/s")
-TARGETS = ("nodeodm", "pix4dcloud")
+TARGETS = ("nodeodm", "pix4dcloud", "webodm")
 
 
 def run_bench(*args: str, env: dict[str, str] | None = None) -> str:
@@ -54,8 +54,8 @@ def measured(row: list[str]) -> bool:
 
 def test_every_row_has_positive_figures_or_a_reason() -> None:
     rows = table(run_bench())
-    # Two scenarios on two targets, each against two references.
-    assert [row[0] for row in rows] == ["nodeodm"] * 4 + ["pix4dcloud"] * 4
+    # Two scenarios on three targets, each against two references (webodm: curl).
+    assert [row[0] for row in rows] == ["nodeodm"] * 4 + ["pix4dcloud"] * 4 + ["webodm"] * 2
     for row in rows:
         tool = row[2].split()[0]
         done = measured(row)
@@ -72,5 +72,6 @@ def test_a_missing_tool_skips_its_rows_with_the_reason(tmp_path: Path) -> None:
     assert by_reference["nodeodm", "curl"][3] == "skipped: curl not found on PATH"
     assert by_reference["pix4dcloud", "curl"][3] == "skipped: curl not found on PATH"
     assert by_reference["pix4dcloud", "rclone"][3] == "skipped: rclone not found on PATH"
+    assert by_reference["webodm", "curl"][3] == "skipped: curl not found on PATH"
     # pyodm is a Python package, not a tool on PATH: measured when installed.
     measured(by_reference["nodeodm", "pyodm"])

@@ -25,7 +25,7 @@ LAYERS = (
     "daemon.cli",
     "daemon.service",
     # What a session runs beside the pipeline: operator requests, live figures.
-    "daemon.live | daemon.requests",
+    "daemon.live | daemon.requests | daemon.web",
     "daemon.pipeline",
     # Around the pipeline: what the operator reads and sends, what the service reports.
     "daemon.notifications",

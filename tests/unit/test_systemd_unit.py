@@ -55,3 +55,24 @@ def test_the_unit_knows_the_exit_codes_and_reload() -> None:
     assert "RestartPreventExitStatus=78" in text
     assert "ExecReload=/bin/kill -HUP $MAINPID" in text
     assert "StateDirectory=dronesync" in text
+
+
+def _settings(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def test_the_unit_lets_the_daemon_listen_for_its_status_page() -> None:
+    unit = _settings(UNIT.read_text())
+    families = " ".join(unit.get("RestrictAddressFamilies", [])).split()
+    assert {"AF_INET", "AF_INET6"} <= set(families), families
+    assert unit.get("PrivateNetwork", ["no"])[-1] in ("no", "false")
+    deny = " ".join(unit.get("IPAddressDeny", [])).split()
+    allow = " ".join(unit.get("IPAddressAllow", [])).split()
+    if "any" in deny:
+        assert "localhost" in allow or "127.0.0.0/8" in allow, allow
+    assert not unit.get("SocketBindDeny"), "the page binds [web] listen"

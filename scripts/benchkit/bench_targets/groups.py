@@ -22,6 +22,7 @@ from benchkit.bench_targets.results import (
     Row,
 )
 from benchkit.bench_targets.tools import pyodm_missing
+from benchkit.bench_targets.webodm import WebODM
 from benchkit.files import MIB, random_pool
 from benchkit.project import UploadItem
 
@@ -67,9 +68,11 @@ def build_groups(args: argparse.Namespace, work: Path, stack: contextlib.ExitSta
     groups: list[Group] = []
     if "nodeodm" in args.targets:
         groups += _nodeodm_groups(args, work, stack, tools, data, labels)
+    data.pop("drops", None)
     if "pix4dcloud" in args.targets:
-        data.pop("drops", None)
         groups += _cloud_groups(args, work, stack, tools, data, labels, warmup)
+    if "webodm" in args.targets:
+        groups += _webodm_groups(args, work, stack, tools, data, labels)
     return groups
 
 
@@ -173,6 +176,40 @@ def _cloud_groups(
         g.steps.append(partial(cloud.dronesync_run, ds, warmup))
         if tools.rclone:
             g.steps.append(partial(cloud.rclone_run, ds))
+        groups.append(g)
+    return groups
+
+
+def _webodm_groups(
+    args: argparse.Namespace,
+    work: Path,
+    stack: contextlib.ExitStack,
+    tools: Tools,
+    data: dict[str, DataSet],
+    labels: dict[str, str],
+) -> list[Group]:
+    """Per scenario, dronesync against curl on the WebODM server, both making a task."""
+    c = args.concurrency
+    webodm = WebODM(work, c, tools.curl, args.curl_batch)
+    stack.callback(webodm.close)
+    groups = []
+    for scenario, ds in data.items():
+        big = scenario == "big"
+        g = Group("webodm", scenario, ds.nbytes)
+        g.rows = [
+            Row(
+                "webodm",
+                labels[scenario],
+                "curl -F *" if big else f"curl -F, xargs -P {c} *",
+                GOAL_CURL_BIG if big else GOAL_CURL_MANY,
+                "curl",
+                "dronesync",
+                tools.no_curl,
+            )
+        ]
+        if tools.curl:
+            g.steps.append(partial(webodm.curl_run, ds))
+        g.steps.append(partial(webodm.dronesync_run, ds))
         groups.append(g)
     return groups
 

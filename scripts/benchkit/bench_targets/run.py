@@ -4,7 +4,7 @@ Each reference is measured in the same run, on the same files and the same serve
 survive a noisy box).
 
     scripts/bench-targets [--big-mb 1024] [--files 500] [--file-mb 8] [--runs 3]
-                          [--targets nodeodm,pix4dcloud] [--scenarios big,many]
+                          [--targets nodeodm,pix4dcloud,webodm] [--scenarios big,many]
 
 Scenarios: "big" is one file of --big-mb MiB; "many" is --files files of --file-mb MiB sent
 --concurrency at a time (default 4, the engine's default); "drops" (nodeodm only) is
@@ -23,6 +23,11 @@ retries, both timed over init, uploads and commit.
   temporary credentials, moto behind it), in its own process. dronesync (Pix4DCloudTarget.upload)
   against `curl -T` to presigned PUT URLs and `rclone copy`, all three through the same S3
   endpoint (the proxy) with temporary credentials of their own project.
+- webodm: the local WebODM-compatible server (tests/fakes/webodm.py), in its own process.
+  dronesync (WebODMTarget.upload, gathered under a semaphore, then start_processing) against
+  `curl` making a partial task, `curl -F` of the same files to its upload route (`xargs -P`)
+  and `curl` committing it; both timed over the task's creation, uploads and commit, both
+  signed in and in the project beforehand.
 
 Files are hashed before anything is timed (the recorded SHA-256 is an input of an upload), which
 also puts them in the page cache: every side reads warm files. Before each timed transfer the
@@ -67,7 +72,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--drop-file-mb", type=float, default=4, help="size of each of them")
     parser.add_argument("--runs", type=int, default=3, help="best of this many runs")
     parser.add_argument(
-        "--targets", type=csv, default=["nodeodm", "pix4dcloud"], help="nodeodm,pix4dcloud"
+        "--targets",
+        type=csv,
+        default=["nodeodm", "pix4dcloud", "webodm"],
+        help="nodeodm,pix4dcloud,webodm",
     )
     parser.add_argument(
         "--scenarios",
@@ -112,8 +120,8 @@ def parse_args() -> argparse.Namespace:
         help="before each timed run only sync, without filling the page cache",
     )
     args = parser.parse_args()
-    if not set(args.targets) <= {"nodeodm", "pix4dcloud"}:
-        parser.error("--targets: nodeodm, pix4dcloud")
+    if not set(args.targets) <= {"nodeodm", "pix4dcloud", "webodm"}:
+        parser.error("--targets: nodeodm, pix4dcloud, webodm")
     if not set(args.scenarios) <= {"big", "many", "drops"}:
         parser.error("--scenarios: big, many, drops")
     counts = (args.big_mb, args.files, args.concurrency, args.runs, args.curl_batch)

@@ -62,13 +62,14 @@ class Server:
 
 def run_tool(
     argv: list[str], *, stdin: str | None = None, env: dict[str, str] | None = None
-) -> None:
-    """Run a reference tool; a failure stops the benchmark with its output."""
+) -> str:
+    """Run a reference tool, giving its output; a failure stops the benchmark with it."""
     done = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise SystemExit(
             f"{' '.join(argv[:4])} ... failed ({done.returncode}):\n{done.stderr[-2000:]}"
         )
+    return done.stdout
 
 
 def curl_batches(work: Path, entries: list[list[str]], batch: int, name: str) -> list[Path]:

@@ -13,11 +13,12 @@ from benchkit.project import (
     TransientTargetError,
     UploadItem,
     UploadSettings,
+    WebODMTarget,
 )
 
 
 async def gather_uploads(
-    target: NodeODMTarget | Pix4DCloudTarget,
+    target: NodeODMTarget | Pix4DCloudTarget | WebODMTarget,
     ref: DatasetRef,
     items: list[UploadItem],
     concurrency: int,
