@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import gc
 import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +29,16 @@ from daemon.config import (
 from daemon.config.example import example
 from daemon.errors import EXIT_OK, ConfigError, DronesyncError, TargetError, UsageError
 from daemon.journal import Journal
-from daemon.status import printable, read_live, render, size, snapshot, watch
-from daemon.targets.base import FleetRow
-from daemon.targets.registry import lists_fleet, read_fleet
+from daemon.status import (
+    fleet_document,
+    fleet_warnings,
+    read_live,
+    render,
+    render_fleet,
+    snapshot,
+    watch,
+)
+from daemon.targets.registry import fleet_types, lists_fleet, read_fleet
 
 ANSWER_TIMEOUT_S = 2.5
 GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest objects (700)
@@ -76,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         "fleet", parents=[common], help="every box's datasets in the store a fleet shares"
     )
     fleet.add_argument(
-        "target", nargs="?", help="the target whose store to read (needed when several can)"
+        "--target", metavar="NAME", help="the target whose store to read (when several can)"
     )
     fleet.add_argument("--json", action="store_true", help="machine-readable output")
     config = sub.add_parser("config", help="check or print the configuration")
@@ -245,85 +250,29 @@ def _fleet(settings: Settings, args: argparse.Namespace) -> int:
     listed = ", ".join(able) or "none is configured"
     name: str | None = args.target
     if name is None:
-        if len(able) != 1:
+        if not able:
+            kinds = " or ".join(f'type = "{kind}"' for kind in fleet_types())
             raise UsageError(
-                f"name the target whose store to read: dronesync fleet TARGET ({listed})"
-                if able
-                else "no configured target lists a fleet; `dronesync fleet` reads the store"
-                " a fleet shares (an s3 target, say)"
+                "no configured target keeps a record of a fleet: `dronesync fleet` reads the"
+                f" store a fleet shares, a target with {kinds}"
             )
+        if len(able) > 1:
+            raise UsageError(f"several targets keep a record of a fleet ({listed}): add --target")
         name = able[0]
     elif name not in able:
         what = "keeps no record of a fleet" if name in settings.targets else "is not configured"
-        raise UsageError(f"targets.{name} {what}; targets that list a fleet: {listed}")
+        raise UsageError(f"targets.{name} {what}; targets that do: {listed}")
     try:
         rows = read_fleet(settings.targets[name])
     except TargetError as exc:
         raise TargetError(f"targets.{name}: the fleet cannot be read: {exc}") from exc
-    rows.sort(key=lambda row: (row.box, row.dataset))
-    document = _fleet_document(name, rows)
+    document = fleet_document(name, rows)
     if args.json:
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print("\n".join(_fleet_lines(document, rows)))
+        print(render_fleet(document))
+    sys.stdout.flush()  # the listing first, then what it left out
+    for line in fleet_warnings(document):
+        print(f"dronesync: warning: {line}", file=sys.stderr)
     return EXIT_OK
-
-
-def _fleet_document(name: str, rows: list[FleetRow]) -> dict[str, Any]:
-    """The ``fleet --json`` document: the target, the totals, a row per dataset."""
-    readable = [row for row in rows if row.problem is None]
-    return {
-        "target": name,
-        "summary": {
-            "boxes": len({row.box for row in rows}),
-            "datasets": len(rows),
-            "files": sum(row.files for row in readable),
-            "bytes": sum(row.bytes for row in readable),
-            "unreadable": len(rows) - len(readable),
-        },
-        "datasets": [dataclasses.asdict(row) for row in rows],
-    }
-
-
-def _fleet_lines(document: dict[str, Any], rows: list[FleetRow]) -> list[str]:
-    """A summary line, then one aligned line per dataset (box, dataset, files, bytes, finished)."""
-    s = document["summary"]
-    head = (
-        f"targets.{printable(document['target'])}: {_count(s['boxes'], 'box', 'boxes')},"
-        f" {_count(s['datasets'], 'dataset')}, {_count(s['files'], 'file')}, {size(s['bytes'])}"
-    )
-    if s["unreadable"]:
-        head += f", {s['unreadable']} not readable"
-    cells = [
-        (printable(row.box), printable(row.dataset), _count(row.files, "file"), size(row.bytes))
-        for row in rows
-    ]
-    widths = [max((len(cell[n]) for cell in cells), default=0) for n in range(4)]
-    lines = [head]
-    for row, (box, dataset, files, nbytes) in zip(rows, cells, strict=True):
-        start = f"{box:<{widths[0]}}  {dataset:<{widths[1]}}"
-        if row.problem is not None:
-            lines.append(f"{start}  not readable: {printable(row.problem)} ({row.manifest})")
-        else:
-            lines.append(
-                f"{start}  {files:>{widths[2]}}  {nbytes:>{widths[3]}}  {_when(row.finished)}"
-            )
-    return lines
-
-
-def _count(n: int, word: str, words: str | None = None) -> str:
-    return f"{n} {word if n == 1 else words or word + 's'}"
-
-
-def _when(finished: str | None) -> str:
-    """A record's finish time for people: "finished 2025-06-01 10:40 UTC"."""
-    if finished is None:
-        return "finished -"
-    try:
-        moment = datetime.fromisoformat(finished)
-    except ValueError:
-        return f"finished {printable(finished)}"
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return f"finished {moment.strftime('%Y-%m-%d %H:%M')} UTC"

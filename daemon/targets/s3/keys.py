@@ -33,6 +33,7 @@ class Keys:
 
     def __init__(self, prefix: str, box: str) -> None:
         self.base = f"{prefix}/" if prefix else ""
+        self.datasets = manifests_prefix(prefix)
         self.box = quoted(box.encode(), slash=False)
 
     def content(self, sha256: str) -> str:
@@ -46,7 +47,7 @@ class Keys:
     def manifest(self, dataset: str) -> str:
         """The key of a dataset's manifest."""
         name = quoted(dataset.encode(), slash=False)
-        return f"{self.base}datasets/{self.box}/{name}/{MANIFEST}"
+        return f"{self.datasets}{self.box}/{name}/{MANIFEST}"
 
 
 def manifests_prefix(prefix: str) -> str:
