@@ -176,6 +176,7 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
             files=args.files,
             requests=control.queued(state_dir),
             now=now,
+            every=args.all,
         )
 
     terminal = sys.stdout.isatty()

@@ -6,13 +6,14 @@ rate and the ETA (``live``). ``document`` builds the ``--json`` document from th
 only; ``render`` turns it into the human lines and ``watch`` redraws them in place.
 """
 
-from daemon.status.document import file_entry, snapshot
+from daemon.status.document import DAY_S, file_entry, snapshot
 from daemon.status.live import LIVE, LIVE_FRESH_S, mark_stopping, read_live, write_live
 from daemon.status.render import render
 from daemon.status.text import display_path, printable
 from daemon.status.watch import watch
 
 __all__ = [
+    "DAY_S",
     "LIVE",
     "LIVE_FRESH_S",
     "display_path",
