@@ -12,20 +12,6 @@ from daemon.journal.rows import FILE_COLUMNS, KNOWN_COLUMNS, FileRow, Known, New
 class Files(Datasets):
     """The file rows: the scanner's view of a volume, reads by id or dataset, new files."""
 
-    def settled_files(self, volume: str) -> dict[bytes, tuple[int, int]]:
-        """The hash cache of one volume, for files with nothing left to do: (size, mtime_ns).
-
-        Hashed and no longer waiting (uploaded, duplicate, skipped, failed): a scan passes over
-        such a file while its size and mtime are these. Three columns, not the whole record:
-        at 100,000 files this is the larger part of a restart's scan.
-        """
-        rows = self._conn.execute(
-            "SELECT relpath, size, mtime_ns FROM files"
-            " WHERE volume = ? AND sha256 IS NOT NULL AND status != 'waiting'",
-            (volume,),
-        )
-        return {relpath: (size, mtime_ns) for relpath, size, mtime_ns in rows}
-
     def folder_files(self, volume: str, folder: bytes) -> dict[bytes, tuple[int, int, bool]]:
         """The files recorded directly in one folder of the volume: size, mtime_ns, settled.
 
