@@ -133,9 +133,8 @@ class ProcessingController:
                 )
                 log.info("dataset ready", dataset=dataset.name)
             return
-        fresh = self._journal.counts([dataset.id]).get(
-            dataset.id
-        )  # the tick's counts may be a second old
+        # The tick's counts may be a second old.
+        fresh = self._journal.counts([dataset.id]).get(dataset.id)
         if fresh is not None and (fresh.files["waiting"] or fresh.files["uploading"]):
             return
         self.start(dataset)
