@@ -28,7 +28,7 @@ from daemon.config import (
 )
 from daemon.config.example import example
 from daemon.errors import EXIT_OK, ConfigError, DronesyncError, TargetError, UsageError
-from daemon.journal import Journal
+from daemon.journal import JOURNAL_NAME, Journal
 from daemon.status import (
     fleet_document,
     fleet_warnings,
@@ -172,9 +172,9 @@ def _run(path: Path, settings: Settings) -> int:
 
 
 def _journal(settings: Settings) -> Journal:
-    from daemon.service import JOURNAL  # noqa: PLC0415
-
-    path = settings.state_dir / JOURNAL
+    # Not from daemon.service: importing the daemon's every part would double what
+    # `status` takes.
+    path = settings.state_dir / JOURNAL_NAME
     if not path.exists():
         raise UsageError(f"{path}: no journal yet; start the daemon (`dronesync run`) to create it")
     return Journal.open(path, readonly=True)
@@ -194,6 +194,7 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
             files=args.files,
             requests=control.queued(state_dir),
             now=now,
+            every=args.all,
         )
 
     terminal = sys.stdout.isatty()

@@ -7,7 +7,7 @@ only; ``render`` turns it into the human lines and ``watch`` redraws them in pla
 ``fleet`` does the same for ``dronesync fleet``: every box's datasets in a fleet's store.
 """
 
-from daemon.status.document import file_entry, snapshot
+from daemon.status.document import DAY_S, file_entry, snapshot
 from daemon.status.fleet import fleet_document, fleet_warnings, render_fleet
 from daemon.status.live import LIVE, LIVE_FRESH_S, mark_stopping, read_live, write_live
 from daemon.status.render import render
@@ -15,6 +15,7 @@ from daemon.status.text import display_path, printable
 from daemon.status.watch import watch
 
 __all__ = [
+    "DAY_S",
     "LIVE",
     "LIVE_FRESH_S",
     "display_path",
