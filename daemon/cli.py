@@ -27,9 +27,18 @@ from daemon.config import (
     runtime_warnings,
 )
 from daemon.config.example import example
-from daemon.errors import EXIT_OK, ConfigError, DronesyncError, UsageError
-from daemon.journal import Journal
-from daemon.status import read_live, render, snapshot, watch
+from daemon.errors import EXIT_OK, ConfigError, DronesyncError, TargetError, UsageError
+from daemon.journal import JOURNAL_NAME, Journal
+from daemon.status import (
+    fleet_document,
+    fleet_warnings,
+    read_live,
+    render,
+    render_fleet,
+    snapshot,
+    watch,
+)
+from daemon.targets.registry import fleet_types, lists_fleet, read_fleet
 
 ANSWER_TIMEOUT_S = 2.5
 GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest objects (700)
@@ -68,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     process.add_argument("dataset")
     cancel = sub.add_parser("cancel", parents=[common], help="stop uploading a dataset")
     cancel.add_argument("dataset")
+    fleet = sub.add_parser(
+        "fleet", parents=[common], help="every box's datasets in the store a fleet shares"
+    )
+    fleet.add_argument(
+        "--target", metavar="NAME", help="the target whose store to read (when several can)"
+    )
+    fleet.add_argument("--json", action="store_true", help="machine-readable output")
     config = sub.add_parser("config", help="check or print the configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_sub.add_parser("check", parents=[common], help="validate the configuration")
@@ -130,6 +146,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(path, settings)
     if args.command == "status":
         return _status(settings, args)
+    if args.command == "fleet":
+        return _fleet(settings, args)
     return _request(settings, args)
 
 
@@ -154,9 +172,9 @@ def _run(path: Path, settings: Settings) -> int:
 
 
 def _journal(settings: Settings) -> Journal:
-    from daemon.service import JOURNAL  # noqa: PLC0415
-
-    path = settings.state_dir / JOURNAL
+    # Not from daemon.service: importing the daemon's every part would double what
+    # `status` takes.
+    path = settings.state_dir / JOURNAL_NAME
     if not path.exists():
         raise UsageError(f"{path}: no journal yet; start the daemon (`dronesync run`) to create it")
     return Journal.open(path, readonly=True)
@@ -176,6 +194,7 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
             files=args.files,
             requests=control.queued(state_dir),
             now=now,
+            every=args.all,
         )
 
     terminal = sys.stdout.isatty()
@@ -225,3 +244,36 @@ def _request(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(answer)
     return EXIT_OK if not answer.startswith("not done") else 1
+
+
+def _fleet(settings: Settings, args: argparse.Namespace) -> int:
+    able = sorted(name for name, table in settings.targets.items() if lists_fleet(table))
+    listed = ", ".join(able) or "none is configured"
+    name: str | None = args.target
+    if name is None:
+        if not able:
+            kinds = " or ".join(f'type = "{kind}"' for kind in fleet_types())
+            raise UsageError(
+                "no configured target keeps a record of a fleet: `dronesync fleet` reads the"
+                f" store a fleet shares, a target with {kinds}"
+            )
+        if len(able) > 1:
+            raise UsageError(f"several targets keep a record of a fleet ({listed}): add --target")
+        name = able[0]
+    elif name not in able:
+        what = "keeps no record of a fleet" if name in settings.targets else "is not configured"
+        raise UsageError(f"targets.{name} {what}; targets that do: {listed}")
+    try:
+        rows = read_fleet(settings.targets[name])
+    except TargetError as exc:
+        raise TargetError(f"targets.{name}: the fleet cannot be read: {exc}") from exc
+    document = fleet_document(name, rows)
+    if args.json:
+        json.dump(document, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(render_fleet(document))
+    sys.stdout.flush()  # the listing first, then what it left out
+    for line in fleet_warnings(document):
+        print(f"dronesync: warning: {line}", file=sys.stderr)
+    return EXIT_OK

@@ -86,12 +86,12 @@ class Live:
 
 def status_line(journal: Journal, engine: UploadEngine, cards: list[dict[str, object]]) -> str:
     """The one-line summary the service manager shows (STATUS=)."""
-    counts = journal.counts()
-    waiting = sum(c.files["waiting"] + c.files["uploading"] for c in counts.values())
-    failed = sum(c.files["failed"] for c in counts.values())
+    totals = journal.totals()  # from the kept counts: once a second, whatever the history
+    waiting = totals["waiting"] + totals["uploading"]
     rate = sum(engine.meter.rates.values())
     line = (
-        f"{len(counts)} datasets, {waiting} files to upload, {failed} failed, {rate / 1e6:.1f} MB/s"
+        f"{journal.dataset_total()} datasets, {waiting} files to upload, {totals['failed']} failed,"
+        f" {rate / 1e6:.1f} MB/s"
     )
     removable = [str(card["label"]) for card in cards if card["removable"]]
     if removable:

@@ -23,7 +23,7 @@ from daemon import control, web
 from daemon.clock import Clock, SystemClock, wait_event
 from daemon.config import Settings, load_config, runtime_problems
 from daemon.errors import ConfigError, JournalError, UsageError
-from daemon.journal import GROUP_COMMIT_S, Journal
+from daemon.journal import GROUP_COMMIT_S, JOURNAL_NAME, Journal
 from daemon.live import Live
 from daemon.notifications import Notifier
 from daemon.notify import notify
@@ -35,7 +35,7 @@ from daemon.targets.registry import build_target
 
 log = structlog.get_logger("dronesync")
 
-JOURNAL = "journal.sqlite3"
+JOURNAL = JOURNAL_NAME
 STOP_TIMEOUT_S = 8.0
 # A session that could not write its journal (disk full) is started again after this.
 JOURNAL_RETRY_S = 10.0

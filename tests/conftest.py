@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from daemon.journal import Journal
 from daemon.status import read_live, snapshot
+
+if TYPE_CHECKING:
+    from tests.fakes.s3store import S3Store
 
 DEADLINE_S = 60.0
 
@@ -169,3 +172,12 @@ def box(tmp_path: Path) -> Iterator[Box]:
     b.write_config()
     yield b
     b.cleanup()
+
+
+@pytest.fixture
+def store() -> Iterator[S3Store]:
+    """A bucket in moto (server mode) on 127.0.0.1, behind the fault proxy."""
+    from tests.fakes.s3store import S3Store  # noqa: PLC0415 (moto, for the tests that use it)
+
+    with S3Store() as running:
+        yield running

@@ -20,7 +20,7 @@ of :mod:`daemon.journal.db`: datasets, files, hashes and duplicates, upload stat
 upload queue, target memos and the spool. This package is the only import surface.
 """
 
-from daemon.journal.db import GROUP_COMMIT_S, SCHEMA_VERSION
+from daemon.journal.db import GROUP_COMMIT_S, JOURNAL_NAME, SCHEMA_VERSION
 from daemon.journal.hashes import Hashes
 from daemon.journal.memos import Memos
 from daemon.journal.queue import UploadQueue
@@ -50,6 +50,7 @@ __all__ = [
     "FILE_COLUMNS",
     "FILE_STATUSES",
     "GROUP_COMMIT_S",
+    "JOURNAL_NAME",
     "SCHEMA_VERSION",
     "DatasetCounts",
     "DatasetRow",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from daemon.journal.db import JournalBase
+from daemon.journal.db import JournalBase, chunks
 from daemon.journal.rows import (
     CLOSED_STATES,
     DATASET_COLUMNS,
@@ -24,11 +27,56 @@ class Datasets(JournalBase):
         dataset = DatasetRow(*row)
         return replace(dataset, auto_process=bool(dataset.auto_process))
 
-    def datasets(self) -> list[DatasetRow]:
-        """Every dataset, oldest first."""
+    def datasets(self, states: Sequence[str] | None = None) -> list[DatasetRow]:
+        """Every dataset (or those in these states), oldest first."""
         self._write_touches()
-        rows = self._rows(f"SELECT {DATASET_COLUMNS} FROM datasets ORDER BY id")  # noqa: S608
+        if states is None:
+            rows = self._rows(f"SELECT {DATASET_COLUMNS} FROM datasets ORDER BY id")  # noqa: S608
+        else:
+            marks = ", ".join("?" * len(states))
+            rows = self._rows(
+                f"SELECT {DATASET_COLUMNS} FROM datasets"  # noqa: S608
+                f" WHERE state IN ({marks}) ORDER BY id",
+                states,
+            )
         return [self._dataset(r) for r in rows]
+
+    def current_datasets(self, since: float) -> list[DatasetRow]:
+        """The datasets ``status`` lists without ``--all``, oldest first.
+
+        Those in an active state, failed, holding failed files, or changed after ``since``:
+        history (processed or cancelled long ago) is not read.
+        """
+        self._write_touches()
+        rows = self._rows(
+            f"SELECT {DATASET_COLUMNS} FROM datasets"  # noqa: S608
+            " WHERE state IN ('collecting', 'ready', 'processing', 'paused', 'failed')"
+            " OR max(created_at, last_activity_at, coalesce(processing_started_at, 0),"
+            "        coalesce(processing_finished_at, 0)) > ?"
+            " OR id IN (SELECT dataset_id FROM file_counts WHERE status = 'failed' AND files > 0)"
+            " ORDER BY id",
+            (since,),
+        )
+        return [self._dataset(r) for r in rows]
+
+    def states(self) -> dict[str, int]:
+        """How many datasets are in each state."""
+        return {str(state): int(n) for state, n in self._rows(
+            "SELECT state, count(*) FROM datasets GROUP BY state"
+        )}  # fmt: skip
+
+    def uploaded_bytes(self) -> dict[str, int]:
+        """Bytes of the files uploaded (duplicates not), by target, from the kept counts."""
+        rows = self._rows(
+            "SELECT d.target, coalesce(sum(c.bytes), 0) FROM datasets d"
+            " LEFT JOIN file_counts c ON c.dataset_id = d.id AND c.status = 'uploaded'"
+            " GROUP BY d.target"
+        )
+        return {str(target): int(total) for target, total in rows}
+
+    def dataset_total(self) -> int:
+        """How many datasets the journal holds."""
+        return int(self._rows("SELECT count(*) FROM datasets")[0][0])
 
     def dataset(self, dataset_id: int) -> DatasetRow:
         """The dataset with this id."""
@@ -40,6 +88,11 @@ class Datasets(JournalBase):
         if self._datasets is not None:
             self._datasets[dataset_id] = dataset
         return dataset
+
+    def find_dataset(self, dataset_id: int) -> DatasetRow | None:
+        """The dataset with this id, if the journal has it."""
+        rows = self._rows(f"SELECT {DATASET_COLUMNS} FROM datasets WHERE id = ?", (dataset_id,))  # noqa: S608
+        return self._dataset(rows[0]) if rows else None
 
     def dataset_by_name(self, name: str) -> DatasetRow | None:
         """The dataset with this name, if any."""
@@ -179,31 +232,50 @@ class Datasets(JournalBase):
         )
         self._forget_datasets(dataset_id)
 
-    def counts(self) -> dict[int, DatasetCounts]:
-        """Per-status counts and bytes for every dataset."""
-        result: dict[int, DatasetCounts] = {}
-        # Two queries, each answered from an index alone (migration 0005): one table scan per
-        # count cost 50 ms at 100,000 files, once a second.
-        rows = self._conn.execute(
-            "SELECT dataset_id, status, count(*), coalesce(sum(size), 0) FROM files"
-            " GROUP BY dataset_id, status"
-        ).fetchall()
-        unhashed_of = dict(
-            self._conn.execute(
-                "SELECT dataset_id, count(*) FROM files INDEXED BY files_unhashed"
-                " WHERE status = 'waiting' AND sha256 IS NULL GROUP BY dataset_id"
-            ).fetchall()
-        )
-        for dataset_id, status, count, size in rows:
-            unhashed = unhashed_of.get(dataset_id, 0) if status == "waiting" else 0
-            entry = result.setdefault(
-                dataset_id, DatasetCounts(dict.fromkeys(FILE_STATUSES, 0), 0, 0, 0)
-            )
-            entry.files[status] = count
-            result[dataset_id] = DatasetCounts(
-                entry.files,
-                entry.bytes_total + (size if status != "skipped" else 0),
-                entry.bytes_uploaded + (size if status in DONE_STATUSES else 0),
-                entry.pending_hash + int(unhashed or 0),
-            )
-        return result
+    def counts(self, dataset_ids: Iterable[int] | None = None) -> dict[int, DatasetCounts]:
+        """Per-status counts and bytes for every dataset with files (or these datasets only).
+
+        Read from the counts the journal keeps as files change (migration 0008), not counted
+        over the files: a year of history is a million of them.
+        """
+        sql = "SELECT dataset_id, status, hashed, files, bytes FROM file_counts WHERE files > 0"
+        rows: list[tuple[Any, ...]] = []
+        if dataset_ids is None:
+            rows = self._rows(sql)
+        else:
+            for chunk in chunks(list(dataset_ids)):
+                marks = ", ".join("?" * len(chunk))
+                rows.extend(self._rows(f"{sql} AND dataset_id IN ({marks})", chunk))
+        files_of: dict[int, dict[str, int]] = {}
+        sums: dict[int, list[int]] = {}  # bytes total, bytes done, files not hashed yet
+        for dataset_id, status, hashed, count, size in rows:
+            files = files_of.get(dataset_id)
+            if files is None:
+                files = files_of[dataset_id] = dict.fromkeys(FILE_STATUSES, 0)
+                sums[dataset_id] = [0, 0, 0]
+            files[status] += count
+            acc = sums[dataset_id]
+            if status != "skipped":
+                acc[0] += size
+            if status in DONE_STATUSES:
+                acc[1] += size
+            if status == "waiting" and not hashed:
+                acc[2] += count
+        return {ds: DatasetCounts(files_of[ds], *sums[ds]) for ds in files_of}
+
+    def totals(self) -> dict[str, int]:
+        """Files in each status over every dataset, from the kept counts."""
+        totals = dict.fromkeys(FILE_STATUSES, 0)
+        for status, count in self._rows(
+            "SELECT status, sum(files) FROM file_counts GROUP BY status"
+        ):
+            totals[status] = int(count)
+        return totals
+
+    def size_on_disk(self) -> int:
+        """Bytes the journal takes on disk: the database, its write-ahead log and index."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                total += os.stat(f"{self.path}{suffix}").st_blocks * 512
+        return total

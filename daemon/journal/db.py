@@ -18,6 +18,7 @@ from typing import Any, Self, TypeVar
 from daemon.errors import JournalError
 from daemon.journal.rows import DatasetRow
 
+JOURNAL_NAME = "journal.sqlite3"  # in ``state_dir``
 # How often the service commits grouped writes, and the most a group holds.
 GROUP_COMMIT_S = 0.2
 GROUP_MAX = 2000

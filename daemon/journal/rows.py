@@ -67,9 +67,9 @@ KNOWN_COLUMNS = "relpath, id, dataset_id, size, mtime_ns, sha256 IS NOT NULL, st
 class Known(NamedTuple):
     """What the scanner needs to know about a file with work left, or one it meets changed.
 
-    Files with nothing left to do are held more compactly (:meth:`Journal.settled_files`); a
-    record is read for one of them only when it changes. It keeps whether the file was hashed,
-    not the hash (64 characters the scanner never reads).
+    Files with nothing left to do are not held: a scan reads them a folder at a time
+    (:meth:`Journal.folder_files`), and a record only for one that changed. It keeps whether
+    the file was hashed, not the hash (64 characters the scanner never reads).
     """
 
     id: int

@@ -25,8 +25,11 @@ class Spool(JournalBase):
         ``failed``: count failed files too (a retry reads them from the card again).
         """
         statuses = "('waiting', 'uploading', 'failed')" if failed else "('waiting', 'uploading')"
+        # By status, named: the planner would rather take the volume's index and read every
+        # file ever seen in that card slot (a year of them), a few times a second.
         rows = self._conn.execute(
-            f"SELECT dataset_id, count(*) FROM files WHERE volume = ? AND status IN {statuses}"  # noqa: S608 (constant)
+            "SELECT dataset_id, count(*) FROM files INDEXED BY files_queue"  # noqa: S608 (constant)
+            f" WHERE volume = ? AND status IN {statuses}"
             " AND spool_path IS NULL GROUP BY dataset_id",
             (volume,),
         ).fetchall()

@@ -50,8 +50,8 @@ class Datasets:
 
     def resume(self, root: Root) -> None:
         """The root is back: its paused datasets collect again."""
-        for dataset in self._journal.datasets():
-            if dataset.volume == root.volume and dataset.state == "paused":
+        for dataset in self._journal.datasets(("paused",)):
+            if dataset.volume == root.volume:
                 self._journal.set_dataset_state(dataset.id, "collecting", "source is back")
                 log.info("dataset resumed", dataset=dataset.name, source=root.volume)
 
@@ -59,8 +59,8 @@ class Datasets:
         """The root went away: its datasets with work left wait for it."""
         # Files safe in the spool do not need the card: their datasets go on uploading.
         left = self._journal.left_on(root.volume, failed=False)
-        for dataset in self._journal.datasets():
-            if dataset.volume != root.volume or dataset.state not in ACTIVE_STATES:
+        for dataset in self._journal.datasets(ACTIVE_STATES):
+            if dataset.volume != root.volume:
                 continue
             if left.get(dataset.id, 0):
                 self._journal.set_dataset_state(

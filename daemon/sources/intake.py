@@ -72,10 +72,13 @@ class Intake:
     # -- a root comes and goes ------------------------------------------------------------
 
     def load(self, root: Root) -> None:
-        """The root came online: its hash cache, read before the first walk."""
-        # The first walk skips every file it already knows as settled. (Reading it while the
-        # walk ran gained nothing: both need the GIL.)
-        root.settled = self._journal.settled_files(root.volume)
+        """The root came online: its files with work left, read before the first walk.
+
+        The files with nothing left to do are not read here: a walk asks the journal for them
+        folder by folder (:meth:`_walk`), so a card slot that held a year of cards costs
+        neither the memory nor the start-up of a record per file it ever held.
+        """
+        root.recorded.clear()
         root.index = self._journal.open_files(root.volume)
 
     def drop(self, root: Root) -> None:
@@ -85,32 +88,50 @@ class Intake:
 
     # -- scans -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _walk(root: Root, hand_over: Callable[[list[Entry]], bool]) -> None:
+    def _walk(self, root: Root, hand_over: Callable[[list[Entry]], bool]) -> None:
         """Walk the root in a worker thread, handing its files over in chunks.
 
         Only files that need a look are handed over: those the hash cache holds as settled
         (hashed, nothing left to send, size and mtime unchanged) are passed over before the
         include/exclude filter and without an entry, so a restart over 100,000 uploaded files
         costs little more than the walk itself. ``hand_over`` returns false to stop the walk.
+
+        The hash cache is read folder by folder, on a read-only connection of this thread's
+        own: one folder's records at a time. A file the journal has that the walk hands over
+        goes into ``root.recorded``, so the loop reads its record instead of adding it.
         """
-        known = root.settled  # read only here; the loop may drop entries meanwhile
+        reader = type(self._journal).open(self._journal.path, readonly=True)
+        folder: bytes | None = None
+        records: dict[bytes, tuple[int, int, bool]] = {}
 
         def settled(relpath: bytes, size: int, mtime_ns: int) -> bool:
-            return known.get(relpath) == (size, mtime_ns)
+            nonlocal folder, records
+            parent = relpath.rpartition(b"/")[0]
+            if parent != folder:  # the walk meets a folder's files one after another
+                folder, records = parent, reader.folder_files(root.volume, parent)
+            found = records.get(relpath)
+            if found is None or relpath in root.index:  # new, or the loop knows it already
+                return False
+            if found[2] and found[:2] == (size, mtime_ns):
+                return True
+            root.recorded[relpath] = (size, mtime_ns)
+            return False
 
         def on_error(path: bytes, exc: OSError) -> None:
             log.warning("cannot read", path=os.fsdecode(path), error=exc.strerror)
 
         chunk: list[Entry] = []
-        for entry in walk(os.fsencode(root.path), root.wanted, on_error, settled):
-            chunk.append(entry)
-            if len(chunk) >= SCAN_CHUNK:
-                if not hand_over(chunk):
-                    return
-                chunk = []
-        if chunk:
-            hand_over(chunk)
+        try:
+            for entry in walk(os.fsencode(root.path), root.wanted, on_error, settled):
+                chunk.append(entry)
+                if len(chunk) >= SCAN_CHUNK:
+                    if not hand_over(chunk):
+                        return
+                    chunk = []
+            if chunk:
+                hand_over(chunk)
+        finally:
+            reader.close()
 
     async def scan(self, root: Root) -> None:
         """Walk the root and bring the journal in step, a chunk at a time.
@@ -162,16 +183,24 @@ class Intake:
                     self._gone(root, relpath, known)
 
     def _reconcile(
-        self, root: Root, entries: list[Entry], now: float, *, rehash: bool = False
+        self,
+        root: Root,
+        entries: list[Entry],
+        now: float,
+        *,
+        rehash: bool = False,
+        lookup: bool = False,
     ) -> None:
         """Bring the journal in step with these files of the root, and offer them to the gate.
 
         The files met for the first time are recorded together: a new card is thousands of
         them, and one journal statement for all costs the event loop far less than one each.
+        ``lookup``: the entries come from no walk, so the journal is asked for those not in
+        the index (a walk has said already which files it has).
         """
         new: list[tuple[Entry, NewFile]] = []
         for entry in entries:
-            known = self._known(root, entry.relpath)
+            known = self._known(root, entry.relpath, lookup=lookup)
             if known is not None:
                 self._offer(root, entry, known, now, rehash=rehash)
                 continue
@@ -243,10 +272,10 @@ class Intake:
         if changed:  # written to since it was met: the dataset is not quiet
             self._journal.touch_dataset(known.dataset_id, self._clock.time())
 
-    def _known(self, root: Root, relpath: bytes) -> Known | None:
-        """The record of a file; one the compact cache held as settled is read in full."""
+    def _known(self, root: Root, relpath: bytes, *, lookup: bool = False) -> Known | None:
+        """The record of a file; one the walk found recorded (or ``lookup``) is read in full."""
         known = root.index.get(relpath)
-        if known is None and root.settled.pop(relpath, None) is not None:
+        if known is None and (root.recorded.pop(relpath, None) is not None or lookup):
             known = self._journal.known_file(root.volume, relpath)
             if known is not None:
                 root.index[relpath] = known
@@ -289,7 +318,7 @@ class Intake:
             return False
         with self._journal.transaction():
             entry = Entry(relpath, info.st_size, info.st_mtime_ns)
-            self._reconcile(root, [entry], self._clock.time(), rehash=rehash)
+            self._reconcile(root, [entry], self._clock.time(), rehash=rehash, lookup=True)
         return False
 
     # -- the gate --------------------------------------------------------------------------
@@ -350,7 +379,7 @@ class Intake:
         if root is None:
             return
         relpath = candidate.relpath
-        root.settled.pop(relpath, None)
+        root.recorded.pop(relpath, None)
         root.index[relpath] = Known(
             candidate.file_id,
             candidate.dataset_id,

@@ -44,7 +44,8 @@ class Root:
     mapper: DatasetMapper
     filter: FileFilter
     index: dict[bytes, Known] = field(default_factory=dict)  # files with work left, or met
-    settled: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # the rest: size, mtime
+    # Files the walk met that the journal has and the index does not: read when reconciled.
+    recorded: dict[bytes, tuple[int, int]] = field(default_factory=dict)
     backlog: deque[Met] = field(default_factory=deque)  # to offer once the gate has room
     online: bool = False
     next_rescan: float = 0.0

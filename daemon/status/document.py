@@ -30,18 +30,29 @@ def snapshot(
     files: bool = False,
     requests: Sequence[Request] = (),
     now: float | None = None,
+    every: bool = False,
 ) -> dict[str, Any]:
-    """The ``status --json`` document (shape documented in docs/operations.md)."""
+    """The ``status --json`` document (shape documented in docs/operations.md).
+
+    It lists the current datasets (:func:`is_current`), or ``every`` one, or the one named
+    ``dataset``. History is not read: a box keeps every dataset it ever sent, and the
+    current ones and the kept counts are all ``status`` needs.
+    """
     now = time.time() if now is None else now
-    counts = journal.counts()
+    if dataset is not None:
+        found = journal.dataset_by_name(dataset)
+        rows = [] if found is None else [found]
+    elif every:
+        rows = journal.datasets()
+    else:
+        rows = journal.current_datasets(now - DAY_S)
+    counts = journal.counts(None if every else [row.id for row in rows])
     troubles = journal.troubles()
     parked = journal.parked(now)
     running = bool(live) and not live.get("stopping")
     live_sets: dict[str, Any] = live.get("datasets", {}) if running else {}
     out = []
-    for row in journal.datasets():
-        if dataset is not None and row.name != dataset:
-            continue
+    for row in rows:
         c = counts.get(row.id)
         per_status = dict(c.files) if c else dict.fromkeys(FILE_STATUSES, 0)
         total = c.bytes_total if c else 0
@@ -93,9 +104,16 @@ def snapshot(
         if files:
             entry["file_list"] = [file_entry(journal, f) for f in journal.files(row.id)]
         out.append(entry)
+    total = journal.dataset_total()
     doc: dict[str, Any] = {
         "daemon": {"running": running, "stopping": bool(live.get("stopping"))},
-        "summary": summary(out),
+        "summary": {
+            **summary(out),
+            "datasets_total": total,
+            # Left out as history: processed or cancelled over a day ago (`--all` lists them).
+            "datasets_hidden": 0 if every or dataset is not None else total - len(out),
+        },
+        "journal": {"path": str(journal.path), "bytes": journal.size_on_disk()},
         "datasets": out,
         "requests": [
             {"action": r.action, "dataset": r.dataset, "queued_at": r.queued_at}

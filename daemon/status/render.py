@@ -163,9 +163,10 @@ def render(
     lines = [summary_line(doc)]
     lines.extend(_request_lines(doc))
     lines.extend(_card_lines(doc))
-    if not doc["datasets"]:
+    # Datasets the document left out as history, and those it holds but are not current.
+    hidden = int((doc.get("summary") or {}).get("datasets_hidden", 0))
+    if not doc["datasets"] and not hidden:
         lines.append("no datasets yet: drop a folder of images into a watched source")
-    hidden = 0
     for ds in doc["datasets"]:
         current = ds["current"] if "current" in ds else is_current(ds, now)
         if not (show_all or current or len(doc["datasets"]) == 1 or "file_list" in ds):
@@ -186,4 +187,7 @@ def render(
             f"{_plural(hidden, 'older dataset')} not shown (processed or cancelled over a day"
             " ago): `dronesync status --all`"
         )
+    journal = doc.get("journal")
+    if journal and (hidden or show_all):  # history kept: what it takes on disk
+        lines.append(f"journal: {size(journal['bytes'])} ({journal['path']})")
     return "\n".join(lines)

@@ -298,9 +298,30 @@ class TargetEnv:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetRow:
+    """One dataset of one box of a fleet, as the store the boxes share records it."""
+
+    box: str
+    dataset: str
+    files: int
+    bytes: int
+    finished: str | None  # ISO 8601, UTC, as the record says; None: it says none
+    manifest: str  # where the record is (a URL, never with credentials in it)
+    problem: str | None = None  # the record could not be read: why (files and bytes are 0)
+
+
+@dataclass(frozen=True, slots=True)
 class TargetType(Generic[C]):
-    """One entry of the registry: the ``type`` value, its table and how to build the target."""
+    """One entry of the registry: the ``type`` value, its table and how to build the target.
+
+    ``fleet`` is optional: for a type whose store many boxes share and that records each
+    dataset there, it lists every box's datasets (``dronesync fleet``), only reading.
+    Called with the target's table and its secret, it returns a row per record (one that
+    cannot be read is a row with its ``problem``) and raises TargetError when the store
+    cannot be listed.
+    """
 
     name: str
     config: type[C]
     build: Callable[[str, C, TargetEnv], Target]
+    fleet: Callable[[C, str | None], list[FleetRow]] | None = None

@@ -173,7 +173,8 @@ class App:
     async def _api_status(self, request: Request) -> Response:
         dataset = request.query.get("dataset") or None
         files = request.query.get("files", "") not in ("", "0", "false")
-        if dataset is None and not files:
+        every = request.query.get("all", "") not in ("", "0", "false")
+        if dataset is None and not files and not every:
             current = await self.reader.status()
             body = self._once(current, ("json",), lambda: Response.json(200, current).body)
             return Response(200, body, "application/json")
@@ -182,7 +183,7 @@ class App:
         def read(journal: Journal) -> dict[str, Any] | None:
             if dataset is not None and journal.dataset_by_name(dataset) is None:
                 return None
-            return snapshot(journal, live, dataset=dataset, files=files)
+            return snapshot(journal, live, dataset=dataset, files=files, every=every)
 
         document = await self.reader.call(read)
         if document is None:

@@ -8,13 +8,15 @@ files are sent again, which Prometheus reads as a counter reset.
 =====================================  ======  =================================================
 metric                                 type    labels, meaning
 =====================================  ======  =================================================
-``dronesync_files``                    gauge   dataset, target, status: files in that status
+``dronesync_files``                    gauge   dataset, target, status: files in that status,
+                                               of the datasets ``status`` lists (current)
 ``dronesync_uploaded_bytes_total``     counter target: bytes of the files uploaded
 ``dronesync_upload_errors``            gauge   target, kind (retrying | failed): files whose
                                                last attempt failed
 ``dronesync_datasets``                 gauge   state: datasets in that state
 ``dronesync_oldest_waiting_seconds``   gauge   how long the longest-waiting file has waited
 ``dronesync_upload_rate_bytes``        gauge   target: the current upload rate, bytes/s
+``dronesync_journal_bytes``            gauge   the journal's size on disk (with its WAL)
 =====================================  ======  =================================================
 """
 
@@ -29,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from daemon.journal import FILE_STATUSES, Journal
+from daemon.status import DAY_S
 
 DATASET_STATES = (
     "collecting",
@@ -55,33 +58,34 @@ class _Families(Collector):
 def families(journal: Journal, live: dict[str, Any], now: float | None = None) -> list[Any]:
     """Every metric family, read from the journal and the daemon's live figures."""
     now = time.time() if now is None else now
-    datasets = journal.datasets()
-    counts = journal.counts()
+    # Per dataset, the current ones (those `status` lists): a year of history is thousands of
+    # datasets whose counts no longer change. The totals below count every dataset.
+    current = journal.current_datasets(now - DAY_S)
+    counts = journal.counts([ds.id for ds in current])
     files = GaugeMetricFamily(
         "dronesync_files",
         "Files of a dataset in each status.",
         labels=["dataset", "target", "status"],
     )
-    states = dict.fromkeys(DATASET_STATES, 0)
-    target_of: dict[int, str] = {}
-    for ds in datasets:
-        target_of[ds.id] = ds.target
-        states[ds.state] = states.get(ds.state, 0) + 1
+    target_of: dict[int, str] = {ds.id: ds.target for ds in current}
+    for ds in current:
         per_status = counts[ds.id].files if ds.id in counts else dict.fromkeys(FILE_STATUSES, 0)
         for status in FILE_STATUSES:
             files.add_metric([ds.name, ds.target, status], per_status.get(status, 0))
-    targets = sorted(set(target_of.values()))
+    sums = journal.uploaded_bytes()
+    targets = sorted(sums)
     uploaded = CounterMetricFamily(
         "dronesync_uploaded_bytes", "Bytes of the files uploaded, by target.", labels=["target"]
     )
-    sums = dict.fromkeys(targets, 0)
-    duplicates = journal.duplicate_bytes()
-    for dataset_id, c in counts.items():
-        if dataset_id in target_of:
-            done = c.bytes_uploaded - duplicates.get(dataset_id, 0)
-            sums[target_of[dataset_id]] += done
     for target, total in sums.items():
         uploaded.add_metric([target], total)
+
+    def target_of_dataset(dataset_id: int) -> str | None:
+        if dataset_id not in target_of:
+            found = journal.find_dataset(dataset_id)
+            target_of[dataset_id] = found.target if found is not None else ""
+        return target_of[dataset_id] or None
+
     errors = GaugeMetricFamily(
         "dronesync_upload_errors",
         "Files whose last upload attempt failed: retrying (waiting for their next attempt)"
@@ -91,11 +95,12 @@ def families(journal: Journal, live: dict[str, Any], now: float | None = None) -
     in_error = {(t, kind): 0 for t in targets for kind in ("retrying", "failed")}
     for dataset_id, kinds in journal.troubles().items():
         for kind, (count, _) in kinds.items():
-            key = (target_of.get(dataset_id, "?"), kind)
+            key = (target_of_dataset(dataset_id) or "?", kind)
             in_error[key] = in_error.get(key, 0) + count
     for (target, kind), count in sorted(in_error.items()):
         errors.add_metric([target, kind], count)
     by_state = GaugeMetricFamily("dronesync_datasets", "Datasets in each state.", labels=["state"])
+    states = dict.fromkeys(DATASET_STATES, 0) | journal.states()
     for state, count in states.items():
         by_state.add_metric([state], count)
     oldest = journal.oldest_waiting()
@@ -109,12 +114,17 @@ def families(journal: Journal, live: dict[str, Any], now: float | None = None) -
     )
     rates = dict.fromkeys(targets, 0.0)
     for dataset_id, figures in live.get("datasets", {}).items():
-        of = target_of.get(int(dataset_id))
+        of = target_of_dataset(int(dataset_id))
         if of is not None:
-            rates[of] += float(figures.get("rate_bps", 0.0))
+            rates[of] = rates.get(of, 0.0) + float(figures.get("rate_bps", 0.0))
     for target, value in rates.items():
         rate.add_metric([target], value)
-    return [files, uploaded, errors, by_state, waiting, rate]
+    size = GaugeMetricFamily(
+        "dronesync_journal_bytes",
+        "The journal's size on disk, its write-ahead log included.",
+        value=journal.size_on_disk(),
+    )
+    return [files, uploaded, errors, by_state, waiting, rate, size]
 
 
 def exposition(journal: Journal, live: dict[str, Any]) -> bytes:

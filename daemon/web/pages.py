@@ -185,7 +185,9 @@ def _summary(doc: dict[str, Any]) -> str:
     active = sum(1 for ds in datasets if ds["state"] in ("collecting", "ready", "processing"))
     rate = sum(ds["rate_bps"] for ds in datasets)
     left = sum(ds["bytes_total"] - ds["bytes_uploaded"] for ds in datasets)
-    parts = [f"{active} active of {len(datasets)} datasets", f"{done} of {total} files"]
+    # The document holds the current datasets; the summary counts the history left out too.
+    every = (doc.get("summary") or {}).get("datasets_total", len(datasets))
+    parts = [f"{active} active of {every} datasets", f"{done} of {total} files"]
     if total:
         parts.append(f"{100 * done // total}%")
     if rate:

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,6 @@ from daemon.targets.s3.target import S3Target
 from tests.fakes.s3store import ACCESS_KEY, SECRET_KEY, S3Store
 
 DS = DatasetRef(1, "mission")
-
-
-@pytest.fixture
-def store() -> Iterator[S3Store]:
-    with S3Store() as running:
-        yield running
 
 
 def _target(store: S3Store, tmp: Path, box: str, **keys: object) -> S3Target:

@@ -15,7 +15,7 @@ import pytest
 
 from daemon.clock import SystemClock
 from daemon.config import SourceConfig
-from daemon.journal import Journal
+from daemon.journal import HashRecord, Journal, NewFile
 from daemon.sources import intake as intake_module
 from daemon.sources.gate import Candidate
 from daemon.sources.manager import SourceManager
@@ -246,3 +246,45 @@ def test_a_file_is_released_stable_s_after_its_last_change_on_the_sources_clock(
 
     asyncio.run(main())
     assert [c.relpath for c in released] == [b"flight-1/DJI_0000.JPG"]
+
+
+def test_a_scan_over_a_year_of_history_offers_only_what_changed(
+    tmp_path: Path, journal: Journal
+) -> None:
+    inbox = tmp_path / "inbox"
+    _images(inbox / "flight-2", 12)
+    (inbox / "flight-2" / "sub").mkdir()
+    (inbox / "flight-2" / "sub" / "DJI_9000.JPG").write_bytes(b"\xff\xd8 deeper")
+    volume = str(inbox)
+    on_disk = sorted(p for p in inbox.rglob("*.JPG"))
+    # Sent long ago: flight-2 as it is on disk, and 40 files of a flight no longer there.
+    for n, count in ((1, 40), (2, len(on_disk))):
+        ds = journal.open_dataset(
+            volume=volume, folder=b"flight-%d" % n, name=f"flight-{n}", target="archive",
+            source=volume, auto_process=True, quiet_s=60, now=1.0,
+        )  # fmt: skip
+        paths = on_disk if n == 2 else [inbox / f"flight-1/DJI_{i:04d}.JPG" for i in range(count)]
+        new = []
+        for path in paths:
+            relpath = os.fsencode(path.relative_to(inbox))
+            size, mtime = (path.stat().st_size, path.stat().st_mtime_ns) if n == 2 else (9, 1)
+            new.append(NewFile(ds.id, volume, relpath, relpath.split(b"/", 1)[1], size, mtime))
+        ids = journal.add_files(new, 1.0)
+        rows = journal.find_files(ids)
+        journal.record_hashes(
+            [HashRecord(rows[i], ds.id, rows[i].size, rows[i].mtime_ns, f"{i:064x}", "target")
+             for i in ids],
+            1.0,
+        )  # fmt: skip
+        for i in ids:
+            journal.mark_uploaded(i, b"k", 1.0)
+    changed = inbox / "flight-2" / "DJI_0004.JPG"
+    changed.write_bytes(b"\xff\xd8 edited afterwards")
+    before = _known_files(journal)
+    released: list[bytes] = []
+    config = SourceConfig(path=inbox, target="archive", stable_s=0)
+    manager = _manager(config, journal, _Reader(lambda c: released.append(c.relpath)))
+    _run(manager, lambda: manager.first_scan_done.is_set() and bool(released))
+
+    assert released == [b"flight-2/DJI_0004.JPG"]  # nothing unchanged is read again
+    assert _known_files(journal) == before  # and nothing the journal has is added twice

@@ -88,6 +88,8 @@ def test_api_status_is_the_status_json_document(
     failed = [f for f in one["datasets"][0]["file_list"] if f["status"] == "failed"]
     assert [f["last_error"] for f in failed] == ["HTTP 403: bucket denied"] * 3
     assert client.get("/api/status", params={"dataset": "nope"}).status_code == 404
+    every = client.get("/api/status", params={"all": "1"}).json()
+    assert every == snapshot(journal, read_live(tmp_path, time.time()), every=True)
 
 
 def test_the_index_shows_each_dataset_and_reads_without_scripts(client: httpx.Client) -> None:
@@ -156,6 +158,9 @@ def test_metrics_are_read_from_the_journal(client: httpx.Client) -> None:
     assert value("dronesync_datasets", state="collecting") == 2
     assert value("dronesync_datasets", state="processed") == 1
     assert value("dronesync_oldest_waiting_seconds") >= 0
+    status = client.get("/api/status").json()
+    assert value("dronesync_journal_bytes") > 0
+    assert status["journal"]["bytes"] > 0
 
 
 def test_events_stream_the_live_part_of_a_page_when_it_changes(page: str, journal: Journal) -> None:

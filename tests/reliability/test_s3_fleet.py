@@ -28,12 +28,6 @@ from tests.fakes.s3store import ACCESS_KEY, SECRET_KEY, S3Store
 MB = 1024 * 1024
 
 
-@pytest.fixture
-def store() -> Iterator[S3Store]:
-    with S3Store() as running:
-        yield running
-
-
 def _cards(root: Path, rng: random.Random) -> dict[str, dict[str, bytes]]:
     """Two cards: 14 images in common (two above the multipart threshold), 6 of their own
     each, and one copy of an image inside each card."""

@@ -258,7 +258,7 @@ def test_names_that_are_not_utf8_round_trip_as_bytes(journal: Journal, path: Pat
         row = reader.files(ds)[0]
         assert row.relpath == rel
         assert row.dspath == b"caf\xe9 \xff\n.jpg"
-        assert reader.settled_files("/srv/inbox")[rel] == (10, 1)
+        assert reader.folder_files("/srv/inbox", folder)[rel] == (10, 1, True)
         known = reader.known_file("/srv/inbox", rel)
         assert known is not None
         assert known.id == fid
@@ -446,7 +446,12 @@ def test_the_hash_cache_splits_settled_files_from_files_with_work_left(journal: 
         mtime_ns=2, now=NOW,
     )  # fmt: skip
     journal.mark_failed(unreadable, "read error")  # failed before it was ever hashed
-    assert journal.settled_files("/srv/inbox") == {b"done.jpg": (10, 1)}
+    assert journal.folder_files("/srv/inbox", b"") == {
+        b"done.jpg": (10, 1, True),
+        b"waiting.jpg": (10, 1, False),
+        b"new.jpg": (3, 2, False),
+        b"bad.jpg": (4, 2, False),
+    }
     open_files = journal.open_files("/srv/inbox")
     assert {rel: k.id for rel, k in open_files.items()} == {
         b"waiting.jpg": waiting,
@@ -600,3 +605,15 @@ def test_file_count_counts_only_files_sure_to_be_sent(journal: Journal) -> None:
         now=NOW,
     )  # not hashed yet
     assert journal.file_count(ds) == 1
+
+
+def test_a_folder_s_files_are_read_without_those_of_its_sub_folders_or_neighbours(
+    journal: Journal,
+) -> None:
+    ds = dataset(journal, "m1")
+    for rel in (b"m1/a.jpg", b"m1/sub/b.jpg", b"m10/c.jpg", b"m1.jpg", b"m1/\xff.jpg"):
+        add(journal, ds, rel, "e" * 64)
+    assert set(journal.folder_files("/srv/inbox", b"m1")) == {b"m1/a.jpg", b"m1/\xff.jpg"}
+    assert set(journal.folder_files("/srv/inbox", b"m1/sub")) == {b"m1/sub/b.jpg"}
+    assert set(journal.folder_files("/srv/inbox", b"")) == {b"m1.jpg"}
+    assert journal.folder_files("/srv/other", b"m1") == {}

@@ -16,6 +16,8 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.targets.registry import TYPES
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "daemon"
 
@@ -205,3 +207,42 @@ def test_a_broken_rule_names_the_import() -> None:
         "daemon/targets/base.py:7: daemon.targets.base imports daemon.journal.db: forbidden,"
         " a target keeps state through TargetState only"
     ]
+
+
+def concrete_target_problems() -> list[str]:
+    """Outside ``daemon/targets/``: imports of a target's own modules, and its type's name.
+
+    The rest of the daemon reaches targets through the protocol (``targets.base``) and the
+    registry only, so a new target is one module and its line in the registry.
+    """
+    shared = {"daemon.targets", "daemon.targets.base", "daemon.targets.registry"}
+    problems = [
+        f"{imp.where()}: a concrete target's module"
+        for imp in all_imports()
+        if not imp.importer.startswith("daemon.targets")
+        and imp.imported.startswith("daemon.targets")
+        and imp.imported not in shared
+    ]
+    names = set(TYPES)
+    for module, path in package_modules().items():
+        if module.startswith("daemon.targets"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
+        problems += [
+            f"{path.relative_to(ROOT)}:{node.lineno}: names the target type {node.value!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in names and id(node) not in docstrings
+        ]
+    return problems
+
+
+def test_nothing_outside_targets_names_a_concrete_target() -> None:
+    problems = concrete_target_problems()
+    assert not problems, "\n".join(problems)

@@ -13,6 +13,8 @@ import pytest
 from daemon import control
 from daemon.journal import Journal
 from daemon.status import mark_stopping, read_live, snapshot, write_live
+from daemon.status.render import render
+from daemon.status.render import size as size_text
 
 NOW = 1_000_000.0
 MB = 1_000_000
@@ -137,6 +139,8 @@ def test_the_document_keeps_every_field_and_adds_the_summary_and_requests(
         "rate_bps": 1_000_000.0,
         "eta_s": 3.0,
         "files_failed": 0,
+        "datasets_total": 1,
+        "datasets_hidden": 0,
     }
     assert [(r["action"], r["dataset"]) for r in doc["requests"]] == [
         ("process", "m"),
@@ -174,3 +178,51 @@ def test_a_stopped_daemon_is_seen_at_once_and_a_stopping_one_from_its_mark(
     os.utime(tmp_path / control.LOCK, ns=(0, (tmp_path / "live.stopping").stat().st_mtime_ns + 1))
     assert "stopping" not in read_live(tmp_path, NOW)
     lock.release()
+
+
+def test_history_is_left_out_of_the_document_but_counted_and_every_lists_it(
+    journal: Journal,
+) -> None:
+    old, old_ids = _dataset(journal, "last-year", [MB, MB])
+    for fid in old_ids:
+        journal.mark_uploaded(fid, b"k", NOW - 400 * 86_400)
+    journal.set_dataset_state(
+        old, "processed", processing_started_at=NOW - 300 * 86_400,
+        processing_finished_at=NOW - 300 * 86_400,
+    )  # fmt: skip
+    journal._conn.execute(
+        "UPDATE datasets SET created_at = ?, last_activity_at = ? WHERE id = ?",
+        (NOW - 400 * 86_400, NOW - 400 * 86_400, old),
+    )
+    held, held_ids = _dataset(journal, "held-back", [MB, MB])  # a failed file: current
+    journal.mark_failed(held_ids[0], "HTTP 500")
+    journal._conn.execute(
+        "UPDATE datasets SET state = 'processed', created_at = 1, last_activity_at = 1"
+        " WHERE id = ?",
+        (held,),
+    )
+    _dataset(journal, "today", [MB])
+
+    doc = snapshot(journal, {}, now=NOW)
+    every = snapshot(journal, {}, now=NOW, every=True)
+
+    assert [ds["name"] for ds in doc["datasets"]] == ["held-back", "today"]
+    assert all(ds["current"] for ds in doc["datasets"])
+    assert (doc["summary"]["datasets_total"], doc["summary"]["datasets_hidden"]) == (3, 1)
+    assert [ds["name"] for ds in every["datasets"]] == ["last-year", "held-back", "today"]
+    assert every["summary"]["datasets_hidden"] == 0
+    # The listing changes nothing the summary says: it adds up the current datasets either way.
+    assert {k: v for k, v in doc["summary"].items() if k != "datasets_hidden"} == {
+        k: v for k, v in every["summary"].items() if k != "datasets_hidden"
+    }
+    assert every["datasets"][0]["files"]["uploaded"] == 2
+    size = os.stat(journal.path).st_size
+    assert doc["journal"]["path"] == str(journal.path)
+    assert doc["journal"]["bytes"] >= size > 0
+
+    text = render(doc, bars=False, now=NOW)
+    assert "today" in text
+    assert "last-year" not in text
+    assert "1 older dataset not shown" in text
+    assert f"journal: {size_text(doc['journal']['bytes'])} ({journal.path})" in text
+    assert "last-year" in render(every, bars=False, now=NOW, show_all=True)

@@ -1,7 +1,8 @@
 """The S3 target: any S3-compatible bucket, shared by a fleet of boxes (``type = "s3"``).
 
-Its table and its registry entry; the uploads are in ``target``, the keys in ``keys`` and the
-manifests in ``manifest``. ``target`` imports boto3: only when an s3 target is configured.
+Its table and its registry entry; the uploads are in ``target``, the keys in ``keys``, the
+manifests in ``manifest`` and the listing of every box's datasets in ``fleet``. ``target``
+imports boto3: only when an s3 target is built or its fleet listed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from daemon.configmodel import DAY_S, check_placeholders, credential_ok, not_blank, url_ok
-from daemon.targets.base import SecretRef, Target, TargetConfig, TargetEnv, TargetType
+from daemon.targets.base import (
+    FleetRow,
+    SecretRef,
+    Target,
+    TargetConfig,
+    TargetEnv,
+    TargetType,
+)
 
 
 class S3TargetConfig(TargetConfig):
@@ -172,4 +180,10 @@ def _build(name: str, config: S3TargetConfig, env: TargetEnv) -> Target:
     return S3Target(name, config, env.state, state_dir=env.state_dir, secret=env.secret)
 
 
-TYPE = TargetType("s3", S3TargetConfig, _build)
+def _fleet(config: S3TargetConfig, secret: str | None) -> list[FleetRow]:
+    from daemon.targets.s3.fleet import fleet  # noqa: PLC0415 (boto3, when used)
+
+    return fleet(config, secret)
+
+
+TYPE = TargetType("s3", S3TargetConfig, _build, _fleet)

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from urllib.parse import quote_from_bytes
+from urllib.parse import quote_from_bytes, unquote
 
 MANIFEST = "manifest.json"
 
@@ -33,6 +33,7 @@ class Keys:
 
     def __init__(self, prefix: str, box: str) -> None:
         self.base = f"{prefix}/" if prefix else ""
+        self.datasets = manifests_prefix(prefix)
         self.box = quoted(box.encode(), slash=False)
 
     def content(self, sha256: str) -> str:
@@ -46,12 +47,22 @@ class Keys:
     def manifest(self, dataset: str) -> str:
         """The key of a dataset's manifest."""
         name = quoted(dataset.encode(), slash=False)
-        return f"{self.base}datasets/{self.box}/{name}/{MANIFEST}"
+        return f"{self.datasets}{self.box}/{name}/{MANIFEST}"
 
-    @property
-    def datasets(self) -> str:
-        """The prefix every box's manifests are under."""
-        return f"{self.base}datasets/"
+
+def manifests_prefix(prefix: str) -> str:
+    """The prefix every box's manifests are under."""
+    return f"{prefix}/datasets/" if prefix else "datasets/"
+
+
+def manifest_place(prefix: str, key: str) -> tuple[str, str] | None:
+    """(box, dataset) a manifest's key names, decoded; None for a key that is not a manifest's."""
+    base = manifests_prefix(prefix)
+    parts = key[len(base) :].split("/") if key.startswith(base) else []
+    if len(parts) != 3 or parts[2] != MANIFEST or not parts[0] or not parts[1]:
+        return None
+    box, dataset = (unquote(part, errors="backslashreplace") for part in parts[:2])
+    return box, dataset
 
 
 def alternative(path: bytes, n: int) -> bytes:

@@ -8,22 +8,18 @@ cut short stores nothing. Older versions kept each file as an ``ImageUpload`` wh
 gives a second file of one name another name: both are kept. Either way the client never sends
 a file twice into a task without first asking whether it is there (:func:`stored_size`).
 
-As for NodeODM, :class:`~daemon.hashing.StableRead` hashes each chunk as it is read and holds
-back the last one, and the closing boundary, until the content is the recorded one.
+As for NodeODM, :func:`~daemon.targets.kit.imagepost.post_image` holds back the last chunk,
+and the closing boundary, until the content is the recorded one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import uuid as uuidlib
-from collections.abc import Generator
-
 import httpx
 
 from daemon.errors import TransientTargetError
-from daemon.hashing import StableRead
 from daemon.targets.base import Transfer, UploadItem
 from daemon.targets.kit.http import transport_error
+from daemon.targets.kit.imagepost import post_image
 from daemon.targets.webodm.api import WebODMAPI, check, token_refused
 
 
@@ -44,7 +40,9 @@ def send_image(api: WebODMAPI, task: str, name: str, item: UploadItem, transfer:
     for last in (False, True):
         token = api.token()
         try:
-            response = _post(api.client, path, token, name, item, transfer)
+            response = post_image(
+                api.client, path, name, item, transfer, headers={"authorization": f"JWT {token}"}
+            )
         except httpx.TransportError as exc:
             raise transport_error(route, exc) from exc
         if not token_refused(response) or last:
@@ -52,48 +50,6 @@ def send_image(api: WebODMAPI, task: str, name: str, item: UploadItem, transfer:
         # Refused before the view read the files: nothing stored, the body is sent again.
         api.invalidate(token)
     check(route, response)
-
-
-def _post(
-    client: httpx.Client, path: str, token: str, name: str, item: UploadItem, transfer: Transfer
-) -> httpx.Response:
-    boundary = f"dronesync-{uuidlib.uuid4().hex}"
-    head = (
-        f"--{boundary}\r\n"
-        f'Content-Disposition: form-data; name="images"; filename="{name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    headers = {
-        "authorization": f"JWT {token}",
-        "content-type": f"multipart/form-data; boundary={boundary}",
-        "content-length": str(len(head) + item.size + len(tail)),
-    }
-    # Opened before the request: a file changed since it was hashed costs no request.
-    with (
-        StableRead(
-            item.path,
-            item.size,
-            item.mtime_ns,
-            expect=item.sha256,
-            seen="hashed",
-            doing="uploaded",
-        ) as read,
-        contextlib.closing(_body(read, head, tail, transfer)) as body,
-    ):
-        return client.post(path, content=body, headers=headers)
-
-
-def _body(
-    read: StableRead, head: bytes, tail: bytes, transfer: Transfer
-) -> Generator[bytes, None, None]:
-    """The part's header, the file, then the closing boundary once the content matched."""
-    yield head
-    for chunk in read.chunks():
-        transfer.progress(len(chunk))  # bandwidth limit, stall watch and abort, per chunk
-        yield bytes(chunk)  # a copy: the read's buffer is filled again for the next chunk
-    read.finish()
-    yield tail
 
 
 def stored_size(api: WebODMAPI, task: str, name: str) -> int | None:
