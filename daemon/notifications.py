@@ -15,7 +15,6 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import structlog
 
 from daemon.config import NotificationsConfig
@@ -23,6 +22,8 @@ from daemon.events import Event
 from daemon.upload.retry import Backoff
 
 if TYPE_CHECKING:
+    import httpx
+
     from daemon.mail import Mailer
 
 log = structlog.get_logger("dronesync.notifications")
@@ -86,12 +87,19 @@ class Notifier:
     async def _run_hooks(self) -> None:
         # Runs until cancelled even with nothing to deliver: a component of the session that
         # returns ends the session.
+        if not self.config.webhook_url:
+            while True:
+                await self._deliver(None, await self._queue.get())
+        # httpx and a client (its TLS context alone is a quarter of a CPU-second) only for a
+        # webhook: on a small box they would delay the first card by a second or two.
+        import httpx  # noqa: PLC0415
+
         async with httpx.AsyncClient(timeout=self.config.timeout_s) as client:
             while True:
                 event = await self._queue.get()
                 await self._deliver(client, event)
 
-    async def _deliver(self, client: httpx.AsyncClient, event: Event) -> None:
+    async def _deliver(self, client: httpx.AsyncClient | None, event: Event) -> None:
         document = event.document()
         # A receiver that got the event is not sent it again when the other one failed.
         pending = {"webhook"} if self.config.webhook_url else set()
@@ -124,10 +132,17 @@ class Notifier:
             await asyncio.sleep(delay)
 
     async def _attempt(
-        self, client: httpx.AsyncClient, event: Event, document: dict[str, Any], pending: set[str]
+        self,
+        client: httpx.AsyncClient | None,
+        event: Event,
+        document: dict[str, Any],
+        pending: set[str],
     ) -> str | None:
         """Try each receiver still pending once; the first error, or None when all got it."""
         if "webhook" in pending and self.config.webhook_url:
+            import httpx  # noqa: PLC0415 (loaded by _run_hooks already)
+
+            assert client is not None  # noqa: S101 (made by _run_hooks for a webhook)
             try:
                 response = await client.post(self.config.webhook_url, json=document)
             except httpx.TransportError as exc:

@@ -8,6 +8,8 @@ Shared pieces:
 - ``files``: distinct test files written at disk speed, SHA-256 of a file, a tree's files.
 - ``procfs``: CPU time, children, memory and bytes read of a process, from ``/proc``.
 - ``settling``: the settled start of every timed run (``tests/bench/settle.py``).
+- ``smallcpu``: a small box (``--cpu-quota``: a cgroup on a share of one CPU) and a card read
+  cold at its own rate (``--card-mbps``: a loop-mounted image behind a read limit).
 - ``table``: the figures' tables; ``timing``: best of N, progress lines; ``cli``: arguments.
 
 One module or package per script: ``bench/`` (scripts/bench), ``bench_targets/``

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from benchkit.files import KIB, MIB, write_distinct
 from benchkit.settling import settle
+from benchkit.smallcpu import CardImage
 
 JPEG_SOI = b"\xff\xd8\xff\xe0"  # every card file starts like a JPEG
 
@@ -22,6 +23,7 @@ class Card:
     files: int
     nbytes: int
     label: str
+    image: CardImage | None = None  # --card-mbps: mounted at ``root`` for a run, read cold
 
 
 def make_card(root: Path, files: int, size: int, folders: int, pool: bytes, label: str) -> Card:
@@ -64,15 +66,20 @@ def write_config(
     stable_s: float,
     spool: Path | None = None,
     spool_gb: float = 1.0,
+    require_mount: bool = False,
+    target: list[str] | None = None,
+    upload: list[str] | None = None,
 ) -> None:
-    """The daemon's configuration: one directory target, one source (a folder or a card glob)."""
-    lines = [
-        f"state_dir = {toml_str(state)}",
-        'log_level = "info"',
-        "[targets.a]",
-        'type = "directory"',
-        f"path = {toml_str(archive)}",
-    ]
+    """The daemon's configuration: one target, one source (a folder or a card glob).
+
+    The target is a directory (``archive``) unless ``target`` gives the lines of its table;
+    ``upload``: lines of the ``[upload]`` table.
+    """
+    lines = [f"state_dir = {toml_str(state)}", 'log_level = "info"']
+    if upload:
+        lines += ["[upload]", *upload]
+    lines += ["[targets.a]"]
+    lines += target or ['type = "directory"', f"path = {toml_str(archive)}"]
     if spool is not None:
         lines += ["[spool]", f"dir = {toml_str(spool)}", f"max_gb = {spool_gb:.3f}"]
     lines += [
@@ -84,4 +91,6 @@ def write_config(
     ]
     if spool is not None:
         lines.append("spool = true")
+    if require_mount:
+        lines.append("require_mount = true")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -12,6 +12,7 @@ from benchkit.bench.child import Daemon
 from benchkit.files import MIB
 from benchkit.procfs import ProcFigures
 from benchkit.settling import remove
+from benchkit.smallcpu import CardImage, Confinement, maybe_inside
 from benchkit.table import fmt, left, right
 
 # The goals of the issue.
@@ -95,6 +96,17 @@ class Bench:
     idle: ProcFigures | None = None  # a daemon that only started: what start-up costs
     short_of_room: bool = False  # outputs could not be kept: see keep()
     card_bytes: int = 0  # the card being ingested: what each of its runs writes
+    confine: Confinement | None = None  # --cpu-quota, --card-mbps: where the sides run
+    ref_cpu: list[float] = field(default_factory=list)  # CPU seconds of each cp -r reference
+    cards: list[CardImage] = field(default_factory=list)  # --card-mbps: images attached
+
+    def close_small_box(self) -> None:
+        """Detach the card images, remove the cgroups of ``--cpu-quota`` / ``--card-mbps``."""
+        while self.cards:
+            self.cards.pop().close()
+        if self.confine is not None:
+            self.confine.close()
+            self.confine = None
 
     def keep(self, path: Path) -> None:
         """Set a timed run's output aside until :meth:`drop_kept` (or delete it now, short of room).
@@ -122,7 +134,8 @@ class Bench:
 
     def start(self, config: Path, name: str, **kwargs: Any) -> Daemon:
         """Start the daemon on ``config``, its log in ``NAME.log``; killed if the run fails."""
-        daemon = Daemon(config, self.work / f"{name}.log", **kwargs)
+        with maybe_inside(self.confine):  # the daemon and its hashing processes, if asked
+            daemon = Daemon(config, self.work / f"{name}.log", **kwargs)
         self.daemons.append(daemon)
         return daemon
 

@@ -5,6 +5,8 @@
                   [--image-mb 10] [--small-files 10000] [--small-kb 400]
                   [--restart-files 100000] [--latency-files 20] [--latency-stable 1,3]
                   [--runs 2] [--dd-mb 1024] [--tmp DIR] [--no-settle]
+                  [--cpu-quota 0.25 [--cpu N]] [--card-mbps 90] [--link-mbit 200]
+                  [--hash-workers N]
 
 The real daemon runs as a child process (``python -m daemon run --config FILE``, a TOML file
 written to a temporary folder, the directory target); completion is read from its journal
@@ -33,6 +35,12 @@ written to a temporary folder, the directory target); completion is read from it
   of the file's status leaving 'waiting' in the journal, polled every 10 ms, and its "file
   uploaded" log line), against ``stable_s`` + 1 s.
 
+A small box (``benchkit.smallcpu``): ``--cpu-quota`` runs the daemon and each reference in a
+cgroup holding one CPU at that share of it; ``--card-mbps`` makes the card an ext4 image on a
+loop device, mounted at its arrival (``require_mount``) and read cold at that rate at most;
+``--link-mbit``: the ingest and spool runs send to a local NodeODM node at that rate instead
+(``scripts/benchkit/bench/link.py``), against the link and ``curl -F --limit-rate``.
+
 Caches cannot be dropped here: every side reads files warm in the page cache. Before every timed
 run the page cache is filled and the files deleted by the run before have aged
 (``tests/bench/settle.py``; ``--no-settle`` only syncs), so that no run pays for what the run
@@ -55,10 +63,12 @@ from benchkit.bench.harness import Bench, print_table
 from benchkit.bench.hashing import bench_hash
 from benchkit.bench.ingest import bench_idle, bench_ingest_shape, disk_rate
 from benchkit.bench.latency import bench_latency
+from benchkit.bench.link import bench_link_shape
 from benchkit.bench.restart import bench_restart
 from benchkit.cli import csv, floats, summary
 from benchkit.files import random_pool
 from benchkit.settling import SETTLER, start
+from benchkit.smallcpu import ConfineError, add_small_box, small_box
 from benchkit.table import machine
 
 SCENARIOS = ("hash", "ingest", "spool", "restart", "latency")
@@ -91,6 +101,15 @@ def parse_args() -> argparse.Namespace:
     add("--latency-stable", type=floats, default=[1.0, 3.0], help="latency: stable_s values")
     add("--timeout", type=float, default=3600, help="longest wait for one daemon step (s)")
     add("--tmp", type=Path, default=None, help="where the work folder goes")
+    add("--hash-workers", type=int, default=None, help="the daemon's hash_workers (default: 2)")
+    add(
+        "--link-mbit",
+        type=float,
+        default=None,
+        help="ingest and spool send to a local NodeODM node through a link this fast (the"
+        " daemon's bandwidth_limit), against curl --limit-rate",
+    )
+    add_small_box(parser)
     add(
         "--no-settle",
         dest="settle",
@@ -107,6 +126,8 @@ def parse_args() -> argparse.Namespace:
     sizes = (args.big_mb, args.image_mb, args.small_kb, args.restart_kb, args.latency_kb)
     if min(counts) < 1 or min(sizes) < 1 or not args.latency_stable:
         parser.error("sizes, counts and runs must be at least 1")
+    if args.card_mbps and not {"ingest", "spool"} & set(args.scenarios):
+        parser.error("--card-mbps: for the ingest and spool scenarios")
     return args
 
 
@@ -116,7 +137,10 @@ def run(bench: Bench) -> None:
     pool = random_pool()
     if "hash" in args.scenarios:
         bench_hash(bench)
-    if {"ingest", "spool"} & set(args.scenarios):
+    if {"ingest", "spool"} & set(args.scenarios) and args.link_mbit:
+        for shape in args.shapes:
+            bench_link_shape(bench, shape, pool)
+    elif {"ingest", "spool"} & set(args.scenarios):
         bench_idle(bench)
         dd_rate = disk_rate(bench)
         for shape in args.shapes:
@@ -140,8 +164,9 @@ def main() -> int:
         bench = Bench(args, Path(tmp))
         start(Path(tmp), fill=args.settle, age=args.settle)
         try:
+            bench.confine = small_box(args, bench.notes)
             run(bench)
-        except (BenchError, subprocess.CalledProcessError, OSError) as exc:
+        except (BenchError, ConfineError, subprocess.CalledProcessError, OSError) as exc:
             for daemon in bench.daemons:
                 daemon.kill()
             print(f"bench: {exc}", file=sys.stderr)
@@ -149,6 +174,7 @@ def main() -> int:
         finally:
             for daemon in bench.daemons:
                 daemon.kill()
+            bench.close_small_box()
             if SETTLER.filler is not None:
                 bench.notes.insert(0, SETTLER.filler.note())
                 SETTLER.filler.close()
@@ -161,7 +187,13 @@ def main() -> int:
                 )
     bench.notes.insert(
         0,
-        "every file warm in the page cache (caches cannot be dropped here); ingest times run"
+        (
+            f"the card an ext4 image on a loop device, mounted for each run and read cold at"
+            f" {args.card_mbps:g} MB/s at most; every other file warm in the page cache"
+            if args.card_mbps
+            else "every file warm in the page cache (caches cannot be dropped here)"
+        )
+        + "; ingest times run"
         " from the card's arrival at a running daemon, restart and first-ingest times from the"
         " daemon's process start (interpreter start-up included); ingest stable_s"
         f" = {args.ingest_stable_s:g}, quiet_s = 3600 (no processing); ratio = dronesync /"

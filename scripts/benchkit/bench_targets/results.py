@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from benchkit.procfs import cpu_seconds
+from benchkit.smallcpu import Confinement
 from benchkit.table import left, right
 
 # The goals of the issue: ratio = dronesync / reference, at least this much.
@@ -72,8 +73,11 @@ class Meter:
     """Times a block, with the CPU the client and the server spent in it.
 
     ``child``: the client is a child process (curl, rclone; counted once it was waited for),
-    else it is this process (dronesync, pyodm).
+    else it is this process (dronesync, pyodm). With ``--cpu-quota`` (``BOX``) the block runs
+    in the small box: this process and what it starts, the servers staying outside.
     """
+
+    BOX: Confinement | None = None
 
     def __init__(self, server_pid: int, *, child: bool) -> None:
         self._pid = server_pid
@@ -85,6 +89,8 @@ class Meter:
         return t.children_user + t.children_system if self._child else t.user + t.system
 
     def __enter__(self) -> Meter:
+        if self.BOX is not None:
+            self.BOX.join()
         self._server = process_cpu(self._pid)
         self._cpu = self._client()
         self._start = time.perf_counter()
@@ -96,6 +102,8 @@ class Meter:
         after = process_cpu(self._pid)
         server = None if after is None or self._server is None else after - self._server
         self.sample = Sample(seconds, client, server)
+        if self.BOX is not None:
+            self.BOX.leave()
 
 
 TABLE_HEAD = ("target", "data", "reference", "ref MB/s", "dronesync MB/s", "ratio", "goal")

@@ -6,6 +6,7 @@ survive a noisy box).
     scripts/bench-targets [--big-mb 1024] [--files 500] [--file-mb 8] [--runs 3]
                           [--targets nodeodm,pix4dcloud,webodm,s3] [--scenarios big,many]
                           [--s3-big-files 4] [--s3-big-mb 256] [--s3-file-mb 2-8]
+                          [--cpu-quota 0.25 [--cpu N]]
 
 Scenarios: "big" is one file of --big-mb MiB; "many" is --files files of --file-mb MiB sent
 --concurrency at a time (default 4, the engine's default); "drops" (nodeodm only) is
@@ -37,6 +38,10 @@ retries, both timed over init, uploads and commit.
   files of --s3-big-mb MiB (in parts on both sides), "many" --files images of --s3-file-mb
   (2-8 MiB, evenly spread; one PUT each).
 
+``--cpu-quota``: every timed transfer (dronesync's, in this process, and each reference tool's)
+runs in a cgroup holding one CPU at that share of it (``benchkit.smallcpu``); the servers stay
+outside.
+
 Files are hashed before anything is timed (the recorded SHA-256 is an input of an upload), which
 also puts them in the page cache: every side reads warm files. Before each timed transfer the
 page cache is filled (tests/bench/settle.py; --no-settle only syncs), so that what the server
@@ -60,10 +65,11 @@ from pathlib import Path
 import structlog
 
 from benchkit.bench_targets.groups import build_groups
-from benchkit.bench_targets.results import Group, mbps, print_table
+from benchkit.bench_targets.results import Group, Meter, mbps, print_table
 from benchkit.bench_targets.tools import tool_version
 from benchkit.cli import csv, summary
 from benchkit.settling import SETTLER, start
+from benchkit.smallcpu import add_small_box, small_box
 from benchkit.table import machine
 
 
@@ -132,6 +138,7 @@ def parse_args() -> argparse.Namespace:
         help="the fake node hashes every file it stores (for the tests; NodeODM does not)",
     )
     parser.add_argument("--tmp", type=Path, default=None, help="where the files are written")
+    add_small_box(parser, card=False)
     parser.add_argument(
         "--no-settle",
         dest="settle",
@@ -207,9 +214,16 @@ def main() -> int:
         filler = SETTLER.filler
         if filler is not None:
             stack.callback(filler.close)
-        groups = build_groups(args, work, stack)
+        groups = build_groups(args, work, stack)  # the servers start outside the box
+        notes: list[str] = []
+        box = small_box(args, notes)
+        if box is not None:
+            stack.callback(box.close)
+            Meter.BOX = box
         run(groups, args.runs)
         print_table(groups, sys.stdout)
+        for note in notes:
+            print(f"- {note}")
         if filler is not None:
             print(f"- {filler.note()}")
     return 0
