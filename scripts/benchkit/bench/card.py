@@ -78,7 +78,8 @@ def write_config(
     lines = [f"state_dir = {toml_str(state)}", 'log_level = "info"']
     if upload:
         lines += ["[upload]", *upload]
-    lines += ["[targets.a]"]
+    # The page stays on, as by default, on a free port: benches side by side do not collide.
+    lines += ["[web]", 'listen = "127.0.0.1:0"', "[targets.a]"]
     lines += target or ['type = "directory"', f"path = {toml_str(archive)}"]
     if spool is not None:
         lines += ["[spool]", f"dir = {toml_str(spool)}", f"max_gb = {spool_gb:.3f}"]
