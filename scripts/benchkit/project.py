@@ -15,13 +15,14 @@ from daemon.config import UploadSettings
 from daemon.errors import TransientTargetError
 from daemon.hashing import hash_file
 from daemon.journal import FILE_COLUMNS, FileRow, HashRecord, Journal, NewFile
-from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
+from daemon.targets.base import DatasetRef, MemoryState, Throttle, Transfer, UploadItem
 from daemon.targets.nodeodm import NodeODMTargetConfig
 from daemon.targets.nodeodm.target import NodeODMTarget
 from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
 from daemon.targets.pix4dcloud.target import Pix4DCloudTarget
 from daemon.targets.webodm import WebODMTargetConfig
 from daemon.targets.webodm.target import WebODMTarget
+from daemon.upload.ratelimit import TokenBucket
 from daemon.upload.retry import Backoff
 from tests.bench.settle import PageCacheFiller, Settler
 
@@ -45,6 +46,8 @@ __all__ = [
     "Pix4DCloudTarget",
     "Pix4DCloudTargetConfig",
     "Settler",
+    "Throttle",
+    "TokenBucket",
     "Transfer",
     "TransientTargetError",
     "UploadItem",

@@ -31,9 +31,14 @@ class DataSet:
 
 def make_files(folder: Path, count: int, size: int, name: str, pool: bytes) -> DataSet:
     """``count`` files of ``size`` bytes, each distinct (a header, then slices of ``pool``)."""
+    return make_sized(folder, [size] * count, name, pool)
+
+
+def make_sized(folder: Path, sizes: list[int], name: str, pool: bytes) -> DataSet:
+    """A file of each of ``sizes`` bytes, each distinct, hashed as :func:`make_files`'s."""
     folder.mkdir(parents=True)
     paths = []
-    for i in range(count):
+    for i, size in enumerate(sizes):
         path = folder / name.format(i=i)
         write_distinct(path, i, size, pool)
         paths.append(path)

@@ -9,6 +9,7 @@ from benchkit.project import (
     DatasetRef,
     NodeODMTarget,
     Pix4DCloudTarget,
+    Throttle,
     Transfer,
     TransientTargetError,
     UploadItem,
@@ -22,19 +23,26 @@ async def gather_uploads(
     ref: DatasetRef,
     items: list[UploadItem],
     concurrency: int,
+    throttle: Throttle | None = None,
 ) -> list[bytes]:
-    """Upload every item, ``concurrency`` at a time, as the engine's workers do."""
+    """Upload every item, ``concurrency`` at a time, as the engine's workers do.
+
+    ``throttle``: the engine's shared bandwidth limit, when one is set.
+    """
     gate = asyncio.Semaphore(concurrency)
 
     async def one(item: UploadItem) -> bytes:
         async with gate:
-            return await target.upload(ref, item, Transfer())
+            return await target.upload(ref, item, Transfer(throttle=throttle))
 
     return await asyncio.gather(*(one(item) for item in items))
 
 
 async def gather_retrying(
-    target: NodeODMTarget, ref: DatasetRef, items: list[UploadItem], concurrency: int
+    target: NodeODMTarget | Pix4DCloudTarget | WebODMTarget,
+    ref: DatasetRef,
+    items: list[UploadItem],
+    concurrency: int,
 ) -> list[bytes]:
     """As :func:`gather_uploads`, each failed attempt waited out with the engine's backoff."""
     gate = asyncio.Semaphore(concurrency)
