@@ -253,7 +253,10 @@ class Cloud:
                 await target.ensure_dataset(ref)
                 # Token, project, S3 credentials and botocore's client: once per project in the
                 # daemon, so not timed here either.
-                await target.upload(ref, warmup, Transfer())
+                if self.retrying:
+                    await gather_retrying(target, ref, [warmup], 1)
+                else:
+                    await target.upload(ref, warmup, Transfer())
                 settle()
                 with meter:
                     if self.retrying:

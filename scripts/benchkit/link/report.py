@@ -91,12 +91,17 @@ def print_link(
     )
     print(left(HEAD, WIDTHS) + "  result", file=out)
     for target in args.targets:
-        _target_rows(target, cap, results, args, out)
+        _target_rows(target, cap, caps[0], results, args, out)
     print("* both sides timed over task init, uploads and commit", file=out)
 
 
 def _target_rows(
-    target: str, cap: Measured, results: list[Measured], args: argparse.Namespace, out: IO[str]
+    target: str,
+    cap: Measured,
+    first: Measured,
+    results: list[Measured],
+    args: argparse.Namespace,
+    out: IO[str],
 ) -> None:
     full = _best(results, target, "full", "dronesync")
     if not full:
@@ -113,7 +118,7 @@ def _target_rows(
     )
     limited = _best(results, target, "limit", "dronesync")
     if limited:
-        limit = cap.mbps * args.limit_share
+        limit = first.mbps * args.limit_share  # as set: from the capacity measured first
         ratios = [m.mbps / limit for m in limited]
         worst = max(abs(r - 1) for r in ratios)
         values = (f"{limited[0].mbps:.2f}", f"limit {limit:.2f}", f"{ratios[0]:.2f}", _span(ratios))
