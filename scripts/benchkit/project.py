@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from daemon.cli import tune_process
 from daemon.config import UploadSettings
 from daemon.errors import TransientTargetError
 from daemon.hashing import hash_file
@@ -56,6 +57,7 @@ __all__ = [
     "WebODMTargetConfig",
     "hash_file",
     "journal_connection",
+    "tune_process",
     "write_fetch",
 ]
 

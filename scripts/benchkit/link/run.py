@@ -46,6 +46,7 @@ from benchkit.link.netns import LINKS, LinkSpec, Namespace, netns_missing
 from benchkit.link.place import Across
 from benchkit.link.report import Measured, print_link
 from benchkit.link.targets import TARGETS, Step, build
+from benchkit.project import tune_process
 from benchkit.settling import start
 from benchkit.table import machine
 
@@ -158,6 +159,8 @@ def main() -> int:
         print(f"skipped: {missing}")
         return 0
     signal.signal(signal.SIGTERM, _stop)
+    # The client's CPU is the daemon's: its collector and GIL settings, as it runs them.
+    tune_process()
     with (
         tempfile.TemporaryDirectory(prefix="dronesync-bench-link-", dir=args.tmp) as tmp,
         Namespace() as ns,
