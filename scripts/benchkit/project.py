@@ -21,6 +21,8 @@ from daemon.targets.nodeodm import NodeODMTargetConfig
 from daemon.targets.nodeodm.target import NodeODMTarget
 from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
 from daemon.targets.pix4dcloud.target import Pix4DCloudTarget
+from daemon.targets.s3 import S3TargetConfig
+from daemon.targets.s3.target import S3Target
 from daemon.targets.webodm import WebODMTargetConfig
 from daemon.targets.webodm.target import WebODMTarget
 from daemon.upload.ratelimit import TokenBucket
@@ -32,6 +34,7 @@ __all__ = [
     "DAEMON_MODULE",
     "FAKE_NODEODM",
     "FAKE_PIX4DCLOUD",
+    "FAKE_S3",
     "FAKE_WEBODM",
     "FILE_COLUMNS",
     "Backoff",
@@ -46,6 +49,8 @@ __all__ = [
     "PageCacheFiller",
     "Pix4DCloudTarget",
     "Pix4DCloudTargetConfig",
+    "S3Target",
+    "S3TargetConfig",
     "Settler",
     "Throttle",
     "TokenBucket",
@@ -66,6 +71,7 @@ DAEMON_MODULE = "daemon"
 FAKE_NODEODM = "tests.fakes.nodeodm"
 FAKE_PIX4DCLOUD = "tests.fakes.pix4dcloud"
 FAKE_WEBODM = "tests.fakes.webodm"
+FAKE_S3 = "tests.fakes.s3store"
 # What the daemon imports before it can start (``python -c``, timed by scripts/bench).
 DAEMON_IMPORTS = "import daemon.cli, daemon.service"
 

@@ -16,8 +16,10 @@ from tests.bench import ROOT, run_script
 
 SCRIPT = ROOT / "scripts" / "bench-targets"
 TINY = ["--big-mb", "1", "--files", "6", "--file-mb", "0.25", "--runs", "1", "--no-settle"]
+# The s3 target has its own smoke tests (test_bench_s3_smoke.py).
+TINY += ["--targets", "nodeodm,pix4dcloud,webodm"]
 HEADER = re.compile(r"^target\s{2,}data\s{2,}reference\s{2,}ref MB/s\s{2,}dronesync MB/s")
-TARGETS = ("nodeodm", "pix4dcloud", "webodm")
+TARGETS = ("nodeodm", "pix4dcloud", "webodm", "s3")
 
 
 def run_bench(*args: str, env: dict[str, str] | None = None) -> str:

@@ -2,14 +2,20 @@
 
 The proxy (``s3proxy.S3FaultProxy`` without credentials) checks every body's SHA-256 the way
 S3 does and injects faults on demand; ``direct`` is a client straight to moto for reading
-back what was stored, unaffected by faults.
+back what was stored, unaffected by faults. ``python -m tests.fakes.s3store`` serves a bucket
+by hand, moto alone unless ``--proxy`` (scripts/bench-targets runs it so, in a process of its
+own, to time clients against moto and nothing else).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import logging
+import signal
+import sys
+import threading
 from typing import TYPE_CHECKING, Self
 
 import boto3
@@ -29,10 +35,14 @@ REGION = "us-east-1"
 
 
 class S3Store:
-    """One bucket in moto, reached through a fault-injecting proxy (``url``)."""
+    """One bucket in moto, reached through a fault-injecting proxy (``url``).
 
-    def __init__(self, bucket: str = "fleet") -> None:
+    Without ``proxy``, ``url`` is moto's own: no faults, no checks, no second hop.
+    """
+
+    def __init__(self, bucket: str = "fleet", *, proxy: bool = True) -> None:
         self.bucket = bucket
+        self.proxy = proxy
         self.faults: FaultPlan = s3_fault_plan()
         self._moto: QuickMotoServer | None = None
         self._proxy: S3FaultProxy | None = None
@@ -58,8 +68,9 @@ class S3Store:
                 config=Config(s3={"addressing_style": "path"}),
             )
             self._direct.create_bucket(Bucket=self.bucket)
-            self._proxy = S3FaultProxy(self.moto_url, faults=self.faults).start()
-            self.url = self._proxy.url
+            if self.proxy:
+                self._proxy = S3FaultProxy(self.moto_url, faults=self.faults).start()
+            self.url = self._proxy.url if self._proxy is not None else self.moto_url
         except BaseException:
             self.stop()
             raise
@@ -129,3 +140,32 @@ class S3Store:
     def unfinished_uploads(self) -> list[str]:
         """Keys of multipart uploads neither completed nor aborted."""
         return [key for key, _ in self._uploads(self.direct)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve a bucket until Ctrl-C or SIGTERM, printing what an s3 target's table needs."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakes.s3store",
+        description="A local S3 bucket: moto in server mode on loopback.",
+    )
+    parser.add_argument("--bucket", default="fleet")
+    parser.add_argument(
+        "--proxy", action="store_true", help="behind the fault proxy, which checks every body"
+    )
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with S3Store(args.bucket, proxy=args.proxy) as store:
+        print(f"S3 endpoint:  {store.url}")
+        print(f"bucket:       {store.bucket}")
+        print(f"region:       {REGION}")
+        # moto takes any credentials: a client brings its own.
+        print("Serving; Ctrl-C to stop.", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(0.5):
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,8 +35,18 @@ def make_files(folder: Path, count: int, size: int, name: str, pool: bytes) -> D
     return make_sized(folder, [size] * count, name, pool)
 
 
+def spread(count: int, low: int, high: int) -> list[int]:
+    """``count`` sizes from ``low`` to ``high`` bytes, evenly spread, in a shuffled order."""
+    if count == 1:
+        return [(low + high) // 2]
+    steps = [low + (high - low) * i // (count - 1) for i in range(count)]
+    # A fixed stride through the sizes: small and large files come mixed, run after run.
+    stride = next((s for s in (7919, 7907, 7901) if math.gcd(s, count) == 1), 1)
+    return [steps[i * stride % count] for i in range(count)]
+
+
 def make_sized(folder: Path, sizes: list[int], name: str, pool: bytes) -> DataSet:
-    """A file of each of ``sizes`` bytes, each distinct, hashed as :func:`make_files`'s."""
+    """A distinct file per size (a header, then slices of ``pool``), named ``name``."""
     folder.mkdir(parents=True)
     paths = []
     for i, size in enumerate(sizes):

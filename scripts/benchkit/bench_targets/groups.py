@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from benchkit.bench_targets.data import DataSet, make_files
+from benchkit.bench_targets.data import DataSet, make_files, make_sized, spread
 from benchkit.bench_targets.nodeodm import NodeODM
 from benchkit.bench_targets.pix4dcloud import Cloud
 from benchkit.bench_targets.results import (
@@ -21,10 +21,11 @@ from benchkit.bench_targets.results import (
     Group,
     Row,
 )
+from benchkit.bench_targets.s3 import Bucket
 from benchkit.bench_targets.tools import pyodm_missing
 from benchkit.bench_targets.webodm import WebODM
 from benchkit.files import MIB, random_pool
-from benchkit.project import UploadItem
+from benchkit.project import S3TargetConfig, UploadItem
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,15 @@ def build_groups(args: argparse.Namespace, work: Path, stack: contextlib.ExitSta
     pool = random_pool()
     data: dict[str, DataSet] = {}
     labels: dict[str, str] = {}
-    if "big" in args.scenarios:
+    others = set(args.targets) - {"s3"}  # the s3 target has files of its own
+    if "big" in args.scenarios and others:
         data["big"] = make_files(work / "big", 1, args.big_mb * MIB, "big-{i}.bin", pool)
         labels["big"] = f"1 x {args.big_mb:g} MiB"
     if "drops" in args.scenarios and "nodeodm" in args.targets:
         size = int(args.drop_file_mb * MIB)
         data["drops"] = make_files(work / "drops", args.drop_files, size, "DJI_{i:04d}.JPG", pool)
         labels["drops"] = f"{args.drop_files} x {args.drop_file_mb:g} MiB, half dropped"
-    if "many" in args.scenarios:
+    if "many" in args.scenarios and others:
         size = int(args.file_mb * MIB)
         data["many"] = make_files(work / "many", args.files, size, "IMG_{i:05d}.JPG", pool)
         labels["many"] = f"{args.files} x {args.file_mb:g} MiB, {c} at a time"
@@ -73,6 +75,58 @@ def build_groups(args: argparse.Namespace, work: Path, stack: contextlib.ExitSta
         groups += _cloud_groups(args, work, stack, tools, data, labels, warmup)
     if "webodm" in args.targets:
         groups += _webodm_groups(args, work, stack, tools, data, labels)
+    if "s3" in args.targets:
+        groups += _s3_groups(args, work, stack, tools, pool, warmup)
+    return groups
+
+
+def _s3_groups(
+    args: argparse.Namespace,
+    work: Path,
+    stack: contextlib.ExitStack,
+    tools: Tools,
+    pool: bytes,
+    warmup: UploadItem,
+) -> list[Group]:
+    """Per scenario, dronesync's s3 target against ``rclone copy`` into one bucket in moto.
+
+    big: --s3-big-files files of --s3-big-mb MiB, in parts on both sides; many: --files
+    images of --s3-file-mb (2-8 MiB by default), each in one PUT on both sides.
+    """
+    c = args.concurrency
+    defaults = S3TargetConfig.model_fields
+    threshold = args.multipart_threshold_mb or defaults["multipart_threshold_mb"].default
+    part = args.part_size_mb or defaults["part_size_mb"].default
+    parallel = args.parallel_parts or defaults["parallel_parts"].default
+    bucket = Bucket(work, c, tools.rclone, threshold, part, parallel)
+    stack.callback(bucket.close)
+    data: dict[str, tuple[DataSet, str]] = {}
+    if "big" in args.scenarios:
+        n, mb = args.s3_big_files, args.s3_big_mb
+        if mb <= threshold:
+            raise SystemExit(f"--s3-big-mb {mb} must be above the multipart threshold {threshold}")
+        ds = make_files(work / "s3-big", n, mb * MIB, "big-{i}.bin", pool)
+        data["big"] = ds, f"{n} x {mb:g} MiB, {part} MiB parts"
+    if "many" in args.scenarios:
+        low, high = args.s3_file_mb
+        if high > threshold:
+            raise SystemExit(f"--s3-file-mb {high} is above the multipart threshold {threshold}")
+        sizes = spread(args.files, int(low * MIB), int(high * MIB))
+        ds = make_sized(work / "s3-many", sizes, "IMG_{i:05d}.JPG", pool)
+        data["many"] = ds, f"{args.files} x {low:g}-{high:g} MiB, {c} at a time"
+    note = (
+        f"** {' '.join(bucket.rclone_flags())}, the remote in RCLONE_CONFIG_* variables;"
+        " dronesync: the s3 target, content layout"
+    )
+    groups = []
+    for scenario, (ds, label) in data.items():
+        g = Group("s3", scenario, ds.nbytes, notes=[note])
+        reference = f"rclone copy --transfers {c} **"
+        g.rows = [Row("s3", label, reference, GOAL_RCLONE, "rclone", "dronesync", tools.no_rclone)]
+        if tools.rclone:
+            g.steps.append(partial(bucket.rclone_run, ds))
+        g.steps.append(partial(bucket.dronesync_run, ds, warmup))
+        groups.append(g)
     return groups
 
 

@@ -52,6 +52,7 @@ class Group:
     steps: list[Callable[[], dict[str, Sample]]] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     best: dict[str, Sample] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def mbps(nbytes: int, seconds: float) -> float:
@@ -134,7 +135,10 @@ def print_table(groups: list[Group], out: IO[str]) -> None:
                         f" {g.best[other].seconds / g.best['curl'].seconds:.2f} x {other}"
                         " on this server"
                     )
-    print("* both sides timed over task init, uploads and commit", file=out)
+    if any(row.reference.endswith(" *") for g in groups for row in g.rows):
+        print("* both sides timed over task init, uploads and commit", file=out)
+    for g in groups:
+        notes += [note for note in g.notes if note not in notes]
     for note in notes:
         print(note, file=out)
     print_cpu(groups, out)

@@ -4,7 +4,8 @@ Each reference is measured in the same run, on the same files and the same serve
 survive a noisy box).
 
     scripts/bench-targets [--big-mb 1024] [--files 500] [--file-mb 8] [--runs 3]
-                          [--targets nodeodm,pix4dcloud,webodm] [--scenarios big,many]
+                          [--targets nodeodm,pix4dcloud,webodm,s3] [--scenarios big,many]
+                          [--s3-big-files 4] [--s3-big-mb 256] [--s3-file-mb 2-8]
 
 Scenarios: "big" is one file of --big-mb MiB; "many" is --files files of --file-mb MiB sent
 --concurrency at a time (default 4, the engine's default); "drops" (nodeodm only) is
@@ -28,6 +29,13 @@ retries, both timed over init, uploads and commit.
   `curl` making a partial task, `curl -F` of the same files to its upload route (`xargs -P`)
   and `curl` committing it; both timed over the task's creation, uploads and commit, both
   signed in and in the project beforehand.
+- s3: moto in server mode (tests/fakes/s3store.py), in its own process, one bucket. dronesync
+  (S3Target.upload, default content layout, gathered under a semaphore) against `rclone copy`
+  of the folder (--transfers --concurrency, its upload cutoff and chunk size the target's
+  multipart threshold and part size, the remote in RCLONE_CONFIG_* variables), same endpoint
+  and bucket, each run under a prefix of its own. Files of its own: "big" is --s3-big-files
+  files of --s3-big-mb MiB (in parts on both sides), "many" --files images of --s3-file-mb
+  (2-8 MiB, evenly spread; one PUT each).
 
 Files are hashed before anything is timed (the recorded SHA-256 is an input of an upload), which
 also puts them in the page cache: every side reads warm files. Before each timed transfer the
@@ -70,12 +78,17 @@ def parse_args() -> argparse.Namespace:
         "--drop-files", type=int, default=10, help="how many images in 'drops' (nodeodm)"
     )
     parser.add_argument("--drop-file-mb", type=float, default=4, help="size of each of them")
+    parser.add_argument("--s3-big-files", type=int, default=4, help="files in s3's 'big'")
+    parser.add_argument("--s3-big-mb", type=int, default=256, help="size of each of them (MiB)")
+    parser.add_argument(
+        "--s3-file-mb", type=mib_range, default=(2.0, 8.0), help="sizes in s3's 'many' (MiB)"
+    )
     parser.add_argument("--runs", type=int, default=3, help="best of this many runs")
     parser.add_argument(
         "--targets",
         type=csv,
-        default=["nodeodm", "pix4dcloud", "webodm"],
-        help="nodeodm,pix4dcloud,webodm",
+        default=["nodeodm", "pix4dcloud", "webodm", "s3"],
+        help="nodeodm,pix4dcloud,webodm,s3",
     )
     parser.add_argument(
         "--scenarios",
@@ -99,13 +112,19 @@ def parse_args() -> argparse.Namespace:
         "--multipart-threshold-mb",
         type=int,
         default=None,
-        help="the pix4dcloud target's multipart_threshold_mb (default: the daemon's default)",
+        help="the pix4dcloud and s3 targets' multipart_threshold_mb (default: the daemon's)",
     )
     parser.add_argument(
         "--parallel-parts",
         type=int,
         default=None,
-        help="the pix4dcloud target's parallel_parts (default: the daemon's default)",
+        help="the pix4dcloud and s3 targets' parallel_parts (default: the daemon's default)",
+    )
+    parser.add_argument(
+        "--part-size-mb",
+        type=int,
+        default=None,
+        help="the s3 target's part_size_mb (default: the daemon's default)",
     )
     parser.add_argument(
         "--node-digest",
@@ -120,14 +139,30 @@ def parse_args() -> argparse.Namespace:
         help="before each timed run only sync, without filling the page cache",
     )
     args = parser.parse_args()
-    if not set(args.targets) <= {"nodeodm", "pix4dcloud", "webodm"}:
-        parser.error("--targets: nodeodm, pix4dcloud, webodm")
+    if not set(args.targets) <= {"nodeodm", "pix4dcloud", "webodm", "s3"}:
+        parser.error("--targets: nodeodm, pix4dcloud, webodm, s3")
     if not set(args.scenarios) <= {"big", "many", "drops"}:
         parser.error("--scenarios: big, many, drops")
-    counts = (args.big_mb, args.files, args.concurrency, args.runs, args.curl_batch)
+    counts: tuple[int, ...] = (
+        args.big_mb,
+        args.files,
+        args.concurrency,
+        args.runs,
+        args.curl_batch,
+    )
+    counts += (args.s3_big_files, args.s3_big_mb)
     if min(counts) < 1 or args.file_mb <= 0 or (args.pyodm_threads or 1) < 1:
         parser.error("sizes, counts and runs must be at least 1")
     return args
+
+
+def mib_range(value: str) -> tuple[float, float]:
+    """``2-8`` -> ``(2.0, 8.0)``; one figure is a range of one size."""
+    low, _, high = value.partition("-")
+    sizes = (float(low), float(high or low))
+    if not 0 < sizes[0] <= sizes[1]:
+        raise argparse.ArgumentTypeError(f"{value!r}: LOW-HIGH, 0 < LOW <= HIGH")
+    return sizes
 
 
 def run(groups: list[Group], runs: int) -> None:

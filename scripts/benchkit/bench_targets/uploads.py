@@ -9,6 +9,7 @@ from benchkit.project import (
     DatasetRef,
     NodeODMTarget,
     Pix4DCloudTarget,
+    S3Target,
     Throttle,
     Transfer,
     TransientTargetError,
@@ -19,7 +20,7 @@ from benchkit.project import (
 
 
 async def gather_uploads(
-    target: NodeODMTarget | Pix4DCloudTarget | WebODMTarget,
+    target: NodeODMTarget | Pix4DCloudTarget | WebODMTarget | S3Target,
     ref: DatasetRef,
     items: list[UploadItem],
     concurrency: int,
