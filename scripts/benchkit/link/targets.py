@@ -14,13 +14,14 @@ from benchkit.bench_targets.data import DataSet, make_files
 from benchkit.bench_targets.nodeodm import NodeODM
 from benchkit.bench_targets.pix4dcloud import Cloud
 from benchkit.bench_targets.results import Sample
+from benchkit.bench_targets.s3 import Bucket
 from benchkit.bench_targets.tools import pyodm_missing
 from benchkit.bench_targets.webodm import WebODM
 from benchkit.files import random_pool
 from benchkit.link.place import Across
-from benchkit.project import TokenBucket
+from benchkit.project import S3TargetConfig, TokenBucket
 
-TARGETS = ("nodeodm", "pix4dcloud", "webodm")
+TARGETS = ("nodeodm", "pix4dcloud", "webodm", "s3")
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ def build(
 ) -> Steps:
     """The servers of ``name`` across the link (closed by ``stack``); its steps per capacity.
 
-    Two servers per target: one as it is, one failing ``--fault-rate`` of the uploads.
+    Two servers per target: one as it is, one failing ``--fault-rate`` of the uploads (s3:
+    one, moto without failures).
     """
     curl = shutil.which("curl")
     c = args.concurrency
@@ -90,6 +92,8 @@ def build(
             return steps
 
         return cloud_steps
+    if name == "s3":
+        return _s3(args, place, data, stack, work)
     webodm = WebODM(work, c, curl, args.curl_batch, place=place)
     stack.callback(webodm.close)
     faulty_w = WebODM(work, c, None, 1, fault_rate=args.fault_rate, place=place)
@@ -105,3 +109,36 @@ def build(
         return steps
 
     return webodm_steps
+
+
+def _s3(
+    args: argparse.Namespace,
+    place: Across,
+    data: DataSet,
+    stack: contextlib.ExitStack,
+    work: Path,
+) -> Steps:
+    """The s3 target on moto across the link, beside ``rclone copy`` (no failing server)."""
+    rclone = shutil.which("rclone")
+    defaults = S3TargetConfig.model_fields
+    bucket = Bucket(
+        work,
+        args.concurrency,
+        rclone,
+        defaults["multipart_threshold_mb"].default,
+        defaults["part_size_mb"].default,
+        defaults["parallel_parts"].default,
+        place=place,
+    )
+    stack.callback(bucket.close)
+    warmup = make_files(work / "s3-warmup", 1, 4096, "warmup.jpg", random_pool()).items[0]
+
+    def s3_steps(capacity: float) -> list[Step]:
+        limit = TokenBucket(int(capacity * 1e6 * args.limit_share))
+        steps = [Step("full", partial(bucket.dronesync_run, data, warmup))]
+        steps.append(Step("limit", partial(bucket.dronesync_run, data, warmup, limit)))
+        if rclone:
+            steps.append(Step("peer", partial(bucket.rclone_run, data)))
+        return steps
+
+    return s3_steps
