@@ -9,8 +9,8 @@ import threading
 import time
 from collections.abc import Callable
 
-# A tenth of a second's worth goes at once: a burst of a whole second made a transfer of
-# ten seconds 10 % faster than the limit.
+# What goes at once after a pause: a whole second's worth made short transfers run well
+# above the limit.
 BURST_S = 0.1
 
 

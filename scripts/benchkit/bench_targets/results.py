@@ -81,8 +81,8 @@ class Meter:
         self.sample = Sample(math.nan)
 
     def _client(self) -> float:
-        # getrusage counts in microseconds; os.times in clock ticks (10 ms: 0.2 CPU-s per GB
-        # of a 50 MB transfer).
+        # getrusage counts microseconds; os.times counts clock ticks, too coarse for a
+        # transfer of a few seconds.
         usage = resource.getrusage(
             resource.RUSAGE_CHILDREN if self._child else resource.RUSAGE_SELF
         )
