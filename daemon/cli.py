@@ -158,6 +158,12 @@ def _run(path: Path, settings: Settings) -> int:
     if problems:
         raise ConfigError(problems)
     logs.configure(settings.log_level, final=True)
+    tune_process()
+    return asyncio.run(Daemon(path, settings).run())
+
+
+def tune_process() -> None:
+    """The collector's and the GIL's settings of a running daemon, once it is set up."""
     # Every object alive now (modules, classes, the configuration) lives as long as the
     # process: freezing them keeps the cyclic collector's full passes off them, which took
     # a seventh of the daemon's CPU on a card of small files. The larger first generation
@@ -168,7 +174,6 @@ def _run(path: Path, settings: Settings) -> int:
     # comes back from a read or a write while the event loop runs Python, it waits for the
     # loop to let go, by default up to 5 ms. 1 ms keeps them reading on a card of small files.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    return asyncio.run(Daemon(path, settings).run())
 
 
 def _journal(settings: Settings) -> Journal:

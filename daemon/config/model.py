@@ -78,7 +78,8 @@ class UploadSettings(Model):
         3,
         ge=0,
         le=10,
-        description="Of those, retries made at once in the worker before the file is parked.",
+        description="Of those, retries made in the worker (while no other file is due) before"
+        " the file is parked.",
     )
     backoff_initial_s: float = Field(
         2.0, gt=0, le=3600, description="First wait after a transient failure (full jitter)."

@@ -51,8 +51,11 @@ class Uploader:
         outcomes: Outcomes,
         landing: Landing,
         locate: Callable[[FileRow], Path],
+        others_due: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``others_due``: whether another file is due, for a worker a quick retry would hold."""
         self._journal = journal
+        self._others_due = others_due
         self._targets = targets
         self._settings = settings
         self._clock = clock
@@ -107,7 +110,9 @@ class Uploader:
         A file that failed before (taken up again from parking) gets one attempt here, then
         parks again with its next delay. A quick retry never waits longer than its own short
         backoff: a ``Retry-After`` beyond that parks the file instead of holding the worker.
-        A file the target returned lands: :class:`Landing` records it.
+        Nor does it wait while another file is due: the file parks and the worker sends the
+        next one (a worker sleeping a retry left the link idle). A file the target returned
+        lands: :class:`Landing` records it.
         """
         outcomes, backoff = self._outcomes, self._outcomes.backoff
         failures = 0
@@ -137,7 +142,7 @@ class Uploader:
                     outcomes.fail(row, dataset, item, str(exc), attempts)
                     return
                 delay = backoff.delay(failures, exc.retry_after)
-                if failures > quick or delay > backoff.ceiling(failures):
+                if failures > quick or delay > backoff.ceiling(failures) or self._others_due():
                     delay = backoff.delay(max(attempts, 1), exc.retry_after)
                     outcomes.park(row, dataset.name, item, exc, attempts, delay)
                     return

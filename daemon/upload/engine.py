@@ -80,7 +80,14 @@ class UploadEngine:
             on_settled=self._wake.set,
         )
         self._uploader = Uploader(
-            journal, targets, settings, clock, self._outcomes, self._landing, locate
+            journal,
+            targets,
+            settings,
+            clock,
+            self._outcomes,
+            self._landing,
+            locate,
+            others_due=self._others_due,
         )
         # Files taken from the journal, each for a worker waiting for one (``_idle``).
         self._queue: asyncio.Queue[FileRow] = asyncio.Queue()
@@ -129,6 +136,13 @@ class UploadEngine:
         finally:
             while not self._queue.empty():  # taken, but no worker began them
                 self._journal.release(self._queue.get_nowait().id)
+
+    def _others_due(self) -> bool:
+        """Whether a file no worker holds is due now (taken and queued, or in the journal)."""
+        if not self._queue.empty():
+            return True
+        due = self._journal.next_due(self._claimed)
+        return due is not None and due <= self._clock.time()
 
     async def _dispatch(self) -> None:
         while True:

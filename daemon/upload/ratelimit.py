@@ -9,10 +9,15 @@ import threading
 import time
 from collections.abc import Callable
 
+# What goes at once after a pause: a whole second's worth made short transfers run well
+# above the limit.
+BURST_S = 0.1
+
 
 class TokenBucket:
-    """``rate`` bytes per second on average, bursts up to one second's worth.
+    """``rate`` bytes per second on average, bursts up to :data:`BURST_S` seconds' worth.
 
+    A chunk larger than the burst goes, and the next one waits for the debt.
     ``monotonic`` and ``sleep`` are the clock of the calling threads (a test's fake one).
     """
 
@@ -24,9 +29,10 @@ class TokenBucket:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.rate = float(rate)
+        self.burst = self.rate * BURST_S
         self._monotonic = monotonic
         self._sleep = sleep
-        self._tokens = float(rate)
+        self._tokens = self.burst
         self._stamp = monotonic()
         self._lock = threading.Lock()
 
@@ -34,7 +40,7 @@ class TokenBucket:
         """Take ``nbytes`` tokens, sleeping until the bucket allows it."""
         with self._lock:
             now = self._monotonic()
-            self._tokens = min(self.rate, self._tokens + (now - self._stamp) * self.rate)
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
             self._stamp = now
             self._tokens -= nbytes
             debt = -self._tokens

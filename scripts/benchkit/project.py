@@ -11,11 +11,12 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from daemon.cli import tune_process
 from daemon.config import UploadSettings
 from daemon.errors import TransientTargetError
 from daemon.hashing import hash_file
 from daemon.journal import FILE_COLUMNS, FileRow, HashRecord, Journal, NewFile
-from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
+from daemon.targets.base import DatasetRef, MemoryState, Throttle, Transfer, UploadItem
 from daemon.targets.nodeodm import NodeODMTargetConfig
 from daemon.targets.nodeodm.target import NodeODMTarget
 from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
@@ -24,6 +25,7 @@ from daemon.targets.s3 import S3TargetConfig
 from daemon.targets.s3.target import S3Target
 from daemon.targets.webodm import WebODMTargetConfig
 from daemon.targets.webodm.target import WebODMTarget
+from daemon.upload.ratelimit import TokenBucket
 from daemon.upload.retry import Backoff
 from tests.bench.settle import PageCacheFiller, Settler
 
@@ -50,6 +52,8 @@ __all__ = [
     "S3Target",
     "S3TargetConfig",
     "Settler",
+    "Throttle",
+    "TokenBucket",
     "Transfer",
     "TransientTargetError",
     "UploadItem",
@@ -58,6 +62,7 @@ __all__ = [
     "WebODMTargetConfig",
     "hash_file",
     "journal_connection",
+    "tune_process",
     "write_fetch",
 ]
 

@@ -18,7 +18,7 @@ import json, sys
 sys.path[:0] = [{scripts!r}, {root!r}]
 import botocore.handlers
 before = len(botocore.handlers.BUILTIN_HANDLERS)
-import benchkit.bench.run, benchkit.bench_queue, benchkit.bench_targets.run
+import benchkit.bench.run, benchkit.bench_queue, benchkit.bench_targets.run, benchkit.link.run
 added = [repr(h) for h in botocore.handlers.BUILTIN_HANDLERS[before:]]
 print(json.dumps({{"added": added, "moto": "moto" in sys.modules}}))
 """

@@ -1840,6 +1840,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         " --test_drop_uploads",
     )
     parser.add_argument(
+        "--drop-rate",
+        type=float,
+        default=None,
+        help="as --test-drop-uploads, with this share of the uploads dropped (0-1)",
+    )
+    parser.add_argument(
         "--test-fail-tasks",
         action="store_true",
         help="fail every task with an empty errorMessage, as the real node's --test_fail_tasks",
@@ -1862,7 +1868,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.fail_processing or args.test_fail_tasks,
         fail_message="" if args.test_fail_tasks else "Cannot process dataset",
         max_images=args.max_images,
-        drop_uploads=0.5 if args.test_drop_uploads else 0.0,
+        drop_uploads=args.drop_rate
+        if args.drop_rate is not None
+        else (0.5 if args.test_drop_uploads else 0.0),
         host=args.host,
         port=args.port,
         digest=args.digest,

@@ -1035,6 +1035,17 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds spent WAITING, then PROCESSING, after start_processing",
     )
     parser.add_argument("--fail-processing", action="store_true", help="end projects at ERROR")
+    parser.add_argument(
+        "--s3-public-url",
+        default=None,
+        help="the S3 endpoint handed to clients, when they reach it through a proxy",
+    )
+    parser.add_argument(
+        "--s3-fault-rate",
+        type=float,
+        default=0.0,
+        help="share of PutObject requests answered 503 SlowDown",
+    )
     args = parser.parse_args(argv)
     secret = None
     if args.client_secret_file is not None:
@@ -1055,6 +1066,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with cloud:
+        if args.s3_public_url:
+            cloud.s3_url = args.s3_public_url
+        if args.s3_fault_rate:
+            cloud.s3_faults.random(args.s3_fault_rate, kinds=("status503",), route="put_object")
         print(f"PIX4Dcloud API:  {cloud.url}")
         print(f"client id:       {cloud.client_id}")
         print(f"client secret:   {cloud.client_secret}")

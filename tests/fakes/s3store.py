@@ -40,9 +40,13 @@ class S3Store:
     Without ``proxy``, ``url`` is moto's own: no faults, no checks, no second hop.
     """
 
-    def __init__(self, bucket: str = "fleet", *, proxy: bool = True) -> None:
+    def __init__(
+        self, bucket: str = "fleet", *, proxy: bool = True, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.bucket = bucket
         self.proxy = proxy
+        self._host = host
+        self._port = port
         self.faults: FaultPlan = s3_fault_plan()
         self._moto: QuickMotoServer | None = None
         self._proxy: S3FaultProxy | None = None
@@ -55,7 +59,7 @@ class S3Store:
         if werkzeug_log.level == logging.NOTSET:
             werkzeug_log.setLevel(logging.WARNING)
         try:
-            self._moto = QuickMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            self._moto = QuickMotoServer(ip_address=self._host, port=self._port, verbose=False)
             self._moto.start()
             host, port = self._moto.get_host_and_port()
             self.moto_url = f"http://{host}:{port}"
@@ -149,13 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         description="A local S3 bucket: moto in server mode on loopback.",
     )
     parser.add_argument("--bucket", default="fleet")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="moto's port (0: any free port)")
     parser.add_argument(
         "--proxy", action="store_true", help="behind the fault proxy, which checks every body"
     )
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with S3Store(args.bucket, proxy=args.proxy) as store:
+    with S3Store(args.bucket, proxy=args.proxy, host=args.host, port=args.port) as store:
         print(f"S3 endpoint:  {store.url}")
         print(f"bucket:       {store.bucket}")
         print(f"region:       {REGION}")

@@ -630,6 +630,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", default=None, help="where tasks are stored (default: temp)")
     parser.add_argument("--collision", choices=("replace", "keep"), default="replace")
     parser.add_argument("--running-s", type=float, default=10.0)
+    parser.add_argument(
+        "--upload-fault-rate", type=float, default=0.0, help="share of uploads meeting a fault"
+    )
+    parser.add_argument("--upload-fault", choices=FAULT_KINDS, default="status502")
     args = parser.parse_args(argv)
     app = FakeWebODM(
         args.root,
@@ -640,6 +644,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=args.host,
         port=args.port,
     )
+    if args.upload_fault_rate:
+        app.faults.random(args.upload_fault_rate, [args.upload_fault], ["upload"])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with app:

@@ -177,6 +177,43 @@ def test_transient_errors_are_retried_until_uploaded(tmp_path: Path) -> None:
     assert sum(journal.file(i).attempts for i in ids) == 6
 
 
+def test_a_file_waiting_for_its_retry_leaves_its_worker_to_the_next(tmp_path: Path) -> None:
+    """With other files due, a transient failure parks the file: no worker sleeps a retry."""
+    target = MemoryTarget()
+    journal, ids = _journal_with_files(tmp_path, target.name, 3)
+    target.fail_next.append(TransientTargetError("503", retry_after=20))
+    clock = FakeClock()
+    engine = _engine(journal, target, clock, concurrency=1, backoff_initial_s=30, backoff_max_s=300)
+    asyncio.run(_run_until(engine, journal, ids, {"uploaded"}, clock, step_s=1.0))
+    # The first file's retry waited 20 s; the one worker sent the other two meanwhile.
+    assert [name for _, name in target.puts] == [b"f1.jpg", b"f2.jpg", b"f0.jpg"]
+    assert journal.file(ids[0]).attempts == 2
+
+
+def test_the_last_file_retries_in_its_worker(tmp_path: Path) -> None:
+    """With nothing else due, a quick retry is made in the worker, not parked."""
+    target = MemoryTarget()
+    journal, ids = _journal_with_files(tmp_path, target.name, 1)
+    target.fail_next.append(TransientTargetError("503", retry_after=20))
+    clock = FakeClock()
+    engine = _engine(journal, target, clock, concurrency=1, backoff_initial_s=30, backoff_max_s=300)
+    parked: list[float] = []
+
+    async def scenario() -> None:
+        task = asyncio.create_task(engine.run())
+        try:
+            await until(lambda: journal.file(ids[0]).last_error == "503", "the failure")
+            parked.append(journal.file(ids[0]).next_attempt_at)
+            await run_until(lambda: journal.file(ids[0]).status == "uploaded", clock, step_s=1.0)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert parked == [0]  # waiting in its worker, not parked in the journal
+    assert journal.file(ids[0]).attempts == 2
+
+
 def test_permanent_error_fails_the_file_at_once_with_its_reason(tmp_path: Path) -> None:
     target = MemoryTarget()
     journal, ids = _journal_with_files(tmp_path, target.name, 1)

@@ -72,7 +72,7 @@ CHUNK = 64 * 1024
 def test_token_bucket_keeps_one_sender_at_the_rate() -> None:
     clock = FakeClock()  # each sleep moves the fake time on by what it asked for
     bucket = TokenBucket(RATE, monotonic=clock.monotonic, sleep=clock.sleep_blocking)
-    bucket.consume(RATE)  # spend the one-second burst allowance
+    bucket.consume(RATE // 10)  # spend the burst allowance
     start = clock.monotonic()
     sent = 0
     while clock.monotonic() - start < 3.0:
@@ -86,7 +86,7 @@ def test_token_bucket_limits_all_senders_together() -> None:
     clock = FakeClock()  # stands still: every wait asked for is counted from the same moment
     waits: list[float] = []
     bucket = TokenBucket(RATE, monotonic=clock.monotonic, sleep=waits.append)
-    bucket.consume(RATE)
+    bucket.consume(RATE // 10)
     per_thread = 32
 
     def send() -> None:
@@ -103,16 +103,24 @@ def test_token_bucket_limits_all_senders_together() -> None:
     assert max(waits) == pytest.approx(4 * per_thread * CHUNK / RATE)
 
 
-def test_token_bucket_allows_a_one_second_burst_at_once() -> None:
+def test_token_bucket_allows_a_tenth_of_a_second_at_once() -> None:
     clock = FakeClock()
     waits: list[float] = []
     bucket = TokenBucket(RATE, monotonic=clock.monotonic, sleep=waits.append)
-    for _ in range(RATE // CHUNK):
-        bucket.consume(CHUNK)
+    burst = RATE // 10
+    bucket.consume(burst)
     assert waits == []
-    clock.advance(0.5)  # half a second later, half a second's worth more goes at once
-    for _ in range(RATE // CHUNK // 2):
-        bucket.consume(CHUNK)
+    clock.advance(0.05)  # 50 ms later, 50 ms' worth more goes at once
+    bucket.consume(burst // 2)
     assert waits == []
     bucket.consume(CHUNK)
-    assert waits == [pytest.approx(CHUNK / RATE)]
+    assert waits == [pytest.approx(CHUNK / RATE, rel=1e-3)]
+
+
+def test_token_bucket_saves_no_more_than_its_burst_while_idle() -> None:
+    clock = FakeClock()
+    waits: list[float] = []
+    bucket = TokenBucket(RATE, monotonic=clock.monotonic, sleep=waits.append)
+    clock.advance(60.0)  # a minute idle still allows only the burst
+    bucket.consume(RATE // 10 + CHUNK)
+    assert waits == [pytest.approx(CHUNK / RATE, rel=1e-3)]

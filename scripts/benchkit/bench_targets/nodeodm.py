@@ -13,7 +13,15 @@ import httpx
 
 from benchkit.bench_targets.data import DataSet
 from benchkit.bench_targets.results import Meter, Sample
-from benchkit.bench_targets.tools import Server, curl_batches, quote, run_tool, xargs_curl
+from benchkit.bench_targets.tools import (
+    Placement,
+    Server,
+    curl_batches,
+    listen_args,
+    quote,
+    run_tool,
+    xargs_curl,
+)
 from benchkit.bench_targets.uploads import gather_retrying, gather_uploads
 from benchkit.project import (
     FAKE_NODEODM,
@@ -21,6 +29,7 @@ from benchkit.project import (
     MemoryState,
     NodeODMTarget,
     NodeODMTargetConfig,
+    Throttle,
 )
 from benchkit.settling import settle
 
@@ -38,8 +47,12 @@ class NodeODM:
         *,
         digest: bool,
         drops: bool = False,
+        drop_rate: float | None = None,
+        place: Placement | None = None,
     ) -> None:
+        """``drops``: the node drops about half the uploads (``drop_rate``: that share)."""
         self.work = work
+        drops = drops or bool(drop_rate)
         self.root = work / ("nodeodm-drops" if drops else "nodeodm")
         self.drops = drops
         # Committed tasks stay in setup (no background file moves while others are timed)
@@ -47,13 +60,17 @@ class NodeODM:
         # NodeODM does: its SHA-256 was a third of its CPU, which bounded every client.
         self.server = Server(
             FAKE_NODEODM,
-            ["--port", "0", "--root", str(self.root), "--setup-s", "86400"]
+            [*listen_args(place), "--root", str(self.root), "--setup-s", "86400"]
             + ([] if digest else ["--no-digest"])
-            + (["--test-drop-uploads"] if drops else []),
+            + (["--test-drop-uploads"] if drops and drop_rate is None else [])
+            + (["--drop-rate", str(drop_rate)] if drop_rate else []),
             self.root.with_suffix(".log"),
             "http://",
+            place.prefix() if place else (),
         )
         self.url = self.server.lines[-1].strip()
+        if place is not None:
+            self.url = place.expose(self.url)
         self.http = httpx.Client(base_url=self.url, timeout=600)
         self.concurrency = concurrency
         self.curl = curl
@@ -113,8 +130,11 @@ class NodeODM:
             self._drop(uuid)
         return {"curl": meter.sample}
 
-    def dronesync_run(self, data: DataSet) -> dict[str, Sample]:
-        """Init, uploads, commit; the uploads alone compare with curl, all three with pyodm."""
+    def dronesync_run(self, data: DataSet, throttle: Throttle | None = None) -> dict[str, Sample]:
+        """Init, uploads, commit; the uploads alone compare with curl, all three with pyodm.
+
+        ``throttle``: the engine's bandwidth limit, when one is set.
+        """
         run_id = next(self._ids)
         meter = Meter(self.server.proc.pid, child=False)
 
@@ -129,7 +149,9 @@ class NodeODM:
                     if self.drops:
                         keys = await gather_retrying(target, ref, data.items, self.concurrency)
                     else:
-                        keys = await gather_uploads(target, ref, data.items, self.concurrency)
+                        keys = await gather_uploads(
+                            target, ref, data.items, self.concurrency, throttle
+                        )
                 sent = time.perf_counter()
                 uuid = target.current_task(ref) or ""
                 self._check(uuid, data, "dronesync")
@@ -143,8 +165,6 @@ class NodeODM:
         settle()
         task_s, uuid = asyncio.run(go())
         self._drop(uuid)
-        if self.drops:
-            return {"dronesync task": Sample(task_s)}
         return {"dronesync": meter.sample, "dronesync task": Sample(task_s)}
 
     def pyodm_run(self, data: DataSet) -> dict[str, Sample]:

@@ -14,14 +14,23 @@ from botocore.config import Config
 
 from benchkit.bench_targets.data import DataSet
 from benchkit.bench_targets.results import Meter, Sample
-from benchkit.bench_targets.tools import Server, curl_batches, quote, run_tool, xargs_curl
-from benchkit.bench_targets.uploads import gather_uploads
+from benchkit.bench_targets.tools import (
+    Placement,
+    Server,
+    curl_batches,
+    listen_args,
+    quote,
+    run_tool,
+    xargs_curl,
+)
+from benchkit.bench_targets.uploads import gather_retrying, gather_uploads
 from benchkit.project import (
     FAKE_PIX4DCLOUD,
     DatasetRef,
     MemoryState,
     Pix4DCloudTarget,
     Pix4DCloudTargetConfig,
+    Throttle,
     Transfer,
     UploadItem,
 )
@@ -40,13 +49,27 @@ class Cloud:
         batch: int,
         multipart_threshold_mb: int | None,
         parallel_parts: int | None = None,
+        *,
+        fault_rate: float = 0.0,
+        place: Placement | None = None,
     ) -> None:
+        """``fault_rate``: the share of PutObject requests answered 503 (then retried)."""
         self.work = work
+        args = [*listen_args(place), "--s3-credentials-ttl", "86400", "--token-ttl", "86400"]
+        if place is not None:
+            # The S3 endpoint is reached through the link too, at an address made beforehand.
+            s3_port = place.port()
+            args += ["--s3-port", str(s3_port)]
+            args += ["--s3-public-url", place.expose(f"http://{place.host}:{s3_port}")]
+        if fault_rate:
+            args += ["--s3-fault-rate", str(fault_rate)]
+        self.retrying = bool(fault_rate)
         self.server = Server(
             FAKE_PIX4DCLOUD,
-            ["--port", "0", "--s3-credentials-ttl", "86400", "--token-ttl", "86400"],
-            work / "pix4dcloud.log",
+            args,
+            work / ("pix4dcloud-faults.log" if fault_rate else "pix4dcloud.log"),
             "Serving",
+            place.prefix() if place else (),
         )
         fields = {}
         for line in self.server.lines:
@@ -54,6 +77,8 @@ class Cloud:
             if sep:
                 fields[key.strip()] = value.strip()
         self.url = fields["PIX4Dcloud API"]
+        if place is not None:
+            self.url = place.expose(self.url)
         self.client_id = fields["client id"]
         self.secret = fields["client secret"]
         # The endpoint line goes on with the bucket and region, in brackets.
@@ -203,8 +228,13 @@ class Cloud:
         self._collect(creds, prefix, data, "rclone")
         return {"rclone": meter.sample}
 
-    def dronesync_run(self, data: DataSet, warmup: UploadItem) -> dict[str, Sample]:
-        """The target's uploads, after a warm-up upload that sets up the project."""
+    def dronesync_run(
+        self, data: DataSet, warmup: UploadItem, throttle: Throttle | None = None
+    ) -> dict[str, Sample]:
+        """The target's uploads, after a warm-up upload that sets up the project.
+
+        ``throttle``: the engine's bandwidth limit, when one is set.
+        """
         run_id = next(self._ids)
         meter = Meter(self.server.proc.pid, child=False)
 
@@ -223,10 +253,16 @@ class Cloud:
                 await target.ensure_dataset(ref)
                 # Token, project, S3 credentials and botocore's client: once per project in the
                 # daemon, so not timed here either.
-                await target.upload(ref, warmup, Transfer())
+                if self.retrying:
+                    await gather_retrying(target, ref, [warmup], 1)
+                else:
+                    await target.upload(ref, warmup, Transfer())
                 settle()
                 with meter:
-                    await gather_uploads(target, ref, data.items, self.concurrency)
+                    if self.retrying:
+                        await gather_retrying(target, ref, data.items, self.concurrency)
+                    else:
+                        await gather_uploads(target, ref, data.items, self.concurrency, throttle)
             finally:
                 await target.aclose()
             return target.project_id(ref)

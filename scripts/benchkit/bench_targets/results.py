@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,8 +85,12 @@ class Meter:
         self.sample = Sample(math.nan)
 
     def _client(self) -> float:
-        t = os.times()
-        return t.children_user + t.children_system if self._child else t.user + t.system
+        # getrusage counts microseconds; os.times counts clock ticks, too coarse for a
+        # transfer of a few seconds.
+        usage = resource.getrusage(
+            resource.RUSAGE_CHILDREN if self._child else resource.RUSAGE_SELF
+        )
+        return usage.ru_utime + usage.ru_stime
 
     def __enter__(self) -> Meter:
         if self.BOX is not None:

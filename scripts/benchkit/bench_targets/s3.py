@@ -14,7 +14,7 @@ from botocore.config import Config
 
 from benchkit.bench_targets.data import DataSet
 from benchkit.bench_targets.results import Meter, Sample
-from benchkit.bench_targets.tools import Server, run_tool
+from benchkit.bench_targets.tools import Placement, Server, listen_args, run_tool
 from benchkit.bench_targets.uploads import gather_uploads
 from benchkit.project import (
     FAKE_S3,
@@ -22,6 +22,7 @@ from benchkit.project import (
     MemoryState,
     S3Target,
     S3TargetConfig,
+    Throttle,
     Transfer,
     UploadItem,
 )
@@ -49,15 +50,24 @@ class Bucket:
         threshold_mb: int,
         part_mb: int,
         parallel_parts: int,
+        place: Placement | None = None,
     ) -> None:
         self.work = work
-        self.server = Server(FAKE_S3, ["--bucket", "bench"], work / "s3.log", "Serving")
+        self.server = Server(
+            FAKE_S3,
+            ["--bucket", "bench", *(listen_args(place) if place else [])],
+            work / "s3.log",
+            "Serving",
+            place.prefix() if place else (),
+        )
         fields = {}
         for line in self.server.lines:
             key, sep, value = line.partition(":")
             if sep:
                 fields[key.strip()] = value.strip()
         self.url = fields["S3 endpoint"]
+        if place is not None:
+            self.url = place.expose(self.url)
         self.bucket = fields["bucket"]
         self.region = fields["region"]
         # moto takes any credentials; these are made here, and reach rclone by its environment.
@@ -145,8 +155,13 @@ class Bucket:
         self._collect(prefix, data, "rclone", by_hash=False)
         return {"rclone": meter.sample}
 
-    def dronesync_run(self, data: DataSet, warmup: UploadItem) -> dict[str, Sample]:
-        """The target's uploads under a prefix of its own, after a warm-up upload."""
+    def dronesync_run(
+        self, data: DataSet, warmup: UploadItem, throttle: Throttle | None = None
+    ) -> dict[str, Sample]:
+        """The target's uploads under a prefix of its own, after a warm-up upload.
+
+        ``throttle``: the engine's bandwidth limit, when one is set.
+        """
         run_id = next(self._ids)
         prefix = f"dronesync-{run_id}"
         meter = Meter(self.server.proc.pid, child=False)
@@ -176,7 +191,7 @@ class Bucket:
                 warm = await target.upload(ref, warmup, Transfer())
                 settle()
                 with meter:
-                    await gather_uploads(target, ref, data.items, self.concurrency)
+                    await gather_uploads(target, ref, data.items, self.concurrency, throttle)
             finally:
                 await target.aclose()
             return warm.decode()

@@ -8,21 +8,53 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from benchkit.env import ROOT, child_env
 
 SERVER_START_S = 60.0
 
 
-class Server:
-    """A local server in a process of its own (no GIL shared with the client measured)."""
+class Placement(Protocol):
+    """Where a server runs and how the client reaches it (scripts/bench-link: across a link)."""
 
-    def __init__(self, module: str, args: list[str], log: Path, ready: str) -> None:
+    host: str
+
+    def prefix(self) -> list[str]:
+        """What runs the server's command there."""
+        ...
+
+    def port(self) -> int:
+        """A port free there."""
+        ...
+
+    def expose(self, url: str) -> str:
+        """The URL the client uses to reach the server's ``url``."""
+        ...
+
+
+def listen_args(place: Placement | None) -> list[str]:
+    """``--host`` and ``--port`` of a local server: any free port on 127.0.0.1, or there."""
+    if place is None:
+        return ["--port", "0"]
+    return ["--host", place.host, "--port", str(place.port())]
+
+
+class Server:
+    """A local server in a process of its own (no GIL shared with the client measured).
+
+    ``module``: run with ``python -m``, or a script's path (``.py``) run as it is.
+    """
+
+    def __init__(
+        self, module: str, args: list[str], log: Path, ready: str, prefix: Sequence[str] = ()
+    ) -> None:
         self.log = log
         self._log_fh = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
+            [*prefix, sys.executable, *([] if module.endswith(".py") else ["-m"]), module, *args],
             cwd=ROOT,
             env=child_env(),
             stdout=subprocess.PIPE,

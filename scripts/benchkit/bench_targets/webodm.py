@@ -12,12 +12,21 @@ import httpx
 
 from benchkit.bench_targets.data import DataSet
 from benchkit.bench_targets.results import Meter, Sample
-from benchkit.bench_targets.tools import Server, curl_batches, quote, run_tool, xargs_curl
-from benchkit.bench_targets.uploads import gather_uploads
+from benchkit.bench_targets.tools import (
+    Placement,
+    Server,
+    curl_batches,
+    listen_args,
+    quote,
+    run_tool,
+    xargs_curl,
+)
+from benchkit.bench_targets.uploads import gather_retrying, gather_uploads
 from benchkit.project import (
     FAKE_WEBODM,
     DatasetRef,
     MemoryState,
+    Throttle,
     WebODMTarget,
     WebODMTargetConfig,
 )
@@ -34,17 +43,35 @@ class WebODM:
     uploads and the commit.
     """
 
-    def __init__(self, work: Path, concurrency: int, curl: str | None, batch: int) -> None:
+    def __init__(
+        self,
+        work: Path,
+        concurrency: int,
+        curl: str | None,
+        batch: int,
+        *,
+        fault_rate: float = 0.0,
+        place: Placement | None = None,
+    ) -> None:
+        """``fault_rate``: the share of uploads answered 502 by the server (then retried)."""
         self.work = work
-        self.root = work / "webodm"
+        self.root = work / ("webodm-faults" if fault_rate else "webodm")
         self.password = secrets.token_hex(16)
+        args = [*listen_args(place), "--root", str(self.root)]
+        args += ["--user", USER, "--password", self.password]
+        if fault_rate:
+            args += ["--upload-fault-rate", str(fault_rate), "--upload-fault", "status502"]
+        self.retrying = bool(fault_rate)
         self.server = Server(
             FAKE_WEBODM,
-            ["--port", "0", "--root", str(self.root), "--user", USER, "--password", self.password],
+            args,
             self.root.with_suffix(".log"),
             "http://",
+            place.prefix() if place else (),
         )
         self.url = self.server.lines[-1].strip()
+        if place is not None:
+            self.url = place.expose(self.url)
         self.http = httpx.Client(base_url=self.url, timeout=600)
         signed = self.http.post(
             "/api/token-auth/", data={"username": USER, "password": self.password}
@@ -108,8 +135,11 @@ class WebODM:
         self._collect(f"{self.project}/{task_id}", data, "curl")
         return {"curl": meter.sample}
 
-    def dronesync_run(self, data: DataSet) -> dict[str, Sample]:
-        """The target's uploads into a new task (made by the first), then its commit."""
+    def dronesync_run(self, data: DataSet, throttle: Throttle | None = None) -> dict[str, Sample]:
+        """The target's uploads into a new task (made by the first), then its commit.
+
+        ``throttle``: the engine's bandwidth limit, when one is set.
+        """
         run_id = next(self._ids)
         meter = Meter(self.server.proc.pid, child=False)
 
@@ -123,7 +153,12 @@ class WebODM:
                 await target.ensure_dataset(ref)  # the token and the project
                 settle()
                 with meter:
-                    keys = await gather_uploads(target, ref, data.items, self.concurrency)
+                    if self.retrying:
+                        keys = await gather_retrying(target, ref, data.items, self.concurrency)
+                    else:
+                        keys = await gather_uploads(
+                            target, ref, data.items, self.concurrency, throttle
+                        )
                     task = await target.start_processing(ref, keys)
             finally:
                 await target.aclose()

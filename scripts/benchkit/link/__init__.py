@@ -1,0 +1,1 @@
+"""scripts/bench-link: the HTTP targets through a limited link (namespace, tc, a delay)."""
