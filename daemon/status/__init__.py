@@ -11,7 +11,7 @@ from daemon.status.document import DAY_S, file_entry, snapshot
 from daemon.status.fleet import fleet_document, fleet_warnings, render_fleet
 from daemon.status.live import LIVE, LIVE_FRESH_S, mark_stopping, read_live, write_live
 from daemon.status.render import render
-from daemon.status.text import display_path, printable
+from daemon.status.text import display_path, duration, printable, size
 from daemon.status.watch import watch
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "LIVE",
     "LIVE_FRESH_S",
     "display_path",
+    "duration",
     "file_entry",
     "fleet_document",
     "fleet_warnings",
@@ -27,6 +28,7 @@ __all__ = [
     "read_live",
     "render",
     "render_fleet",
+    "size",
     "snapshot",
     "watch",
     "write_live",

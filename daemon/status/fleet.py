@@ -18,8 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from daemon.status.render import size
-from daemon.status.text import printable
+from daemon.status.text import printable, size
 from daemon.targets.base import FleetRow
 
 

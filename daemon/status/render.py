@@ -10,32 +10,11 @@ import time
 from typing import Any
 
 from daemon.status.document import is_current
-from daemon.status.text import printable, printable_doc
+from daemon.status.text import duration, printable, printable_doc, size
 
 BAR_WIDTH = 20
 # The order counts are said in on a dataset's line.
 COUNT_ORDER = ("uploaded", "duplicate", "skipped", "waiting", "uploading", "failed")
-
-
-def size(n: float) -> str:
-    """Bytes for people: "512 B", "7.0 MB"."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
-
-
-def duration(seconds: float | None) -> str:
-    """A short duration: "45s", "4m10s", "2h05m"."""
-    if seconds is None:
-        return "-"
-    seconds = max(int(seconds), 0)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def bar(done: int, total: int, width: int = BAR_WIDTH) -> str:

@@ -1,4 +1,4 @@
-"""Text from cards and the network, made safe for a terminal: names and errors as escapes."""
+"""Text for people: names and errors from cards made safe for a terminal, sizes, durations."""
 
 from __future__ import annotations
 
@@ -40,3 +40,24 @@ def printable_doc(value: Any) -> Any:
     if isinstance(value, list):
         return [printable_doc(item) for item in value]
     return value
+
+
+def size(n: float) -> str:
+    """Bytes for people: "512 B", "7.0 MB"."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def duration(seconds: float | None) -> str:
+    """A short duration: "45s", "4m10s", "2h05m"."""
+    if seconds is None:
+        return "-"
+    seconds = max(int(seconds), 0)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"

@@ -15,7 +15,7 @@ import html
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from daemon.status import printable
+from daemon.status import duration, printable, size
 
 STATUSES = ("waiting", "uploading", "uploaded", "duplicate", "failed", "skipped")
 PAGE_SIZE = 200
@@ -66,25 +66,6 @@ CSP = (
 def e(value: object) -> str:
     """Text from a card or the journal, safe inside HTML (and its control characters shown)."""
     return html.escape(printable(str(value)), quote=True)
-
-
-def size(n: float) -> str:
-    """Bytes for people (decimal units)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
-
-
-def duration(seconds: float | None) -> str:
-    """A duration for people: 45s, 3m20s, 2h05m."""
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def dataset_url(name: str, **query: object) -> str:

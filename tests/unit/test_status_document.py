@@ -14,7 +14,7 @@ from daemon import control
 from daemon.journal import Journal
 from daemon.status import mark_stopping, read_live, snapshot, write_live
 from daemon.status.render import render
-from daemon.status.render import size as size_text
+from daemon.status.text import size as size_text
 
 NOW = 1_000_000.0
 MB = 1_000_000
