@@ -26,6 +26,7 @@ from daemon.journal.memos import Memos
 from daemon.journal.queue import UploadQueue
 from daemon.journal.rows import (
     CLOSED_STATES,
+    DATASET_STATES,
     DONE_STATUSES,
     FILE_COLUMNS,
     FILE_STATUSES,
@@ -46,6 +47,7 @@ class Journal(Hashes, Statuses, UploadQueue, Memos, Spool):
 
 __all__ = [
     "CLOSED_STATES",
+    "DATASET_STATES",
     "DONE_STATUSES",
     "FILE_COLUMNS",
     "FILE_STATUSES",

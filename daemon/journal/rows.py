@@ -6,6 +6,15 @@ from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 FILE_STATUSES = ("waiting", "uploading", "uploaded", "duplicate", "failed", "skipped")
+DATASET_STATES = (
+    "collecting",
+    "ready",
+    "processing",
+    "processed",
+    "failed",
+    "cancelled",
+    "paused",
+)
 DONE_STATUSES = ("uploaded", "duplicate")
 # A dataset in these states takes no more files: later files start a new generation.
 CLOSED_STATES = ("processing", "processed", "failed")

@@ -30,18 +30,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from daemon.journal import FILE_STATUSES, Journal
+from daemon.journal import DATASET_STATES, FILE_STATUSES, Journal
 from daemon.status import DAY_S
 
-DATASET_STATES = (
-    "collecting",
-    "ready",
-    "processing",
-    "processed",
-    "failed",
-    "cancelled",
-    "paused",
-)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
