@@ -166,12 +166,32 @@ class Box:
 
 
 @pytest.fixture
-def box(tmp_path: Path) -> Iterator[Box]:
-    """A temporary ingest box; any daemon left running is killed at the end."""
+def box(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Box]:
+    """A temporary ingest box; any daemon left running is killed at the end.
+
+    A failing test's report carries the end of the daemon's log: a flake seen only in CI is
+    otherwise a timeout with nothing to read.
+    """
     b = Box(tmp_path)
     b.write_config()
     yield b
     b.cleanup()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        tail = "\n".join(b.log().splitlines()[-LOG_TAIL_LINES:])
+        report.sections.append(("daemon log (end)", tail))
+
+
+LOG_TAIL_LINES = 150
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep the call phase's report on the item, for fixtures that add to it on failure."""
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
 
 
 @pytest.fixture
