@@ -12,8 +12,8 @@ import sqlite3
 from typing import Any
 
 from daemon.cli import tune_process
+from daemon.clock import SystemClock
 from daemon.config import UploadSettings
-from daemon.errors import TransientTargetError
 from daemon.hashing import hash_file
 from daemon.journal import FILE_COLUMNS, FileRow, HashRecord, Journal, NewFile
 from daemon.targets.base import DatasetRef, MemoryState, Throttle, Transfer, UploadItem
@@ -25,8 +25,8 @@ from daemon.targets.s3 import S3TargetConfig
 from daemon.targets.s3.target import S3Target
 from daemon.targets.webodm import WebODMTargetConfig
 from daemon.targets.webodm.target import WebODMTarget
+from daemon.upload.engine import UploadEngine
 from daemon.upload.ratelimit import TokenBucket
-from daemon.upload.retry import Backoff
 from tests.bench.settle import PageCacheFiller, Settler
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "FAKE_S3",
     "FAKE_WEBODM",
     "FILE_COLUMNS",
-    "Backoff",
     "DatasetRef",
     "FileRow",
     "HashRecord",
@@ -52,10 +51,11 @@ __all__ = [
     "S3Target",
     "S3TargetConfig",
     "Settler",
+    "SystemClock",
     "Throttle",
     "TokenBucket",
     "Transfer",
-    "TransientTargetError",
+    "UploadEngine",
     "UploadItem",
     "UploadSettings",
     "WebODMTarget",

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from benchkit.bench_targets.data import DataSet
+from benchkit.bench_targets.engine import EngineRun
 from benchkit.bench_targets.results import Meter, Sample
 from benchkit.bench_targets.tools import (
     Placement,
@@ -22,7 +23,7 @@ from benchkit.bench_targets.tools import (
     run_tool,
     xargs_curl,
 )
-from benchkit.bench_targets.uploads import gather_retrying, gather_uploads
+from benchkit.bench_targets.uploads import gather_uploads
 from benchkit.project import (
     FAKE_NODEODM,
     DatasetRef,
@@ -141,13 +142,19 @@ class NodeODM:
         async def go() -> tuple[float, str]:
             config = NodeODMTargetConfig(type="nodeodm", url=self.url)
             target = NodeODMTarget("bench", config, MemoryState())
-            ref = DatasetRef(run_id, f"bench-{run_id}")
-            try:
+            async with contextlib.AsyncExitStack() as stack:
+                stack.push_async_callback(target.aclose)
+                engine = None
+                if self.drops:  # retries: the engine's own
+                    engine = await stack.enter_async_context(
+                        EngineRun(target, f"bench-{run_id}", self.concurrency)
+                    )
+                ref = engine.ref if engine else DatasetRef(run_id, f"bench-{run_id}")
                 start = time.perf_counter()
                 await target.ensure_dataset(ref)
                 with meter:
-                    if self.drops:
-                        keys = await gather_retrying(target, ref, data.items, self.concurrency)
+                    if engine:
+                        keys = await engine.upload(data.items)
                     else:
                         keys = await gather_uploads(
                             target, ref, data.items, self.concurrency, throttle
@@ -158,8 +165,6 @@ class NodeODM:
                 checked = time.perf_counter()
                 await target.start_processing(ref, keys)
                 end = time.perf_counter()
-            finally:
-                await target.aclose()
             return (sent - start) + (end - checked), uuid
 
         settle()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +14,7 @@ import httpx
 from botocore.config import Config
 
 from benchkit.bench_targets.data import DataSet
+from benchkit.bench_targets.engine import EngineRun
 from benchkit.bench_targets.results import Meter, Sample
 from benchkit.bench_targets.tools import (
     Placement,
@@ -23,7 +25,7 @@ from benchkit.bench_targets.tools import (
     run_tool,
     xargs_curl,
 )
-from benchkit.bench_targets.uploads import gather_retrying, gather_uploads
+from benchkit.bench_targets.uploads import gather_uploads
 from benchkit.project import (
     FAKE_PIX4DCLOUD,
     DatasetRef,
@@ -248,24 +250,28 @@ class Cloud:
                 type="pix4dcloud", url=self.url, client_id=self.client_id, **extra
             )
             target = Pix4DCloudTarget("bench", config, MemoryState(), client_secret=self.secret)
-            ref = DatasetRef(run_id, f"bench-{run_id}")
-            try:
+            async with contextlib.AsyncExitStack() as stack:
+                stack.push_async_callback(target.aclose)
+                engine = None
+                if self.retrying:  # retries: the engine's own
+                    engine = await stack.enter_async_context(
+                        EngineRun(target, f"bench-{run_id}", self.concurrency)
+                    )
+                ref = engine.ref if engine else DatasetRef(run_id, f"bench-{run_id}")
                 await target.ensure_dataset(ref)
                 # Token, project, S3 credentials and botocore's client: once per project in the
                 # daemon, so not timed here either.
-                if self.retrying:
-                    await gather_retrying(target, ref, [warmup], 1)
+                if engine:
+                    await engine.upload([warmup])
                 else:
                     await target.upload(ref, warmup, Transfer())
                 settle()
                 with meter:
-                    if self.retrying:
-                        await gather_retrying(target, ref, data.items, self.concurrency)
+                    if engine:
+                        await engine.upload(data.items)
                     else:
                         await gather_uploads(target, ref, data.items, self.concurrency, throttle)
-            finally:
-                await target.aclose()
-            return target.project_id(ref)
+                return target.project_id(ref)
 
         project = asyncio.run(go())
         assert project is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from benchkit.bench_targets.data import DataSet
+from benchkit.bench_targets.engine import EngineRun
 from benchkit.bench_targets.results import Meter, Sample
 from benchkit.bench_targets.tools import (
     Placement,
@@ -21,7 +23,7 @@ from benchkit.bench_targets.tools import (
     run_tool,
     xargs_curl,
 )
-from benchkit.bench_targets.uploads import gather_retrying, gather_uploads
+from benchkit.bench_targets.uploads import gather_uploads
 from benchkit.project import (
     FAKE_WEBODM,
     DatasetRef,
@@ -148,21 +150,24 @@ class WebODM:
                 type="webodm", url=self.url, username=USER, project=str(self.project)
             )
             target = WebODMTarget("bench", config, MemoryState(), password=self.password)
-            ref = DatasetRef(run_id, f"bench-{run_id}")
-            try:
+            async with contextlib.AsyncExitStack() as stack:
+                stack.push_async_callback(target.aclose)
+                engine = None
+                if self.retrying:  # retries: the engine's own
+                    engine = await stack.enter_async_context(
+                        EngineRun(target, f"bench-{run_id}", self.concurrency)
+                    )
+                ref = engine.ref if engine else DatasetRef(run_id, f"bench-{run_id}")
                 await target.ensure_dataset(ref)  # the token and the project
                 settle()
                 with meter:
-                    if self.retrying:
-                        keys = await gather_retrying(target, ref, data.items, self.concurrency)
+                    if engine:
+                        keys = await engine.upload(data.items)
                     else:
                         keys = await gather_uploads(
                             target, ref, data.items, self.concurrency, throttle
                         )
-                    task = await target.start_processing(ref, keys)
-            finally:
-                await target.aclose()
-            return task
+                    return await target.start_processing(ref, keys)
 
         self._collect(asyncio.run(go()), data, "dronesync")
         return {"dronesync": meter.sample}
