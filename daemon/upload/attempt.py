@@ -65,6 +65,8 @@ class Uploader:
         self._throttle = TokenBucket(settings.bandwidth_limit) if settings.bandwidth_limit else None
         self.flights: dict[int, _Flight] = {}
         self._ensured: set[int] = set()
+        # Per target, failed attempts since its last upload went through: an outage, or bad luck.
+        self._streaks: dict[str, int] = {}
         self.meter = RateMeter()
 
     def cancel_dataset(self, dataset_id: int, reason: str) -> None:
@@ -113,6 +115,11 @@ class Uploader:
         Nor does it wait while another file is due: the file parks and the worker sends the
         next one (a worker sleeping a retry left the link idle). A file the target returned
         lands: :class:`Landing` records it.
+
+        A wait grows with the file's failures only while the target fails in a row: when
+        other files go through in between, the target is up and the failure was this
+        request's bad luck, so the wait is a first failure's (the file's attempts still bound
+        how often it is tried).
         """
         outcomes, backoff = self._outcomes, self._outcomes.backoff
         failures = 0
@@ -138,12 +145,14 @@ class Uploader:
                 return
             except TargetError as exc:
                 failures += 1
+                streak = self._streaks[dataset.target] = self._streaks.get(dataset.target, 0) + 1
                 if attempts >= self._settings.attempts:
                     outcomes.fail(row, dataset, item, str(exc), attempts)
                     return
-                delay = backoff.delay(failures, exc.retry_after)
-                if failures > quick or delay > backoff.ceiling(failures) or self._others_due():
-                    delay = backoff.delay(max(attempts, 1), exc.retry_after)
+                step = min(failures, streak)
+                delay = backoff.delay(step, exc.retry_after)
+                if failures > quick or delay > backoff.ceiling(step) or self._others_due():
+                    delay = backoff.delay(max(min(attempts, streak), 1), exc.retry_after)
                     outcomes.park(row, dataset.name, item, exc, attempts, delay)
                     return
                 self._journal.mark_retry(row.id, str(exc), 0)
@@ -151,6 +160,7 @@ class Uploader:
                 if not self._still_wanted(row):
                     return  # cancelled, or moved to the folder's next dataset, meanwhile
                 continue
+            self._streaks[dataset.target] = 0
             self._landing.land(Landed(row, dataset, item, target, key, attempts))
             return
 

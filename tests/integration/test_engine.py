@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import random
 import time
@@ -638,3 +639,70 @@ def test_a_wait_the_target_asks_for_costs_no_attempt(tmp_path: Path) -> None:
     asyncio.run(_run_until(engine, journal, ids, {"uploaded"}, clock, step_s=0.5))
     assert journal.file(ids[0]).attempts == 1
     assert not target.fail_next  # all twelve waits were met, and none failed the file
+
+
+class UnluckyTarget(MemoryTarget):
+    """Refuses the first ``refusals`` attempts of ``unlucky`` (or of every file, in an outage).
+
+    Each upload takes ``busy_s`` of the fake clock; the time of every attempt is kept.
+    """
+
+    def __init__(self, clock: FakeClock, unlucky: bytes | None, refusals: int) -> None:
+        super().__init__("refusing")
+        self.clock = clock
+        self.unlucky = unlucky
+        self.refusals = refusals
+        self.tries: dict[bytes, list[float]] = {}
+
+    async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
+        tries = self.tries.setdefault(item.key, [])
+        tries.append(self.clock.monotonic())
+        if self.unlucky in (None, item.key) and len(tries) <= self.refusals:
+            raise TransientTargetError("503")
+        await self.clock.sleep(BUSY_S)
+        return await super().upload(dataset, item, transfer)
+
+
+BUSY_S = 1.0
+
+
+def _waits(tmp_path: Path, *, busy: int, outage: bool) -> list[float]:
+    """The waits between the attempts of a file refused three times (dataset "unlucky").
+
+    ``busy`` files of another dataset go meanwhile, a second at a time (fair sharing gives
+    each dataset a worker); in an ``outage`` the target refuses every file its first times.
+    """
+    clock = FakeClock()
+    target = UnluckyTarget(clock, None if outage else b"unlucky0.jpg", refusals=3)
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    ids = _add_dataset(journal, tmp_path, "unlucky", 1)
+    if busy:
+        ids += _add_dataset(journal, tmp_path, "busy", busy)
+    settings = UploadSettings.model_validate(
+        {"concurrency": 2, "quick_retries": 0, "backoff_initial_s": 5, "backoff_max_s": 1000}
+    )
+    engine = UploadEngine(
+        journal,
+        {target.name: target},
+        settings,
+        clock,
+        _Sources(),
+        locate=_locate,
+        backoff=Backoff.from_settings(settings, _Longest()),
+    )
+    asyncio.run(_run_until(engine, journal, ids, {"uploaded"}, clock, step_s=0.25))
+    times = target.tries[b"unlucky0.jpg"]
+    return [round(b - a) for a, b in itertools.pairwise(times)]
+
+
+def test_a_file_refused_while_others_go_through_waits_a_first_failures_backoff(
+    tmp_path: Path,
+) -> None:
+    """Bad luck on a server that is up: the retry does not wait longer at each refusal."""
+    # Every wait is the first one (5 s, full jitter at its longest), give or take the step
+    # the fake clock moves by.
+    assert _waits(tmp_path, busy=40, outage=False) == [5, 5, 5]
+
+
+def test_in_an_outage_the_waits_grow(tmp_path: Path) -> None:
+    assert _waits(tmp_path, busy=0, outage=True) == [5, 10, 20]
