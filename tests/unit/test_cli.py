@@ -133,8 +133,8 @@ HEAVY = ("pydantic", "pydantic_settings", "asyncio", "httpx", "watchdog", "struc
 def _heavy_imports_of_status(box: Box) -> list[str]:
     """The daemon's heavy dependencies that ``dronesync status`` imported."""
     code = (
-        "import sys; from daemon.cli import main; main(['status', '--config', sys.argv[1]]);"
-        f" print(sorted({{n.split('.')[0] for n in sys.modules}} & set({HEAVY!r})))"
+        "import json, sys; from daemon.cli import main; main(['status', '--config', sys.argv[1]]);"
+        f" print(json.dumps(sorted({{n.split('.')[0] for n in sys.modules}} & set({HEAVY!r}))))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(box.config)],
@@ -143,7 +143,7 @@ def _heavy_imports_of_status(box: Box) -> list[str]:
         timeout=60,
         check=True,
     )
-    return json.loads(result.stdout.splitlines()[-1].replace("'", '"'))
+    return [str(name) for name in json.loads(result.stdout.splitlines()[-1])]
 
 
 def test_status_skips_the_settings_model_only_for_the_file_the_daemon_checked(box: Box) -> None:
