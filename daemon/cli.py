@@ -8,37 +8,24 @@ SIGPIPE. Expected errors end with one clear message and no traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon import __version__, control, logs
-from daemon.config import (
-    Settings,
-    config_path,
-    load_config,
-    runtime_findings,
-    runtime_problems,
-    runtime_warnings,
-)
-from daemon.config.example import example
+from daemon import __version__
+from daemon.configfile import checked_state_dir, config_path
 from daemon.errors import EXIT_OK, ConfigError, DronesyncError, TargetError, UsageError
-from daemon.journal import JOURNAL_NAME, Journal
-from daemon.status import (
-    fleet_document,
-    fleet_warnings,
-    read_live,
-    render,
-    render_fleet,
-    snapshot,
-    watch,
-)
-from daemon.targets.registry import fleet_types, lists_fleet, read_fleet
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
+    from daemon.journal import Journal
+
+# Each command imports what it uses, when it runs: `status` reads the journal and a few
+# files, and the settings model and the daemon's parts would take longer to import.
 
 ANSWER_TIMEOUT_S = 2.5
 GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest objects (700)
@@ -121,45 +108,67 @@ def _reader_gone() -> int:
 
 
 def _settings(args: argparse.Namespace) -> tuple[Path, Settings]:
+    from daemon.config import load_config  # noqa: PLC0415 (keep `status` light)
+
     path = config_path(args.config)
     return path, load_config(path)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    """The configuration's state_dir: without the settings model when the daemon checked it."""
+    state_dir = checked_state_dir(config_path(args.config))
+    if state_dir is None:
+        return _settings(args)[1].state_dir
+    return state_dir
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config":
         if args.config_command == "example":
+            from daemon.config.example import example  # noqa: PLC0415 (keep `status` light)
+
             sys.stdout.write(example())
             return EXIT_OK
-        path, settings = _settings(args)
-        problems, access = runtime_findings(path, settings)
-        if problems:
-            raise ConfigError(problems)
-        # The service's user may have the access this user lacks: said, not fatal here.
-        for line in access:
-            print(f"dronesync: warning: {line}", file=sys.stderr)
-        for note in runtime_warnings(settings):
-            print(f"note: {note}")
-        print(f"{path}: ok ({len(settings.sources)} sources, {len(settings.targets)} targets)")
-        return EXIT_OK
-    path, settings = _settings(args)
+        return _check(args)
     if args.command == "run":
-        return _run(path, settings)
+        return _run(config_path(args.config))
     if args.command == "status":
-        return _status(settings, args)
+        return _status(_state_dir(args), args)
     if args.command == "fleet":
-        return _fleet(settings, args)
-    return _request(settings, args)
+        return _fleet(_settings(args)[1], args)
+    return _request(_state_dir(args), args)
 
 
-def _run(path: Path, settings: Settings) -> int:
-    from daemon.service import Daemon  # noqa: PLC0415 (keep `status` light)
+def _check(args: argparse.Namespace) -> int:
+    from daemon.config import runtime_findings, runtime_warnings  # noqa: PLC0415
 
+    path, settings = _settings(args)
+    problems, access = runtime_findings(path, settings)
+    if problems:
+        raise ConfigError(problems)
+    # The service's user may have the access this user lacks: said, not fatal here.
+    for line in access:
+        print(f"dronesync: warning: {line}", file=sys.stderr)
+    for note in runtime_warnings(settings):
+        print(f"note: {note}")
+    print(f"{path}: ok ({len(settings.sources)} sources, {len(settings.targets)} targets)")
+    return EXIT_OK
+
+
+def _run(path: Path) -> int:
+    import asyncio  # noqa: PLC0415 (keep `status` light)
+
+    from daemon import logs  # noqa: PLC0415
+    from daemon.config import load_checked, runtime_problems  # noqa: PLC0415
+    from daemon.service import Daemon  # noqa: PLC0415
+
+    settings, checked = load_checked(path)
     problems = runtime_problems(path, settings)
     if problems:
         raise ConfigError(problems)
     logs.configure(settings.log_level, final=True)
     tune_process()
-    return asyncio.run(Daemon(path, settings).run())
+    return asyncio.run(Daemon(path, settings, checked=checked).run())
 
 
 def tune_process() -> None:
@@ -176,20 +185,22 @@ def tune_process() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
-def _journal(settings: Settings) -> Journal:
-    # Not from daemon.service: importing the daemon's every part would double what
-    # `status` takes.
-    path = settings.state_dir / JOURNAL_NAME
+def _journal(state_dir: Path) -> Journal:
+    from daemon.journal import JOURNAL_NAME, Journal  # noqa: PLC0415 (keep `status` light)
+
+    path = state_dir / JOURNAL_NAME
     if not path.exists():
         raise UsageError(f"{path}: no journal yet; start the daemon (`dronesync run`) to create it")
     return Journal.open(path, readonly=True)
 
 
-def _status(settings: Settings, args: argparse.Namespace) -> int:
+def _status(state_dir: Path, args: argparse.Namespace) -> int:
     import time  # noqa: PLC0415
 
-    state_dir = settings.state_dir
-    journal = _journal(settings)
+    from daemon import control  # noqa: PLC0415 (keep `status` light)
+    from daemon.status import read_live, render, snapshot, watch  # noqa: PLC0415
+
+    journal = _journal(state_dir)
 
     def document(now: float) -> dict[str, Any]:
         return snapshot(
@@ -223,21 +234,23 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _request(settings: Settings, args: argparse.Namespace) -> int:
+def _request(state_dir: Path, args: argparse.Namespace) -> int:
+    from daemon import control  # noqa: PLC0415 (keep `status` light)
+
     dataset: str | None = None if getattr(args, "all", False) else args.dataset
     if dataset is not None:
-        journal = _journal(settings)
+        journal = _journal(state_dir)
         try:
             if journal.dataset_by_name(dataset) is None:
                 raise UsageError(f"no dataset named {dataset!r}; see `dronesync status`")
         finally:
             journal.close()
     try:
-        request = control.submit(settings.state_dir, args.command, dataset)
-        running = control.daemon_running(settings.state_dir)
+        request = control.submit(state_dir, args.command, dataset)
+        running = control.daemon_running(state_dir)
     except OSError as exc:
         raise UsageError(
-            f"{settings.state_dir}: cannot pass the request to the daemon ({exc.strerror});"
+            f"{state_dir}: cannot pass the request to the daemon ({exc.strerror});"
             " run as root or as the user the service runs as"
         ) from exc
     if not running:
@@ -252,6 +265,9 @@ def _request(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _fleet(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.status import fleet_document, fleet_warnings, render_fleet  # noqa: PLC0415
+    from daemon.targets.registry import fleet_types, lists_fleet, read_fleet  # noqa: PLC0415
+
     able = sorted(name for name, table in settings.targets.items() if lists_fleet(table))
     listed = ", ".join(able) or "none is configured"
     name: str | None = args.target

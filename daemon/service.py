@@ -21,7 +21,8 @@ import structlog
 
 from daemon import control, web
 from daemon.clock import Clock, SystemClock, wait_event
-from daemon.config import Settings, load_config, runtime_problems
+from daemon.config import Settings, load_checked, runtime_problems
+from daemon.configfile import remember
 from daemon.errors import ConfigError, JournalError, UsageError
 from daemon.journal import GROUP_COMMIT_S, JOURNAL_NAME, Journal
 from daemon.live import Live
@@ -90,9 +91,11 @@ class Daemon:
         *,
         clock: Clock | None = None,
         target_factory: TargetFactory = default_targets,
+        checked: str | None = None,
     ) -> None:
         self._config_path = config_path
         self._settings = settings
+        self._checked = checked
         self._clock = clock or SystemClock()
         self._target_factory = target_factory
         self._stop = asyncio.Event()
@@ -109,6 +112,8 @@ class Daemon:
         lock = control.DaemonLock(state_dir)
         if not lock.acquire():
             raise UsageError(f"{state_dir}: another dronesync daemon is using this state_dir")
+        if self._checked is not None:
+            remember(state_dir, self._checked)  # `status` may now skip the settings model
         journal = Journal.open(state_dir / JOURNAL)
         recovered = journal.recover()
         if recovered:
@@ -165,7 +170,7 @@ class Daemon:
     def _apply_reload(self) -> None:
         self._reload = False
         try:
-            settings = load_config(self._config_path)
+            settings, checked = load_checked(self._config_path)
             problems = runtime_problems(self._config_path, settings)
             if problems:
                 raise ConfigError(problems)
@@ -178,6 +183,8 @@ class Daemon:
         if settings.state_dir != self._settings.state_dir:
             log.error("state_dir cannot change on reload; restart the service to move it")
             settings = settings.model_copy(update={"state_dir": self._settings.state_dir})
+        else:
+            remember(settings.state_dir, checked)
         self._settings = settings
         log.info("configuration reloaded")
 

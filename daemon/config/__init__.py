@@ -8,11 +8,9 @@ programs, secrets). Each target type's table lives with the target (``daemon.tar
 """
 
 from daemon.config.checks import runtime_findings, runtime_problems, runtime_warnings
-from daemon.config.load import load_config
+from daemon.config.load import load_checked, load_config
 from daemon.config.mail import EmailConfig
 from daemon.config.model import (
-    DEFAULT_CONFIG_PATH,
-    ENV_PREFIX,
     IMAGE_PATTERNS,
     NOTIFY_EVENTS,
     NotificationsConfig,
@@ -23,8 +21,8 @@ from daemon.config.model import (
     UploadSettings,
     WebSettings,
     compile_glob,
-    config_path,
 )
+from daemon.configfile import DEFAULT_CONFIG_PATH, ENV_PREFIX, config_path
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -41,6 +39,7 @@ __all__ = [
     "WebSettings",
     "compile_glob",
     "config_path",
+    "load_checked",
     "load_config",
     "runtime_findings",
     "runtime_problems",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,8 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from daemon.config.checks import overlap_problems
-from daemon.config.model import ENV_PREFIX, Settings, toml_path
+from daemon.config.model import Settings, toml_path
+from daemon.configfile import ENV_PREFIX, anchor, fingerprint, read_config
 from daemon.errors import ConfigError
 from daemon.targets.registry import TYPES
 
@@ -120,23 +120,12 @@ def _reference_problems(file: Path, raw: dict[str, Any]) -> list[str]:
 
 def load_config(path: Path) -> Settings:
     """Read and validate ``path``; raise ConfigError listing every problem in it."""
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            [f"{path}: file not found; write one (`dronesync config example`) or pass --config"]
-        ) from exc
-    except PermissionError as exc:
-        raise ConfigError([f"{path}: cannot be read by this user; check its permissions"]) from exc
-    except IsADirectoryError as exc:
-        raise ConfigError([f"{path}: is a folder; name the TOML file itself"]) from exc
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot be read ({exc.strerror or exc})"]) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not UTF-8 text; save it as UTF-8"]) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from exc
+    return load_checked(path)[0]
+
+
+def load_checked(path: Path) -> tuple[Settings, str]:
+    """``load_config``, and the fingerprint of what it accepted (``daemon.configfile``)."""
+    data, raw = read_config(path)
     problems: list[str] = []
     settings: Settings | None = None
     token = toml_path.set(path)
@@ -162,38 +151,34 @@ def load_config(path: Path) -> Settings:
     problems = overlap_problems(path, settings)
     if problems:
         raise ConfigError(problems)
-    return settings
-
-
-def _anchor(path: Path, base: Path) -> Path:
-    return path if path.is_absolute() else Path(os.path.normpath(base / path))
+    return settings, fingerprint(path, data, settings.state_dir)
 
 
 def _relative_to(settings: Settings, base: Path) -> Settings:
     """Relative paths in a file are taken relative to the file's own folder."""
     targets = {name: target.anchored(base) for name, target in settings.targets.items()}
-    sources = [s.model_copy(update={"path": _anchor(s.path, base)}) for s in settings.sources]
+    sources = [s.model_copy(update={"path": anchor(s.path, base)}) for s in settings.sources]
     spool = settings.spool
     if spool.dir is not None:
-        spool = spool.model_copy(update={"dir": _anchor(spool.dir, base)})
+        spool = spool.model_copy(update={"dir": anchor(spool.dir, base)})
     notifications = settings.notifications
     email = notifications.email
     if email is not None:
         paths = {
-            key: _anchor(value, base)
+            key: anchor(value, base)
             for key in ("ca_file", "password_file")
             if (value := getattr(email, key)) is not None
         }
         notifications = notifications.model_copy(update={"email": email.model_copy(update=paths)})
     web = settings.web
     if web.password_file is not None:
-        web = web.model_copy(update={"password_file": _anchor(web.password_file, base)})
+        web = web.model_copy(update={"password_file": anchor(web.password_file, base)})
     return settings.model_copy(
         update={
             "notifications": notifications,
             "spool": spool,
             "web": web,
-            "state_dir": _anchor(settings.state_dir, base),
+            "state_dir": anchor(settings.state_dir, base),
             "targets": targets,
             "sources": sources,
         }

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextvars
 import fnmatch
 import ipaddress
-import os
 import re
 import typing
 from pathlib import Path
@@ -28,6 +27,7 @@ from pydantic_settings import (
 )
 
 from daemon.config.mail import EmailConfig
+from daemon.configfile import ENV_PREFIX, default_state_dir
 from daemon.configmodel import (
     DAY_S,
     Model,
@@ -39,24 +39,9 @@ from daemon.configmodel import (
 from daemon.targets.base import TargetConfig
 from daemon.targets.registry import TYPES, config_models
 
-DEFAULT_CONFIG_PATH = Path("/etc/dronesync/dronesync.toml")
 IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.dng"]
-ENV_PREFIX = "DRONESYNC_"
 
 toml_path: contextvars.ContextVar[Path] = contextvars.ContextVar("toml_path")  # while loading
-
-
-def config_path(explicit: Path | None) -> Path:
-    """The config file to use: ``--config``, else ``$DRONESYNC_CONFIG``, else the system one."""
-    if explicit is not None:
-        return explicit
-    env = os.environ.get("DRONESYNC_CONFIG")
-    return Path(env) if env else DEFAULT_CONFIG_PATH
-
-
-def _default_state_dir() -> Path:
-    # Under systemd, StateDirectory= hands us the folder it created with the right owner.
-    return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/dronesync").split(":")[0])
 
 
 def compile_glob(pattern: str) -> re.Pattern[str]:
@@ -367,7 +352,7 @@ class Settings(BaseSettings):
         extra="forbid", frozen=True, env_prefix=ENV_PREFIX, env_nested_delimiter="__"
     )
     state_dir: Path = Field(
-        default_factory=_default_state_dir,
+        default_factory=default_state_dir,
         description="Journal and logs; $STATE_DIRECTORY under systemd.",
         json_schema_extra={"example": "/var/lib/dronesync"},
     )

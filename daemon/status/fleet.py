@@ -16,10 +16,12 @@ read. Names come from cards and the store, so every string is made printable fir
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.status.text import printable, size
-from daemon.targets.base import FleetRow
+
+if TYPE_CHECKING:  # `status` imports this package: no target's table (pydantic) at run time
+    from daemon.targets.base import FleetRow
 
 
 def fleet_document(target: str, rows: list[FleetRow]) -> dict[str, Any]:

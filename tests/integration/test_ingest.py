@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from daemon.configfile import checked_state_dir
 from tests.conftest import Box, wait_until
 
 FILE_STATUSES = {"waiting", "uploading", "uploaded", "duplicate", "failed", "skipped"}
@@ -273,6 +274,7 @@ def test_sighup_reloads_the_configuration(box: Box) -> None:
     proc.send_signal(signal.SIGHUP)
     wait_until(lambda: box.datasets()["hup"]["state"] == "processed", what="processed")
     assert "configuration reloaded" in box.log()
+    assert checked_state_dir(box.config) == box.state  # `status` trusts the file reloaded
 
     box.config.write_text("this is [not toml")
     proc.send_signal(signal.SIGHUP)

@@ -125,3 +125,34 @@ def test_status_files_escapes_control_characters_in_names(box: Box) -> None:
     # the JSON keeps the name as it is (escaped by JSON itself)
     names = {f["path"] for f in box.status(files=True)["datasets"][0]["file_list"]}
     assert "two\n    uploaded  forged.jpg" in names
+
+
+HEAVY = ("pydantic", "pydantic_settings", "asyncio", "httpx", "watchdog", "structlog", "botocore")
+
+
+def _heavy_imports_of_status(box: Box) -> list[str]:
+    """The daemon's heavy dependencies that ``dronesync status`` imported."""
+    code = (
+        "import json, sys; from daemon.cli import main; main(['status', '--config', sys.argv[1]]);"
+        f" print(json.dumps(sorted({{n.split('.')[0] for n in sys.modules}} & set({HEAVY!r}))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(box.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [str(name) for name in json.loads(result.stdout.splitlines()[-1])]
+
+
+def test_status_skips_the_settings_model_only_for_the_file_the_daemon_checked(box: Box) -> None:
+    assert "pydantic_settings" in _heavy_imports_of_status(box)  # nothing checked it yet
+    assert box.stop(box.start()) == 0
+    assert _heavy_imports_of_status(box) == []
+
+    box.config.write_text(box.config.read_text("utf-8") + "[spool]\nmax_gb = 0\n", "utf-8")
+    refused = box.cli("status", check=False)
+    assert refused.returncode == 78
+    assert "spool.max_gb" in refused.stderr
+    assert refused.stderr == box.cli("config", "check", check=False).stderr

@@ -39,7 +39,7 @@ LAYERS = (
     "daemon.journal | daemon.hashworker | daemon.config",
     # Targets know their own tables; the configuration lists them through the registry.
     "daemon.targets",
-    "daemon.hashing | daemon.secrets | daemon.configmodel",
+    "daemon.hashing | daemon.secrets | daemon.configmodel | daemon.configfile",
     "daemon.errors | daemon.clock | daemon.durable | daemon.logs | daemon.notify",
     # The package's own __init__ (its version): only itself, not the modules in it.
     "daemon",
