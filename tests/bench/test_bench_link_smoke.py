@@ -51,7 +51,7 @@ def test_every_row_has_figures_and_a_verdict() -> None:
             "bandwidth_limit 0.6 x capacity",
             mine[2],
         ], kinds
-        assert mine[2].startswith("30% of uploads failing, wire "), kinds
+        assert mine[2].startswith("30% of uploads failing, goodput "), kinds
         assert "dronesync beside curl, 4 at a time" in mine, kinds
         assert mine[-1] == "client CPU-s per GB", kinds
     for row in rows:
