@@ -176,13 +176,20 @@ def box(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Box]:
     b.write_config()
     yield b
     b.cleanup()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        tail = "\n".join(b.log().splitlines()[-LOG_TAIL_LINES:])
-        report.sections.append(("daemon log (end)", tail))
+    report_logs(request, {"daemon": b})
 
 
 LOG_TAIL_LINES = 150
+
+
+def report_logs(request: pytest.FixtureRequest, boxes: dict[str, Box]) -> None:
+    """On a failed test, add the end of each box's daemon log to its report (teardown)."""
+    report = getattr(request.node, "rep_call", None)
+    if report is None or not report.failed:
+        return
+    for name, made in boxes.items():
+        tail = "\n".join(made.log().splitlines()[-LOG_TAIL_LINES:])
+        report.sections.append((f"{name} log (end)", tail))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

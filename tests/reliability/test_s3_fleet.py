@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Box, wait_until
+from tests.conftest import Box, report_logs, wait_until
 from tests.fakes.s3proxy import S3_RANDOM_KINDS
 from tests.fakes.s3store import ACCESS_KEY, SECRET_KEY, S3Store
 
@@ -77,7 +77,7 @@ def _processed(box: Box, name: str) -> bool:
 
 
 @pytest.fixture
-def boxes(tmp_path: Path) -> Iterator[dict[str, Box]]:
+def boxes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Box]]:
     made = {}
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
@@ -85,6 +85,7 @@ def boxes(tmp_path: Path) -> Iterator[dict[str, Box]]:
     yield made
     for box in made.values():
         box.cleanup()
+    report_logs(request, {f"box {name}": box for name, box in made.items()})
 
 
 def _check_bucket(
