@@ -145,6 +145,10 @@ class S3Store:
         """Keys of multipart uploads neither completed nor aborted."""
         return [key for key, _ in self._uploads(self.direct)]
 
+    def unfinished_upload_ids(self) -> set[str]:
+        """Ids of multipart uploads neither completed nor aborted."""
+        return {upload_id for _, upload_id in self._uploads(self.direct)}
+
 
 def main(argv: list[str] | None = None) -> int:
     """Serve a bucket until Ctrl-C or SIGTERM, printing what an s3 target's table needs."""

@@ -4,8 +4,9 @@ Two real ``dronesync run`` processes (two configurations, two state folders, two
 ingest cards that share most of their images into one bucket (moto behind the project's
 fault proxy) at the same time. Each is SIGKILLed while it uploads, multipart uploads
 included, and started again. At the end every distinct image is stored exactly once and
-byte-identical, both manifests list every file of their datasets, and no unfinished
-multipart upload is left. The same then holds with 30 % of requests failing.
+byte-identical, both manifests list every file of their datasets, and every unfinished
+multipart upload a box knew of is aborted (one whose creation a kill cut is the lifecycle
+rule's, as a lost reply's). The same then holds with 30 % of requests failing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.targets.s3.keys import UploadLog
 from tests.conftest import Box, report_logs, wait_until
 from tests.fakes.s3proxy import S3_RANDOM_KINDS
 from tests.fakes.s3store import ACCESS_KEY, SECRET_KEY, S3Store
@@ -88,13 +90,27 @@ def boxes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, 
     report_logs(request, {f"box {name}": box for name, box in made.items()})
 
 
+def _unknown_uploads(store: S3Store, boxes: dict[str, Box]) -> set[str]:
+    """Unfinished uploads no box recorded: created, but the kill cut the reply.
+
+    Like a lost CreateMultipartUpload reply, such an upload has an id no box ever learnt.
+    """
+    recorded = {
+        upload_id
+        for box in boxes.values()
+        for _, _, upload_id in UploadLog(box.state / "s3" / "fleet" / "multipart").records()
+    }
+    return store.unfinished_upload_ids() - recorded
+
+
 def _check_bucket(
     store: S3Store, cards: dict[str, dict[str, bytes]], lost_creates: int = 0
 ) -> dict[str, int]:
     """Every distinct image once, byte-identical; both manifests whole; no upload left.
 
-    An upload whose CreateMultipartUpload reply was lost has an id no box ever learnt, and
-    under a key other boxes write too: no box may abort it (a lifecycle rule reaps it).
+    An upload whose CreateMultipartUpload reply was lost (or cut by a kill) has an id no box
+    ever learnt, and under a key other boxes write too: no box may abort it (a lifecycle rule
+    reaps it).
     """
     distinct = {hashlib.sha256(d).hexdigest() for files in cards.values() for d in files.values()}
     objects = store.objects("fleet/objects/")
@@ -132,6 +148,7 @@ def test_two_boxes_killed_mid_upload_store_each_image_once(
         assert _done(box) < len(cards[name]), "the ingest ended before the kill; slow it down"
         box.stop(procs[name], signal.SIGKILL)
     left = store.unfinished_uploads()
+    unknown = _unknown_uploads(store, boxes)
     for name, box in boxes.items():
         procs[name] = box.start()
     for name, box in boxes.items():
@@ -141,12 +158,14 @@ def test_two_boxes_killed_mid_upload_store_each_image_once(
             timeout=120,
         )
     elapsed = time.monotonic() - started
-    figures = _check_bucket(store, cards)
+    assert store.unfinished_upload_ids() <= unknown, "a box left an upload it knew of"
+    figures = _check_bucket(store, cards, len(unknown))
     for name, box in boxes.items():
         assert box.stop(procs[name]) == 0
     print(
         f"fleet: {figures['files']} files, {figures['distinct']} distinct images stored once,"
-        f" {len(left)} multipart upload(s) left by the kills and aborted,"
+        f" {len(left)} multipart upload(s) left by the kills, {len(unknown)} of them"
+        " created as a kill cut the reply (the lifecycle rule's),"
         f" {elapsed:.1f} s; requests {store.requests}"
     )
 
