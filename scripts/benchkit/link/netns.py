@@ -33,6 +33,9 @@ class LinkSpec:
 LINKS = {
     "4g": LinkSpec("4g", 20, 60),
     "lan": LinkSpec("lan", 200, 10),
+    # A geostationary satellite uplink: where a fixed number of uploads in flight would
+    # first leave the link idle between one image's last byte and the next one's first.
+    "sat": LinkSpec("sat", 10, 600),
 }
 
 

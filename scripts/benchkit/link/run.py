@@ -6,7 +6,8 @@
 The servers (the project's local NodeODM, PIX4Dcloud with moto, WebODM servers) run in a network
 namespace of their own, joined to this one by a veth pair limited to the link's rate with
 ``tc ... tbf`` at both ends; a delaying proxy here (benchkit/link/delay.py) adds the round trip.
-Links: "4g" 20 Mbit/s with 60 ms, "lan" 200 Mbit/s with 10 ms. The capacity is one
+Links: "4g" 20 Mbit/s with 60 ms, "lan" 200 Mbit/s with 10 ms (the default two), "sat"
+10 Mbit/s with 600 ms. The capacity is one
 ``curl -T`` of --capacity-s seconds' worth to a sink across the same link and proxy, at the
 start and at the end of each link's runs (the better counts).
 
@@ -16,7 +17,7 @@ semaphore, as the engine's workers): the MB/s against the capacity (goal >= 0.95
 engine's bandwidth limit (TokenBucket, the ``bandwidth_limit`` setting) at --limit-share of
 the capacity, held within 3 %; against a second server failing --fault-rate of the uploads
 (NodeODM: dropped as its --test_drop_uploads; PIX4Dcloud: S3 503 SlowDown; WebODM: 502),
-retried with the engine's backoff (goal >= 0.80 of the capacity); beside ``curl`` (and pyodm
+retried by the daemon's upload engine (goal: the link >= 0.80 busy); beside ``curl`` (and pyodm
 on NodeODM, rclone on PIX4Dcloud) on the same files and server; and the client's CPU seconds
 per GB beside curl's (goal <= 1.3x). "wire" is what left this side of the link (headers,
 retries and resent bytes included) over the capacity's. Needs root, ``ip`` and ``tc``
@@ -54,7 +55,7 @@ from benchkit.table import machine
 def parse_args() -> argparse.Namespace:
     """The command line, checked."""
     parser = argparse.ArgumentParser(description=summary(__doc__))
-    parser.add_argument("--links", type=csv, default=list(LINKS), help="4g,lan")
+    parser.add_argument("--links", type=csv, default=["4g", "lan"], help="4g,lan (or sat)")
     parser.add_argument("--targets", type=csv, default=list(TARGETS), help=",".join(TARGETS))
     parser.add_argument("--files", type=int, default=30, help="images per transfer (full: 300)")
     parser.add_argument("--scale", type=float, default=1.0, help="times the 2-8 MB sizes")
