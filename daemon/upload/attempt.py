@@ -30,6 +30,10 @@ from daemon.upload.meter import RateMeter
 from daemon.upload.outcomes import AbortedError, Outcomes, StalledError
 from daemon.upload.ratelimit import TokenBucket
 
+# Attempts a file may fail by bad luck while its target is up: with 30 % of requests
+# refused, four in a row happen to fewer than 1 % of files.
+BAD_LUCK_ATTEMPTS = 4
+
 
 @dataclass(slots=True)
 class _Flight:
@@ -116,10 +120,10 @@ class Uploader:
         next one (a worker sleeping a retry left the link idle). A file the target returned
         lands: :class:`Landing` records it.
 
-        A wait grows with the file's failures only while the target fails in a row: when
-        other files go through in between, the target is up and the failure was this
-        request's bad luck, so the wait is a first failure's (the file's attempts still bound
-        how often it is tried).
+        A file's first failures wait longer each time only while the target fails in a row:
+        when other files go through in between, the target is up and the failure was this
+        request's bad luck, so the wait is a first failure's. A file failing more than
+        :data:`BAD_LUCK_ATTEMPTS` times backs off on its own count, whatever the others do.
         """
         outcomes, backoff = self._outcomes, self._outcomes.backoff
         failures = 0
@@ -145,14 +149,19 @@ class Uploader:
                 return
             except TargetError as exc:
                 failures += 1
-                streak = self._streaks[dataset.target] = self._streaks.get(dataset.target, 0) + 1
+                # A target not heard from in this process (a restart, a reload) starts from
+                # the file's own failures: an outage's backoff carries on.
+                streak = self._streaks.get(dataset.target, max(attempts - 1, 0)) + 1
+                self._streaks[dataset.target] = streak
                 if attempts >= self._settings.attempts:
                     outcomes.fail(row, dataset, item, str(exc), attempts)
                     return
-                step = min(failures, streak)
+                lucky = attempts <= BAD_LUCK_ATTEMPTS  # beyond, the file itself keeps failing
+                step = min(failures, streak) if lucky else failures
                 delay = backoff.delay(step, exc.retry_after)
                 if failures > quick or delay > backoff.ceiling(step) or self._others_due():
-                    delay = backoff.delay(max(min(attempts, streak), 1), exc.retry_after)
+                    parked = min(attempts, streak) if lucky else attempts
+                    delay = backoff.delay(max(parked, 1), exc.retry_after)
                     outcomes.park(row, dataset.name, item, exc, attempts, delay)
                     return
                 self._journal.mark_retry(row.id, str(exc), 0)

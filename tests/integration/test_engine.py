@@ -666,14 +666,23 @@ class UnluckyTarget(MemoryTarget):
 BUSY_S = 1.0
 
 
-def _waits(tmp_path: Path, *, busy: int, outage: bool) -> list[float]:
-    """The waits between the attempts of a file refused three times (dataset "unlucky").
+def _waits(
+    tmp_path: Path,
+    *,
+    busy: int,
+    outage: bool,
+    refusals: int = 3,
+    restart_after: int | None = None,
+) -> list[float]:
+    """The waits between the attempts of a file refused ``refusals`` times (dataset "unlucky").
 
     ``busy`` files of another dataset go meanwhile, a second at a time (fair sharing gives
     each dataset a worker); in an ``outage`` the target refuses every file its first times.
+    ``restart_after``: that many refusals in, the engine is replaced by a new one (a restart
+    or a reload), on the same journal and clock.
     """
     clock = FakeClock()
-    target = UnluckyTarget(clock, None if outage else b"unlucky0.jpg", refusals=3)
+    target = UnluckyTarget(clock, None if outage else b"unlucky0.jpg", refusals)
     journal = Journal.open(tmp_path / "journal.sqlite3")
     ids = _add_dataset(journal, tmp_path, "unlucky", 1)
     if busy:
@@ -681,16 +690,33 @@ def _waits(tmp_path: Path, *, busy: int, outage: bool) -> list[float]:
     settings = UploadSettings.model_validate(
         {"concurrency": 2, "quick_retries": 0, "backoff_initial_s": 5, "backoff_max_s": 1000}
     )
-    engine = UploadEngine(
-        journal,
-        {target.name: target},
-        settings,
-        clock,
-        _Sources(),
-        locate=_locate,
-        backoff=Backoff.from_settings(settings, _Longest()),
-    )
-    asyncio.run(_run_until(engine, journal, ids, {"uploaded"}, clock, step_s=0.25))
+
+    def engine() -> UploadEngine:
+        return UploadEngine(
+            journal,
+            {target.name: target},
+            settings,
+            clock,
+            _Sources(),
+            locate=_locate,
+            backoff=Backoff.from_settings(settings, _Longest()),
+        )
+
+    def parked_after(tries: int) -> bool:
+        row = journal.file(ids[0])
+        return len(target.tries.get(b"unlucky0.jpg", [])) >= tries and row.next_attempt_at > 0
+
+    async def until_restart() -> None:
+        task = asyncio.create_task(engine().run())
+        try:
+            await run_until(lambda: parked_after(restart_after or 0), clock, step_s=0.25)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    if restart_after is not None:
+        asyncio.run(until_restart())
+    asyncio.run(_run_until(engine(), journal, ids, {"uploaded"}, clock, step_s=0.25))
     times = target.tries[b"unlucky0.jpg"]
     return [round(b - a) for a, b in itertools.pairwise(times)]
 
@@ -704,5 +730,20 @@ def test_a_file_refused_while_others_go_through_waits_a_first_failures_backoff(
     assert _waits(tmp_path, busy=40, outage=False) == [5, 5, 5]
 
 
+def test_a_file_that_keeps_failing_backs_off_though_others_go_through(tmp_path: Path) -> None:
+    """Past a few refusals it is the file, not luck: its own count sets the wait."""
+    assert _waits(tmp_path, busy=40, outage=False, refusals=6) == [5, 5, 5, 5, 80, 160]
+
+
 def test_in_an_outage_the_waits_grow(tmp_path: Path) -> None:
     assert _waits(tmp_path, busy=0, outage=True) == [5, 10, 20]
+
+
+def test_an_outage_keeps_backing_off_across_a_restart(tmp_path: Path) -> None:
+    assert _waits(tmp_path, busy=0, outage=True, refusals=5, restart_after=3) == [
+        5,
+        10,
+        20,
+        40,
+        80,
+    ]

@@ -30,6 +30,7 @@ from benchkit.project import (
 TARGET = "bench"
 VOLUME = "/"  # files are located by id (``locate``), never through it
 POLL_S = 0.05
+STUCK_S = 600.0  # longer than any backoff of the [upload] defaults
 
 
 class _Online:
@@ -57,7 +58,11 @@ class EngineRun:
         concurrency: int,
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="dronesync-bench-journal-")
-        self._journal = Journal.open(Path(self._tmp.name) / "journal.sqlite3")
+        try:
+            self._journal = Journal.open(Path(self._tmp.name) / "journal.sqlite3")
+        except BaseException:
+            self._tmp.cleanup()
+            raise
         self._paths: dict[int, Path] = {}
         dataset = self._journal.open_dataset(
             volume=VOLUME,
@@ -99,6 +104,7 @@ class EngineRun:
         self._record(items)
         self._engine.wake()
         wanted = len(self._paths)
+        done, moved = -1, time.monotonic()
         while True:
             assert self._running is not None
             if self._running.done():
@@ -109,6 +115,10 @@ class EngineRun:
                 raise RuntimeError(f"{files['failed']} file(s) failed: {files}")
             if files["uploaded"] == wanted:
                 return self._journal.uploaded_keys(self.ref.id)
+            if files["uploaded"] != done:
+                done, moved = files["uploaded"], time.monotonic()
+            elif time.monotonic() - moved > STUCK_S:  # a pause or a wait spends no attempt
+                raise RuntimeError(f"no upload for {STUCK_S:g} s: {files}")
             await asyncio.sleep(POLL_S)
 
     def _record(self, items: list[UploadItem]) -> None:
