@@ -9,6 +9,7 @@ a copy of its rules: a real journal in a temporary folder, the files recorded as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import time
@@ -145,3 +146,19 @@ class EngineRun:
             if row.status != "waiting":
                 raise RuntimeError(f"{item.path}: {row.status}, not waiting (same content twice?)")
             self._paths[file_id] = item.path
+
+
+async def run_dataset(
+    stack: contextlib.AsyncExitStack,
+    target: NodeODMTarget | Pix4DCloudTarget | WebODMTarget,
+    run_id: int,
+    concurrency: int,
+    *,
+    engine: bool,
+) -> tuple[EngineRun | None, DatasetRef]:
+    """The dataset of run ``run_id``: the engine's (retries, the engine's own), or a plain one."""
+    name = f"bench-{run_id}"
+    if not engine:
+        return None, DatasetRef(run_id, name)
+    run = await stack.enter_async_context(EngineRun(target, name, concurrency))
+    return run, run.ref

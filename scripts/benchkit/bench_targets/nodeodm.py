@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from benchkit.bench_targets.data import DataSet
-from benchkit.bench_targets.engine import EngineRun
+from benchkit.bench_targets.engine import run_dataset
 from benchkit.bench_targets.results import Meter, Sample
 from benchkit.bench_targets.tools import (
     Placement,
@@ -26,7 +26,6 @@ from benchkit.bench_targets.tools import (
 from benchkit.bench_targets.uploads import gather_uploads
 from benchkit.project import (
     FAKE_NODEODM,
-    DatasetRef,
     MemoryState,
     NodeODMTarget,
     NodeODMTargetConfig,
@@ -144,12 +143,9 @@ class NodeODM:
             target = NodeODMTarget("bench", config, MemoryState())
             async with contextlib.AsyncExitStack() as stack:
                 stack.push_async_callback(target.aclose)
-                engine = None
-                if self.drops:  # retries: the engine's own
-                    engine = await stack.enter_async_context(
-                        EngineRun(target, f"bench-{run_id}", self.concurrency)
-                    )
-                ref = engine.ref if engine else DatasetRef(run_id, f"bench-{run_id}")
+                engine, ref = await run_dataset(
+                    stack, target, run_id, self.concurrency, engine=self.drops
+                )
                 start = time.perf_counter()
                 await target.ensure_dataset(ref)
                 with meter:

@@ -14,7 +14,7 @@ import httpx
 from botocore.config import Config
 
 from benchkit.bench_targets.data import DataSet
-from benchkit.bench_targets.engine import EngineRun
+from benchkit.bench_targets.engine import run_dataset
 from benchkit.bench_targets.results import Meter, Sample
 from benchkit.bench_targets.tools import (
     Placement,
@@ -28,7 +28,6 @@ from benchkit.bench_targets.tools import (
 from benchkit.bench_targets.uploads import gather_uploads
 from benchkit.project import (
     FAKE_PIX4DCLOUD,
-    DatasetRef,
     MemoryState,
     Pix4DCloudTarget,
     Pix4DCloudTargetConfig,
@@ -252,12 +251,9 @@ class Cloud:
             target = Pix4DCloudTarget("bench", config, MemoryState(), client_secret=self.secret)
             async with contextlib.AsyncExitStack() as stack:
                 stack.push_async_callback(target.aclose)
-                engine = None
-                if self.retrying:  # retries: the engine's own
-                    engine = await stack.enter_async_context(
-                        EngineRun(target, f"bench-{run_id}", self.concurrency)
-                    )
-                ref = engine.ref if engine else DatasetRef(run_id, f"bench-{run_id}")
+                engine, ref = await run_dataset(
+                    stack, target, run_id, self.concurrency, engine=self.retrying
+                )
                 await target.ensure_dataset(ref)
                 # Token, project, S3 credentials and botocore's client: once per project in the
                 # daemon, so not timed here either.

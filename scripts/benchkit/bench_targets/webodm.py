@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from benchkit.bench_targets.data import DataSet
-from benchkit.bench_targets.engine import EngineRun
+from benchkit.bench_targets.engine import run_dataset
 from benchkit.bench_targets.results import Meter, Sample
 from benchkit.bench_targets.tools import (
     Placement,
@@ -26,7 +26,6 @@ from benchkit.bench_targets.tools import (
 from benchkit.bench_targets.uploads import gather_uploads
 from benchkit.project import (
     FAKE_WEBODM,
-    DatasetRef,
     MemoryState,
     Throttle,
     WebODMTarget,
@@ -152,12 +151,9 @@ class WebODM:
             target = WebODMTarget("bench", config, MemoryState(), password=self.password)
             async with contextlib.AsyncExitStack() as stack:
                 stack.push_async_callback(target.aclose)
-                engine = None
-                if self.retrying:  # retries: the engine's own
-                    engine = await stack.enter_async_context(
-                        EngineRun(target, f"bench-{run_id}", self.concurrency)
-                    )
-                ref = engine.ref if engine else DatasetRef(run_id, f"bench-{run_id}")
+                engine, ref = await run_dataset(
+                    stack, target, run_id, self.concurrency, engine=self.retrying
+                )
                 await target.ensure_dataset(ref)  # the token and the project
                 settle()
                 with meter:
