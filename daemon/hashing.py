@@ -96,7 +96,9 @@ class StableRead:
     the read is for ("hashed", "uploaded"); both go into the error. With ``expect`` (the
     recorded SHA-256) the last chunk is withheld unless the content matches it, so a caller
     that sends chunks as they come never sends a whole file that is not the recorded one.
-    Use as a context manager: the file is open inside the block only.
+    With ``hash_content`` false the bytes are not hashed here: the caller has them checked
+    against ``expect`` where they land; size and mtime are still checked. Use as a context
+    manager: the file is open inside the block only.
     """
 
     __slots__ = ("_digest", "_doing", "_expect", "_fd", "_mtime_ns", "_path", "_seen", "_size")
@@ -110,6 +112,7 @@ class StableRead:
         expect: str | None = None,
         seen: str = "seen stable",
         doing: str = "hashed",
+        hash_content: bool = True,
     ) -> None:
         self._path = path
         self._size = size
@@ -117,7 +120,7 @@ class StableRead:
         self._expect = expect
         self._seen = seen
         self._doing = doing
-        self._digest = hashlib.sha256()
+        self._digest = hashlib.sha256() if hash_content or expect is None else None
         self._fd = -1
 
     def __enter__(self) -> StableRead:
@@ -139,8 +142,10 @@ class StableRead:
     def chunks(self) -> Iterator[memoryview]:
         """The file's bytes (views of the thread's buffer, each valid until the next)."""
         left = self._size
+        digest = self._digest
         for chunk in read_chunks(self._fd, self._size, self._path):
-            self._digest.update(chunk)
+            if digest is not None:
+                digest.update(chunk)
             left -= len(chunk)
             if not left:
                 self._check_content()
@@ -149,10 +154,15 @@ class StableRead:
             self._check_content()
 
     def finish(self) -> str:
-        """The content's SHA-256, once the file is known unchanged by the read."""
+        """The content's SHA-256, once the file is known unchanged by the read.
+
+        Without ``hash_content``, that is ``expect``: what the store will refuse the bytes for.
+        """
         self._check_unchanged()
         self._check_content()
-        return self._digest.hexdigest()
+        if self._digest is not None:
+            return self._digest.hexdigest()
+        return self._expect or ""  # not hashed here: only with an ``expect``
 
     def _check_unchanged(self) -> None:
         after = os.fstat(self._fd)
@@ -160,6 +170,8 @@ class StableRead:
             raise FileChangedError(f"{self._path}: changed while it was being {self._doing}")
 
     def _check_content(self) -> None:
+        if self._digest is None:
+            return  # checked where the bytes land
         if self._expect is not None and self._digest.hexdigest() != self._expect:
             self._check_unchanged()  # the likelier story, when it is the true one
             raise FileChangedError(f"{self._path}: content differs from its recorded hash")

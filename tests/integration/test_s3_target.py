@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
-from daemon.errors import PermanentTargetError
+from daemon.errors import FileChangedError, PermanentTargetError
 from daemon.targets.base import DatasetRef, MemoryState, Transfer, UploadItem
+from daemon.targets.kit.s3checks import ASK_AGAIN_S, StoreChecks
 from daemon.targets.s3 import S3TargetConfig
 from daemon.targets.s3.keys import UploadLog
-from daemon.targets.s3.target import S3Target
+from daemon.targets.s3.target import S3Target, make_client
 from tests.fakes.s3store import ACCESS_KEY, SECRET_KEY, S3Store
 
 DS = DatasetRef(1, "mission")
@@ -46,6 +49,54 @@ def _item(tmp: Path, name: str, data: bytes, key: bytes | None = None) -> Upload
     info = path.stat()
     sha = hashlib.sha256(data).hexdigest()
     return UploadItem(path, key or name.encode(), info.st_size, info.st_mtime_ns, sha)
+
+
+@pytest.mark.parametrize("checks", [True, False], ids=["store-checks", "store-trusts"])
+def test_other_bytes_never_land_whether_or_not_the_store_checks_sha256(
+    tmp_path: Path, checks: bool
+) -> None:
+    # Behind the proxy the store checks x-amz-checksum-sha256, as S3 does; moto alone takes it
+    # on trust, as some S3-compatible servers do. The box asks, then hashes only when it must.
+    with S3Store(proxy=checks) as store, structlog.testing.capture_logs() as logs:
+        target = _target(store, tmp_path, "a")
+        good = _item(tmp_path, "a.jpg", random.Random(1).randbytes(300_000))
+        changed = _item(tmp_path, "b.jpg", random.Random(2).randbytes(300_000))
+        changed.path.write_bytes(random.Random(3).randbytes(300_000))
+        os.utime(changed.path, ns=(changed.mtime_ns, changed.mtime_ns))  # only the bytes tell
+
+        async def go() -> bytes:
+            await target.ensure_dataset(DS)
+            key = await target.upload(DS, good, Transfer())
+            with pytest.raises(FileChangedError, match="differs from its recorded hash"):
+                await target.upload(DS, changed, Transfer())
+            await target.aclose()
+            return key
+
+        key = asyncio.run(go())
+        assert store.objects() == {key.decode(): good.sha256}  # the question left nothing
+    said = {entry["event"] for entry in logs}
+    assert ("the store checks each upload's SHA-256" in said) is checks
+    assert ("the store does not check SHA-256; uploads are hashed as they are sent" in said) is (
+        not checks
+    )
+
+
+def test_a_store_that_could_not_be_asked_is_asked_again_later(tmp_path: Path) -> None:
+    now = [0.0]
+    checks = StoreChecks(clock=lambda: now[0])
+    with S3Store() as store:
+        target = _target(store, tmp_path, "a")
+        s3, probe = make_client(target.config, SECRET_KEY), target.keys.probe()
+        store.faults.add("status503", "put_object")
+        assert checks.ask(s3, store.bucket, probe) is False  # not known: uploads hash
+        now[0] = ASK_AGAIN_S - 1
+        assert checks.ask(s3, store.bucket, probe) is False
+        assert store.requests.get("put_object") == 1  # not asked again so soon
+        now[0] = ASK_AGAIN_S
+        assert checks.ask(s3, store.bucket, probe) is True
+        assert store.requests.get("put_object") == 2
+        assert store.keys() == []
+        s3.close()
 
 
 @pytest.mark.parametrize("size", [100_000, 7 * 1024 * 1024])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import FileChangedError, SourceError
-from daemon.hashing import CHUNK, hash_file, spool_file
+from daemon.hashing import CHUNK, StableRead, hash_file, spool_file
 from daemon.hashworker import read_batch
 
 
@@ -56,6 +56,19 @@ def test_a_file_touched_since_it_was_seen_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(10)
+def test_a_read_left_to_the_store_still_checks_size_and_mtime(tmp_path: Path) -> None:
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"x" * (CHUNK + 5))
+    info = path.stat()
+    recorded = hashlib.sha256(b"y" * (CHUNK + 5)).hexdigest()  # not these bytes: not checked
+    with StableRead(path, info.st_size, info.st_mtime_ns, expect=recorded, hash_content=False) as r:
+        assert b"".join(bytes(chunk) for chunk in r.chunks()) == b"x" * (CHUNK + 5)
+        assert r.finish() == recorded  # what the store is asked to check
+        os.utime(path, ns=(info.st_mtime_ns + 1, info.st_mtime_ns + 1))
+        with pytest.raises(FileChangedError, match="while it was being hashed"):
+            r.finish()
+
+
 def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)  # nobody writes: a blocking open would hang here forever

@@ -43,9 +43,6 @@ _TRANSIENT_CODES = {
     "RequestTimeout",
     "InternalError",
     "ServiceUnavailable",
-    # The body S3 received does not hash to the checksum sent with it: it was altered on the
-    # way (the source was checked against its recorded hash as it was read). Send it again.
-    "BadDigest",
     # 409: a conditional write raced another write of the key; S3 says to retry.
     "ConditionalRequestConflict",
 }
@@ -53,6 +50,15 @@ _TRANSIENT_CODES = {
 
 class CredentialsExpiredError(TransientTargetError):
     """S3 refused the credentials: a target with temporary ones fetches new ones, then retries."""
+
+
+class BadDigestError(TransientTargetError):
+    """S3 refused a body that does not hash to the checksum sent with it.
+
+    Transient: the body was altered on the way, when the source was checked against its
+    recorded hash as it was read. Where that check was left to the store, the uploader reads
+    the source again to tell that apart from a file that changed.
+    """
 
 
 class KeyTakenError(TransientTargetError):
@@ -101,6 +107,8 @@ def s3_error(action: str, exc: BaseException) -> TargetError:
         # A HEAD reply has no body: an expired credential shows only as a bare 400 or 403.
         if code in CREDENTIAL_CODES or (action == "HeadObject" and code in ("400", "403")):
             return CredentialsExpiredError(text)
+        if code == "BadDigest":
+            return BadDigestError(text)
         if status >= 500 or status in (408, 429) or code in _TRANSIENT_CODES:
             return TransientTargetError(text)
         return PermanentTargetError(text)

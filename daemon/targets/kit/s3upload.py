@@ -2,17 +2,20 @@
 
 What is verified, and by whom:
 
-- **the bytes sent are the recorded ones**: the file is read once (``hashing.StableRead``), in
-  1 MiB chunks, and every chunk is hashed with SHA-256 as it goes out; the body is refused
-  before its last bytes leave when the whole does not match the journal's hash (a file that
-  changed raises FileChangedError), and S3 never publishes a PutObject or multipart upload
-  cut off;
-- **the bytes S3 received are the bytes sent**: every PutObject carries the recorded hash in
-  ``x-amz-checksum-sha256``, every UploadPart its part's SHA-256, and S3 hashes what it
-  received and refuses a mismatch with ``BadDigest`` (a body altered on the way: transient,
-  sent again). A reply that names a ``ChecksumSHA256`` must name the one sent (else the
-  object is deleted, so that a retry does not take it for the file, and the upload fails as
-  transient). No MD5 is computed: the ETag is S3's to choose;
+- **the bytes S3 received are the recorded ones**: every PutObject carries the recorded hash
+  in ``x-amz-checksum-sha256``, every UploadPart its part's SHA-256, and S3 hashes what it
+  received and refuses a mismatch with ``BadDigest``. A reply that names a
+  ``ChecksumSHA256`` must name the one sent (else the object is deleted, so that a retry does
+  not take it for the file, and the upload fails as transient). No MD5 is computed: the ETag
+  is S3's to choose;
+- **the bytes read are the recorded ones**: the file is read once (``hashing.StableRead``),
+  in 1 MiB chunks, its size and mtime checked before and after. Where the store is known to
+  check the SHA-256 (``s3checks``), a single PutObject leaves the content to it: a refusal
+  makes the box hash the file, which tells a file that changed (FileChangedError) from a
+  body altered on the way (transient, sent again). Otherwise, and for every multipart
+  upload (whose parts' checksums do not add up to the file's), each chunk is hashed as it
+  goes out and the body is refused before its last bytes leave when the whole does not
+  match the journal's hash; S3 never publishes a PutObject or multipart upload cut off;
 - **the object is there**: S3 is read-after-write consistent, so a PutObject or
   CompleteMultipartUpload reply with an ETag counts as stored; only a reply without one is
   followed by a HeadObject (this size and this SHA-256 in the metadata);
@@ -38,10 +41,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from daemon.errors import FileChangedError, TransientTargetError
-from daemon.hashing import StableRead
+from daemon.hashing import StableRead, hash_file
 from daemon.targets.base import Transfer, UploadItem
 from daemon.targets.kit.s3api import (
     SHA256_META,
+    BadDigestError,
     KeyTakenError,
     Stored,
     already_stored,
@@ -100,6 +104,7 @@ def put_file(
     senders: PartSenders,
     acl: str | None = None,
     overwrite: bool = True,
+    store_checks: bool = False,
     log: MultipartLog | None = None,
 ) -> Stored:
     """Store ``item`` under ``key`` and verify it; raises the project's errors only.
@@ -108,7 +113,9 @@ def put_file(
     object gets (None: the bucket's default). A file stored from bytes that turn out not to
     be the recorded ones raises FileChangedError: the next attempt overwrites the object.
     With ``overwrite`` false, other content under the key raises KeyTakenError instead of
-    being replaced. ``log`` hears of each multipart upload begun and ended.
+    being replaced. ``store_checks``: the store is known to refuse a body that does not
+    match its ``x-amz-checksum-sha256``. ``log`` hears of each multipart upload begun and
+    ended.
     """
     if item.size > threshold:
         with _reading(item) as read:
@@ -128,7 +135,9 @@ def put_file(
             read.finish()
             return stored
     try:
-        return _put_single(s3, bucket, key, item, transfer, acl, if_absent=True)
+        return _put_single(
+            s3, bucket, key, item, transfer, acl, if_absent=True, checked=store_checks
+        )
     except KeyTakenError:
         already = already_stored(s3, bucket, key, item)
         if already is not None:
@@ -136,12 +145,18 @@ def put_file(
         if not overwrite:
             raise
     # Other content under the key (an earlier version of the file): read again, replace it.
-    return _put_single(s3, bucket, key, item, transfer, acl, if_absent=False)
+    return _put_single(s3, bucket, key, item, transfer, acl, if_absent=False, checked=store_checks)
 
 
-def _reading(item: UploadItem) -> StableRead:
+def _reading(item: UploadItem, *, checked: bool = False) -> StableRead:
     return StableRead(
-        item.path, item.size, item.mtime_ns, expect=item.sha256, seen="hashed", doing="uploaded"
+        item.path,
+        item.size,
+        item.mtime_ns,
+        expect=item.sha256,
+        seen="hashed",
+        doing="uploaded",
+        hash_content=not checked,
     )
 
 
@@ -154,24 +169,35 @@ def _put_single(
     acl: str | None,
     *,
     if_absent: bool,
+    checked: bool,
 ) -> Stored:
-    """One PutObject; with ``if_absent`` a taken key raises KeyTakenError, nothing stored."""
-    with _reading(item) as read:
+    """One PutObject; with ``if_absent`` a taken key raises KeyTakenError, nothing stored.
+
+    ``checked``: the store checks the content, and the bytes are not hashed here.
+    """
+    with _reading(item, checked=checked) as read:
         body = _Body(read, transfer)
         checksum = b64(bytes.fromhex(item.sha256))
         condition: dict[str, str] = {"IfNoneMatch": "*"} if if_absent else {}
-        reply = call(
-            "PutObject",
-            s3.put_object,
-            Bucket=bucket,
-            Key=key,
-            Body=body,
-            ContentLength=item.size,
-            ChecksumSHA256=checksum,
-            Metadata={SHA256_META: item.sha256},
-            **with_acl(acl),
-            **condition,
-        )
+        try:
+            reply = call(
+                "PutObject",
+                s3.put_object,
+                Bucket=bucket,
+                Key=key,
+                Body=body,
+                ContentLength=item.size,
+                ChecksumSHA256=checksum,
+                Metadata={SHA256_META: item.sha256},
+                **with_acl(acl),
+                **condition,
+            )
+        except BadDigestError:
+            if checked and hash_file(item.path, item.size, item.mtime_ns).sha256 != item.sha256:
+                raise FileChangedError(
+                    f"{item.path}: content differs from its recorded hash"
+                ) from None
+            raise
         if body.count != item.size:
             raise FileChangedError(f"{item.path}: changed while it was being uploaded")
         named = checksum_differs(reply, checksum)

@@ -31,6 +31,7 @@ import structlog
 from daemon.errors import TargetError, TransientTargetError
 from daemon.targets.base import DatasetRef, TargetState, Transfer, UploadItem
 from daemon.targets.kit.s3api import CredentialsExpiredError, client_config
+from daemon.targets.kit.s3checks import StoreChecks
 from daemon.targets.kit.s3parts import PartSenders, abort_stale_uploads
 from daemon.targets.kit.s3upload import put_file
 from daemon.targets.pix4dcloud import Pix4DCloudTargetConfig
@@ -48,6 +49,9 @@ _MB = 1024 * 1024
 _CREDENTIALS_MARGIN_S = 300.0
 
 _PREFIX = "pix4d.prefix"
+# Where the box asks the store whether it checks SHA-256s (``kit.s3checks``): S3 refuses that
+# put, so nothing lands among the project's images.
+PROBE_NAME = b".dronesync-checksum-probe"
 
 
 def s3_key(prefix: str, key: bytes) -> str:
@@ -84,11 +88,16 @@ class ProjectStorage:
         self._locks: dict[int, asyncio.Lock] = {}
         self._swept: set[int] = set()
         self._parts = PartSenders(config.parallel_parts)
+        self._checks = StoreChecks(clock)
 
     async def credentials(
         self, dataset: DatasetRef, project: int, *, renew: bool = False
     ) -> Credentials:
-        """The project's S3 credentials; the first time, the crash's leftovers are swept."""
+        """The project's S3 credentials.
+
+        The first time, the crash's leftovers are swept and the store asked whether it checks
+        SHA-256s.
+        """
         lock = self._locks.setdefault(project, asyncio.Lock())
         async with lock:
             cached = self._credentials.get(project)
@@ -121,6 +130,8 @@ class ProjectStorage:
                 # Before this process sends any part into the project (under this lock).
                 self._swept.add(project)
                 await self._sweep(dataset, project, fresh)
+                probe = s3_key(fresh.prefix, PROBE_NAME)
+                await asyncio.to_thread(self._checks.ask, client, fresh.bucket, probe)
             return fresh
 
     async def prefix(self, dataset: DatasetRef, project: int) -> str:
@@ -138,6 +149,11 @@ class ProjectStorage:
             creds = await self.credentials(dataset, project, renew=attempt == 2)
             key = s3_key(creds.prefix, item.key)
             try:
+                checks = self._checks.known(creds.bucket)
+                if checks is None:
+                    probe = s3_key(creds.prefix, PROBE_NAME)
+                    ask = self._checks.ask
+                    checks = await asyncio.to_thread(ask, creds.client, creds.bucket, probe)
                 await asyncio.to_thread(
                     put_file,
                     creds.client,
@@ -149,6 +165,7 @@ class ProjectStorage:
                     part_size=self._config.part_size_mb * _MB,
                     senders=self._parts,
                     acl=ACL,
+                    store_checks=checks,
                 )
             except CredentialsExpiredError:
                 if attempt == 2:

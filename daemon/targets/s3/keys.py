@@ -4,7 +4,9 @@ Under ``PREFIX/``:
 
 - ``objects/sha256/<first two hex>/<hash>``: an image, once, whoever sent it (``content``);
 - ``<box>/<dataset>/<path inside the dataset>``: an image where people browse (``mirror``);
-- ``datasets/<box>/<dataset>/manifest.json``: a dataset's manifest, written last.
+- ``datasets/<box>/<dataset>/manifest.json``: a dataset's manifest, written last;
+- ``datasets/<box>/checksum-probe``: what asks the store whether it checks SHA-256s
+  (``kit.s3checks``; a store that checks never keeps it, one that does not loses it again).
 
 Bytes of a path outside ``[A-Za-z0-9._~/-]`` are percent-encoded (``%`` too), so the mapping is
 one-to-one and a name that is not UTF-8 still makes a valid key; a box or dataset name has its
@@ -43,6 +45,10 @@ class Keys:
     def mirror(self, dataset: str, path: bytes) -> str:
         """The key of an image under this box, its dataset and its path."""
         return f"{self.base}{self.box}/{quoted(dataset.encode(), slash=False)}/{quoted(path)}"
+
+    def probe(self) -> str:
+        """The key this box asks the store about checksums under (never a manifest's)."""
+        return f"{self.datasets}{self.box}/checksum-probe"
 
     def manifest(self, dataset: str) -> str:
         """The key of a dataset's manifest."""

@@ -43,6 +43,7 @@ from daemon.targets.base import (
 )
 from daemon.targets.kit.command import CommandRunner
 from daemon.targets.kit.s3api import CredentialsExpiredError, KeyTakenError, client_config
+from daemon.targets.kit.s3checks import StoreChecks
 from daemon.targets.kit.s3parts import PartSenders, sending
 from daemon.targets.kit.s3upload import put_file
 from daemon.targets.s3 import S3TargetConfig, manifest
@@ -106,6 +107,7 @@ class S3Target:
         except (BotoCoreError, ValueError) as exc:  # an unknown profile, say
             raise PermanentTargetError(f"targets.{name}: {exc}") from exc
         self._parts = PartSenders(config.parallel_parts)
+        self._checks = StoreChecks()
         self._uploads = UploadLog(state_dir / "s3" / name / "multipart")
         self._command = CommandRunner(config, state_dir / "processing")
         self._log_dir = state_dir / "processing"
@@ -143,11 +145,16 @@ class S3Target:
         raise PermanentTargetError(f"{item.key!r}: {MAX_NAME_TRIES} names taken in the bucket")
 
     async def _put(self, key: str, item: UploadItem, transfer: Transfer) -> None:
+        bucket = self.config.bucket
         try:
+            checks = self._checks.known(bucket)
+            if checks is None:
+                probe = self.keys.probe()
+                checks = await asyncio.to_thread(self._checks.ask, self._s3, bucket, probe)
             await asyncio.to_thread(
                 put_file,
                 self._s3,
-                self.config.bucket,
+                bucket,
                 key,
                 item,
                 transfer,
@@ -155,6 +162,7 @@ class S3Target:
                 part_size=self.config.part_size_mb * _MB,
                 senders=self._parts,
                 overwrite=False,
+                store_checks=checks,
                 log=self._uploads,
             )
         except CredentialsExpiredError as exc:
@@ -167,7 +175,15 @@ class S3Target:
         await asyncio.shield(self._swept)
 
     def _abort_leftovers(self) -> int:
-        """Abort this box's unfinished uploads that nothing sends; returns how many are left."""
+        """Abort this box's unfinished uploads that nothing sends; returns how many are left.
+
+        Then ask the store whether it checks SHA-256s, before the first upload needs to know.
+        """
+        left = self._abort_unfinished()
+        self._checks.ask(self._s3, self.config.bucket, self.keys.probe())
+        return left
+
+    def _abort_unfinished(self) -> int:
         left = aborted = 0
         for record, key, upload_id in self._uploads.records():
             if sending(upload_id):

@@ -1,0 +1,83 @@
+"""Whether an S3 store checks ``x-amz-checksum-sha256`` itself: asked once, by a put it must refuse.
+
+Every PutObject carries the file's recorded SHA-256, and S3 refuses a body that does not hash
+to it (``BadDigest``). Where the store checks, hashing the bytes again on the box as they go
+out proves nothing more, and it is most of the CPU an image's upload costs. Not every store
+checks: moto takes the header on trust, and S3-compatible servers differ by version. So a
+target asks its store once per process: a small object put with a checksum that is not its
+own.
+
+- refused with ``BadDigest``: the store checks, and single PutObjects leave the check to it;
+- stored: it does not; the object is deleted again, and every upload hashes its bytes as
+  they are read (which stops a whole other file from being stored);
+- anything else (the store down, the credentials refused): not known. Uploads hash, and the
+  question is asked again after :data:`ASK_AGAIN_S`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from daemon.targets.kit.s3api import b64, discard
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = structlog.get_logger("dronesync.s3")
+
+PROBE_BODY = b"dronesync: does this store check x-amz-checksum-sha256?\n"
+# The checksum of nothing: never the probe body's.
+_WRONG = b64(hashlib.sha256(b"").digest())
+ASK_AGAIN_S = 600.0
+
+
+class StoreChecks:
+    """What a target knows of its stores, by bucket: whether they check each upload's SHA-256."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._known: dict[str, bool] = {}
+        self._asked_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def known(self, bucket: str) -> bool | None:
+        """The answer, without asking (None: ask)."""
+        return self._known.get(bucket)
+
+    def ask(self, s3: S3Client, bucket: str, key: str) -> bool:
+        """The answer, asking the store under ``key`` if need be (worker thread); False: hash."""
+        with self._lock:  # one question at a time: the uploads that start together wait for it
+            if bucket in self._known:
+                return self._known[bucket]
+            asked = self._asked_at.get(bucket)
+            if asked is not None and self._clock() - asked < ASK_AGAIN_S:
+                return False
+            self._asked_at[bucket] = self._clock()
+            answer = store_checks_sha256(s3, bucket, key)
+            if answer is None:
+                return False
+            self._known[bucket] = answer
+            return answer
+
+
+def store_checks_sha256(s3: S3Client, bucket: str, key: str) -> bool | None:
+    """True when the store refuses a body that does not match its checksum; None: not known."""
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=PROBE_BODY, ChecksumSHA256=_WRONG)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "BadDigest":
+            log.info("the store checks each upload's SHA-256", bucket=bucket)
+            return True
+        return None
+    except BotoCoreError:
+        return None
+    discard(s3, bucket, key)
+    log.info("the store does not check SHA-256; uploads are hashed as they are sent", bucket=bucket)
+    return False
