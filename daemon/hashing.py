@@ -135,6 +135,11 @@ class StableRead:
         os.close(self._fd)
 
     @property
+    def hashes(self) -> bool:
+        """Whether the content is hashed as it is read (else it is left to the caller)."""
+        return self._digest is not None
+
+    @property
     def fd(self) -> int:
         """The open file (for a caller that seeks back to send it again)."""
         return self._fd

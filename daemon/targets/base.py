@@ -28,6 +28,7 @@ from typing import (
 
 from daemon.configmodel import Model
 from daemon.errors import TransientTargetError
+from daemon.hashing import StableRead
 
 DuplicateScope = Literal["target", "dataset"]
 # One file of a dataset as sent: path inside the dataset, size, mtime (ns), SHA-256 and the
@@ -55,6 +56,23 @@ class UploadItem:
     # ``path`` is the daemon's own copy in the spool: written from the read that hashed it,
     # never changed afterwards, so a target may link it instead of reading it again.
     spooled: bool = False
+
+    def reading(self, *, store_checks: bool = False) -> StableRead:
+        """A read of the file that must be the recorded one (a context manager).
+
+        Size and mtime are always checked. The content is hashed as it is read unless no
+        one else could have changed it (the spool's copy) or ``store_checks``: the store
+        refuses bytes that do not match the recorded SHA-256 sent with them.
+        """
+        return StableRead(
+            self.path,
+            self.size,
+            self.mtime_ns,
+            expect=self.sha256,
+            seen="hashed",
+            doing="uploaded",
+            hash_content=not (self.spooled or store_checks),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,6 @@ from typing import Literal
 from pydantic import Field
 
 from daemon.errors import TargetError
-from daemon.hashing import StableRead
 from daemon.targets.base import (
     DatasetRef,
     ProcessingStatus,
@@ -78,10 +77,7 @@ class MemoryTarget:
     @staticmethod
     def _read(item: UploadItem, transfer: Transfer) -> bytes:
         parts = []
-        read = StableRead(
-            item.path, item.size, item.mtime_ns, expect=item.sha256, seen="hashed", doing="uploaded"
-        )
-        with read:
+        with item.reading() as read:
             for chunk in read.chunks():
                 parts.append(bytes(chunk))
                 transfer.progress(len(chunk))

@@ -9,6 +9,7 @@ processing, finished or failed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import random
@@ -85,11 +86,13 @@ def test_uploading_the_same_item_again_returns_the_same_key_and_no_second_copy(
     assert harness.copies() == 1
 
 
+@pytest.mark.parametrize("spooled", [False, True], ids=["source", "spool-copy"])
 def test_a_file_grown_after_hashing_is_refused_and_nothing_is_left(
-    harness: Harness, tmp_path: Path
+    harness: Harness, tmp_path: Path, spooled: bool
 ) -> None:
+    # The spool's copy is not hashed again as it is sent, but its size and mtime still count.
     src = source(tmp_path, "a.jpg", b"x" * 10_000)
-    item = item_for(src, b"a.jpg")
+    item = dataclasses.replace(item_for(src, b"a.jpg"), spooled=spooled)
     with src.open("ab") as fh:
         fh.write(b"still being copied")
     with pytest.raises(FileChangedError):

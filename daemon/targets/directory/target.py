@@ -275,10 +275,7 @@ class DirectoryTarget:
         return True
 
     def _copy(self, item: UploadItem, tmp: Path, transfer: Transfer) -> None:
-        read = StableRead(
-            item.path, item.size, item.mtime_ns, expect=item.sha256, seen="hashed", doing="uploaded"
-        )
-        with read:
+        with item.reading() as read:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
             try:
                 out = self._again_in_new_folder(tmp, os.open, tmp, flags, 0o644)

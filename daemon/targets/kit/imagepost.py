@@ -4,7 +4,8 @@ NodeODM and WebODM keep every file a request brings, so the bytes sent must be t
 recorded: :class:`~daemon.hashing.StableRead` hashes each chunk as it is read and raises before
 handing out the last one when the content is not the recorded one. The body then ends without
 its last chunk and closing boundary: the server sees a cut upload, never a whole file that is
-not the recorded one.
+not the recorded one. The spool's copy, which only the read that hashed it wrote, is checked
+by size and mtime alone (:meth:`~daemon.targets.base.UploadItem.reading`).
 """
 
 from __future__ import annotations
@@ -49,14 +50,7 @@ def post_image(
     }
     # Opened before the request: a file changed since it was hashed costs no request.
     with (
-        StableRead(
-            item.path,
-            item.size,
-            item.mtime_ns,
-            expect=item.sha256,
-            seen="hashed",
-            doing="uploaded",
-        ) as read,
+        item.reading() as read,
         # Closed here, not whenever it is collected: httpx stops reading a body when the
         # server answered early, and the file is closed right after.
         contextlib.closing(_body(read, head, tail, transfer, started)) as body,

@@ -9,13 +9,14 @@ What is verified, and by whom:
   not take it for the file, and the upload fails as transient). No MD5 is computed: the ETag
   is S3's to choose;
 - **the bytes read are the recorded ones**: the file is read once (``hashing.StableRead``),
-  in 1 MiB chunks, its size and mtime checked before and after. Where the store is known to
-  check the SHA-256 (``s3checks``), a single PutObject leaves the content to it: a refusal
-  makes the box hash the file, which tells a file that changed (FileChangedError) from a
-  body altered on the way (transient, sent again). Otherwise, and for every multipart
-  upload (whose parts' checksums do not add up to the file's), each chunk is hashed as it
-  goes out and the body is refused before its last bytes leave when the whole does not
-  match the journal's hash; S3 never publishes a PutObject or multipart upload cut off;
+  in 1 MiB chunks, its size and mtime checked before and after. The spool's copy, which
+  nothing but the daemon writes, is not hashed again. Where the store is known to check the
+  SHA-256 (``s3checks``), a single PutObject leaves the content to it: a refusal makes the
+  box hash the file, which tells a file that changed (FileChangedError) from a body altered
+  on the way (transient, sent again). Otherwise, and for a multipart upload (whose parts'
+  checksums do not add up to the file's), each chunk is hashed as it goes out and the body
+  is refused before its last bytes leave when the whole does not match the journal's hash;
+  S3 never publishes a PutObject or multipart upload cut off;
 - **the object is there**: S3 is read-after-write consistent, so a PutObject or
   CompleteMultipartUpload reply with an ETag counts as stored; only a reply without one is
   followed by a HeadObject (this size and this SHA-256 in the metadata);
@@ -118,7 +119,7 @@ def put_file(
     ended.
     """
     if item.size > threshold:
-        with _reading(item) as read:
+        with item.reading() as read:
             already = already_stored(s3, bucket, key, item)
             if already is not None:
                 return already  # sent before a crash or a lost reply: never sent twice
@@ -148,18 +149,6 @@ def put_file(
     return _put_single(s3, bucket, key, item, transfer, acl, if_absent=False, checked=store_checks)
 
 
-def _reading(item: UploadItem, *, checked: bool = False) -> StableRead:
-    return StableRead(
-        item.path,
-        item.size,
-        item.mtime_ns,
-        expect=item.sha256,
-        seen="hashed",
-        doing="uploaded",
-        hash_content=not checked,
-    )
-
-
 def _put_single(
     s3: S3Client,
     bucket: str,
@@ -175,7 +164,7 @@ def _put_single(
 
     ``checked``: the store checks the content, and the bytes are not hashed here.
     """
-    with _reading(item, checked=checked) as read:
+    with item.reading(store_checks=checked) as read:
         body = _Body(read, transfer)
         checksum = b64(bytes.fromhex(item.sha256))
         condition: dict[str, str] = {"IfNoneMatch": "*"} if if_absent else {}
@@ -193,7 +182,10 @@ def _put_single(
                 **condition,
             )
         except BadDigestError:
-            if checked and hash_file(item.path, item.size, item.mtime_ns).sha256 != item.sha256:
+            if read.hashes:
+                raise  # the bytes read were the recorded ones: altered on the way
+            # Not hashed as it was read: hash it now, to tell a changed file from bad luck.
+            if hash_file(item.path, item.size, item.mtime_ns).sha256 != item.sha256:
                 raise FileChangedError(
                     f"{item.path}: content differs from its recorded hash"
                 ) from None
