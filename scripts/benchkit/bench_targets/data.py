@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,11 @@ class DataSet:
     def paths(self) -> list[Path]:
         """The files' paths."""
         return [item.path for item in self.items]
+
+
+def as_spooled(data: DataSet) -> DataSet:
+    """The same files, sent as a box with ``spool = true`` sends its own copies."""
+    return DataSet(data.folder, [dataclasses.replace(i, spooled=True) for i in data.items])
 
 
 def make_files(folder: Path, count: int, size: int, name: str, pool: bytes) -> DataSet:
