@@ -37,7 +37,9 @@ REGION = "us-east-1"
 class S3Store:
     """One bucket in moto, reached through a fault-injecting proxy (``url``).
 
-    Without ``proxy``, ``url`` is moto's own: no faults, no checks, no second hop.
+    Without ``proxy``, ``url`` is moto's own: no faults, no checks, no second hop. moto 5
+    stores a body whatever ``x-amz-checksum-sha256`` says: a store that does not check, as
+    some S3-compatible servers do not.
     """
 
     def __init__(
