@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from daemon.targets.kit.s3checks import ASK_AGAIN_S, StoreChecks
 from daemon.targets.s3 import S3TargetConfig
 from daemon.targets.s3.keys import UploadLog
 from daemon.targets.s3.target import S3Target, make_client
+from tests.conftest import wait_until
 from tests.fakes.s3store import ACCESS_KEY, SECRET_KEY, S3Store
 
 DS = DatasetRef(1, "mission")
@@ -207,3 +209,33 @@ def test_a_restart_aborts_its_own_leftover_upload_and_no_other_box_s(
     uploads = s3.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
     assert [u["UploadId"] for u in uploads] == [theirs["UploadId"]]
     assert list((tmp_path / "a" / "s3" / "fleet" / "multipart").iterdir()) == []
+
+
+def test_a_multipart_upload_is_on_record_while_it_is_on_the_wire(
+    store: S3Store, tmp_path: Path
+) -> None:
+    # The record is what lets the next start abort the upload a crash left: it must exist
+    # before any part is sent, name the upload S3 made, and go once the upload has ended.
+    target = _target(store, tmp_path, "a")
+    item = _item(tmp_path, "big.bin", random.Random(7).randbytes(6 * 1024 * 1024))
+    log = UploadLog(tmp_path / "a" / "s3" / "fleet" / "multipart")
+    store.faults.add("stall", "upload_part", delay_s=2.0)
+    done: list[bytes] = []
+
+    async def put() -> None:
+        await target.ensure_dataset(DS)
+        done.append(await target.upload(DS, item, Transfer()))
+        await target.aclose()
+
+    sender = threading.Thread(target=asyncio.run, args=(put(),))
+    sender.start()
+    try:
+        on_record = wait_until(
+            lambda: [(key, upload) for _, key, upload in log.records()], what="a record"
+        )
+        assert {upload for _, upload in on_record} == store.unfinished_upload_ids()
+    finally:
+        sender.join(timeout=30)
+    assert done
+    assert log.records() == []
+    assert store.unfinished_uploads() == []
