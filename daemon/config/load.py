@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from daemon.config.checks import overlap_problems
-from daemon.config.model import Settings, toml_path
+from daemon.config.model import Settings, toml_data
 from daemon.configfile import ENV_PREFIX, anchor, fingerprint, read_config
 from daemon.errors import ConfigError
 from daemon.targets.registry import TYPES
@@ -128,7 +128,7 @@ def load_checked(path: Path) -> tuple[Settings, str]:
     data, raw = read_config(path)
     problems: list[str] = []
     settings: Settings | None = None
-    token = toml_path.set(path)
+    token = toml_data.set(raw)
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -143,7 +143,7 @@ def load_checked(path: Path) -> tuple[Settings, str]:
             " fix or unset the variable"
         )
     finally:
-        toml_path.reset(token)
+        toml_data.reset(token)
     problems.extend(_reference_problems(path, raw))
     if problems or settings is None:
         raise ConfigError(problems)

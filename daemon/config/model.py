@@ -12,7 +12,7 @@ import ipaddress
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -21,9 +21,9 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from daemon.config.mail import EmailConfig
@@ -41,7 +41,8 @@ from daemon.targets.registry import TYPES, config_models
 
 IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.dng"]
 
-toml_path: contextvars.ContextVar[Path] = contextvars.ContextVar("toml_path")  # while loading
+# The file's TOML while it is loaded: read once, for the model and the record of its verdict.
+toml_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("toml_data")
 
 
 def compile_glob(pattern: str) -> re.Pattern[str]:
@@ -395,7 +396,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Init arguments, then ``DRONESYNC_*`` environment, then the TOML file."""
         del dotenv_settings, file_secret_settings
-        path = toml_path.get(None)
-        if path is None:
+        data = toml_data.get(None)
+        if data is None:
             return (init_settings, env_settings)
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path))
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=data))
