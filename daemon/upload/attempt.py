@@ -33,6 +33,9 @@ from daemon.upload.ratelimit import TokenBucket
 # Attempts a file may fail by bad luck while its target is up: with 30 % of requests
 # refused, four in a row happen to fewer than 1 % of files.
 BAD_LUCK_ATTEMPTS = 4
+# Files whose last failure is remembered; beyond, the oldest are forgotten (they then back
+# off on their own count, as after a restart).
+_FAILURES_KEPT = 4096
 
 
 @dataclass(slots=True)
@@ -69,8 +72,11 @@ class Uploader:
         self._throttle = TokenBucket(settings.bandwidth_limit) if settings.bandwidth_limit else None
         self.flights: dict[int, _Flight] = {}
         self._ensured: set[int] = set()
-        # Per target, failed attempts since its last upload went through: an outage, or bad luck.
-        self._streaks: dict[str, int] = {}
+        # When an upload last went through, per target, and when each failing file last
+        # failed: a file refused with uploads going through since its last refusal met bad
+        # luck, not an outage.
+        self._went_through: dict[str, float] = {}
+        self._failed_at: dict[int, float] = {}
         self.meter = RateMeter()
 
     def cancel_dataset(self, dataset_id: int, reason: str) -> None:
@@ -120,10 +126,14 @@ class Uploader:
         next one (a worker sleeping a retry left the link idle). A file the target returned
         lands: :class:`Landing` records it.
 
-        A file's first failures wait longer each time only while the target fails in a row:
-        when other files go through in between, the target is up and the failure was this
-        request's bad luck, so the wait is a first failure's. A file failing more than
-        :data:`BAD_LUCK_ATTEMPTS` times backs off on its own count, whatever the others do.
+        A file's first failures wait longer each time only in an outage: when an upload to
+        the target went through since the file's last failure, the target is up and the
+        failure was this request's bad luck, so the wait is a first failure's. (Counting the
+        target's failures in a row instead misreads a server that refuses at once and accepts
+        slowly: several refusals land between two uploads while it is up.) A file failing
+        more than :data:`BAD_LUCK_ATTEMPTS` times backs off on its own count, whatever the
+        others do, as does one with no failure remembered in this process (after a restart
+        or a reload): an outage's backoff carries on.
         """
         outcomes, backoff = self._outcomes, self._outcomes.backoff
         failures = 0
@@ -149,18 +159,16 @@ class Uploader:
                 return
             except TargetError as exc:
                 failures += 1
-                # A target not heard from in this process (a restart, a reload) starts from
-                # the file's own failures: an outage's backoff carries on.
-                streak = self._streaks.get(dataset.target, max(attempts - 1, 0)) + 1
-                self._streaks[dataset.target] = streak
+                up = self._up_since_last_failure(row.id, dataset.target)
                 if attempts >= self._settings.attempts:
+                    self._failed_at.pop(row.id, None)
                     outcomes.fail(row, dataset, item, str(exc), attempts)
                     return
-                lucky = attempts <= BAD_LUCK_ATTEMPTS  # beyond, the file itself keeps failing
-                step = min(failures, streak) if lucky else failures
+                lucky = up and attempts <= BAD_LUCK_ATTEMPTS  # beyond, the file keeps failing
+                step = 1 if lucky else failures
                 delay = backoff.delay(step, exc.retry_after)
                 if failures > quick or delay > backoff.ceiling(step) or self._others_due():
-                    parked = min(attempts, streak) if lucky else attempts
+                    parked = 1 if lucky else attempts
                     delay = backoff.delay(max(parked, 1), exc.retry_after)
                     outcomes.park(row, dataset.name, item, exc, attempts, delay)
                     return
@@ -169,9 +177,20 @@ class Uploader:
                 if not self._still_wanted(row):
                     return  # cancelled, or moved to the folder's next dataset, meanwhile
                 continue
-            self._streaks[dataset.target] = 0
+            self._went_through[dataset.target] = self._clock.monotonic()
+            self._failed_at.pop(row.id, None)
             self._landing.land(Landed(row, dataset, item, target, key, attempts))
             return
+
+    def _up_since_last_failure(self, file_id: int, target: str) -> bool:
+        """Whether an upload to ``target`` went through since this file last failed; notes now."""
+        now = self._clock.monotonic()
+        before = self._failed_at.pop(file_id, None)
+        self._failed_at[file_id] = now  # last: the dict stays in the order of failures
+        if len(self._failed_at) > _FAILURES_KEPT:
+            del self._failed_at[next(iter(self._failed_at))]
+        went_through = self._went_through.get(target)
+        return before is not None and went_through is not None and went_through > before
 
     def _still_wanted(self, row: FileRow) -> bool:
         """Whether a file waiting between quick retries is still to go as it was taken."""

@@ -647,11 +647,15 @@ class UnluckyTarget(MemoryTarget):
     Each upload takes ``busy_s`` of the fake clock; the time of every attempt is kept.
     """
 
-    def __init__(self, clock: FakeClock, unlucky: bytes | None, refusals: int) -> None:
+    def __init__(
+        self, clock: FakeClock, unlucky: bytes | None, refusals: int, *, crowd: int = 0
+    ) -> None:
+        """``crowd``: the other files' first tries are refused too, but for one in ``crowd``."""
         super().__init__("refusing")
         self.clock = clock
         self.unlucky = unlucky
         self.refusals = refusals
+        self.crowd = crowd
         self.tries: dict[bytes, list[float]] = {}
 
     async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
@@ -659,6 +663,8 @@ class UnluckyTarget(MemoryTarget):
         tries.append(self.clock.monotonic())
         if self.unlucky in (None, item.key) and len(tries) <= self.refusals:
             raise TransientTargetError("503")
+        if self.crowd and len(tries) == 1 and len(self.tries) % self.crowd:
+            raise TransientTargetError("503")  # at once, as S3 refuses before the body
         await self.clock.sleep(BUSY_S)
         return await super().upload(dataset, item, transfer)
 
@@ -673,6 +679,7 @@ def _waits(
     outage: bool,
     refusals: int = 3,
     restart_after: int | None = None,
+    crowd: int = 0,
 ) -> list[float]:
     """The waits between the attempts of a file refused ``refusals`` times (dataset "unlucky").
 
@@ -682,7 +689,7 @@ def _waits(
     or a reload), on the same journal and clock.
     """
     clock = FakeClock()
-    target = UnluckyTarget(clock, None if outage else b"unlucky0.jpg", refusals)
+    target = UnluckyTarget(clock, None if outage else b"unlucky0.jpg", refusals, crowd=crowd)
     journal = Journal.open(tmp_path / "journal.sqlite3")
     ids = _add_dataset(journal, tmp_path, "unlucky", 1)
     if busy:
@@ -728,6 +735,15 @@ def test_a_file_refused_while_others_go_through_waits_a_first_failures_backoff(
     # Every wait is the first one (5 s, full jitter at its longest), give or take the step
     # the fake clock moves by.
     assert _waits(tmp_path, busy=40, outage=False) == [5, 5, 5]
+
+
+def test_refusals_in_a_row_between_slow_successes_are_still_bad_luck(tmp_path: Path) -> None:
+    """A server that refuses at once and accepts slowly: refusals come in a row, yet it is up.
+
+    Of the others, three first tries in four are refused before any byte is sent, so several
+    refusals land between two uploads that went through. The file's waits stay the first.
+    """
+    assert _waits(tmp_path, busy=80, outage=False, crowd=4) == [5, 5, 5]
 
 
 def test_a_file_that_keeps_failing_backs_off_though_others_go_through(tmp_path: Path) -> None:
