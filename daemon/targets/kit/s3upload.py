@@ -66,8 +66,8 @@ if TYPE_CHECKING:
 class _Body:
     """The whole file as botocore reads it: 1 MiB at a time, counted as it goes out.
 
-    The read refuses the last chunk when the whole does not match the recorded hash, so S3
-    never receives the complete body of other content.
+    A read that hashes refuses the last chunk when the whole does not match the recorded
+    hash, so S3 never receives the complete body of other content; otherwise S3 refuses it.
     """
 
     def __init__(self, read: StableRead, transfer: Transfer) -> None:
