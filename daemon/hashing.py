@@ -96,8 +96,9 @@ class StableRead:
     the read is for ("hashed", "uploaded"); both go into the error. With ``expect`` (the
     recorded SHA-256) the last chunk is withheld unless the content matches it, so a caller
     that sends chunks as they come never sends a whole file that is not the recorded one.
-    With ``hash_content`` false the bytes are not hashed here: the caller has them checked
-    against ``expect`` where they land; size and mtime are still checked. Use as a context
+    With ``hash_content`` false the bytes are not hashed here: the caller vouches for them
+    another way (the store checks them against ``expect``, or the file is the daemon's own
+    copy); size and mtime are still checked. Use as a context
     manager: the file is open inside the block only.
     """
 
@@ -161,7 +162,7 @@ class StableRead:
     def finish(self) -> str:
         """The content's SHA-256, once the file is known unchanged by the read.
 
-        Without ``hash_content``, that is ``expect``: what the store will refuse the bytes for.
+        Without ``hash_content``, that is ``expect``, not verified here.
         """
         self._check_unchanged()
         self._check_content()

@@ -20,12 +20,13 @@ reproduces that part of S3 and forwards everything else to moto unchanged:
   answered by the proxy itself, so a refusal reaches the client before it sends the body;
 - checksums, which moto takes on trust: a PutObject or UploadPart body sent with
   ``x-amz-checksum-sha256`` is hashed on its way through, and one that does not match is
-  ``400 BadDigest``, as S3 answers, and never stored: its last piece is held back until the
-  hash is known, so on a mismatch moto sees the request cut short and drops it. A malformed
-  value is ``400 InvalidRequest``. The reply of a checked request names the checksum of what
-  was received (``x-amz-checksum-sha256``), as S3's does. Other algorithms (botocore adds a
-  CRC32 unless told ``request_checksum_calculation="when_required"``) and aws-chunked
-  bodies (signed chunks, checksum in a trailer) are forwarded unchecked.
+  ``400 BadDigest``, as S3 answers (``digest_code="XAmzContentChecksumMismatch"``: as MinIO
+  answers, per its own tests and error table), and never stored: its last piece is held
+  back until the hash is known, so on a mismatch moto sees the request cut short and drops
+  it. A malformed value is ``400 InvalidRequest``. The reply of a checked request names the
+  checksum of what was received (``x-amz-checksum-sha256``), as S3's does. Other algorithms
+  (botocore adds a CRC32 unless told ``request_checksum_calculation="when_required"``) and
+  aws-chunked bodies (signed chunks, checksum in a trailer) are forwarded unchecked.
 
 Bodies are streamed both ways, never held in memory, so multi-gigabyte multipart uploads
 work. Faults are injected on demand (:class:`FaultPlan`) to exercise a client's retry and
@@ -1019,7 +1020,7 @@ class _ProxyHandler(TrackedHandler):
                 self._reply_error(
                     S3Error(
                         400,
-                        "BadDigest",
+                        proxy.digest_code,
                         "The SHA256 you specified did not match the calculated checksum.",
                     ),
                     body,
@@ -1115,6 +1116,7 @@ class S3FaultProxy:
         port: int = 0,
         verify_signatures: bool = True,
         clock: Callable[[], float] = time.time,
+        digest_code: str = "BadDigest",
     ) -> None:
         parsed = urllib.parse.urlsplit(upstream_url)
         if parsed.scheme != "http" or parsed.hostname is None:
@@ -1125,6 +1127,7 @@ class S3FaultProxy:
         self.faults = faults if faults is not None else s3_fault_plan()
         self.verify_signatures = verify_signatures
         self.clock = clock
+        self.digest_code = digest_code
         self.requests: Counter[str] = Counter()
         # The most requests of each route served at the same time.
         self.most_at_once: Counter[str] = Counter()

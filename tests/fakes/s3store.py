@@ -43,10 +43,18 @@ class S3Store:
     """
 
     def __init__(
-        self, bucket: str = "fleet", *, proxy: bool = True, host: str = "127.0.0.1", port: int = 0
+        self,
+        bucket: str = "fleet",
+        *,
+        proxy: bool = True,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        digest_code: str = "BadDigest",
     ) -> None:
+        """``digest_code``: how the proxy refuses a body not matching its checksum."""
         self.bucket = bucket
         self.proxy = proxy
+        self.digest_code = digest_code
         self._host = host
         self._port = port
         self.faults: FaultPlan = s3_fault_plan()
@@ -75,7 +83,9 @@ class S3Store:
             )
             self._direct.create_bucket(Bucket=self.bucket)
             if self.proxy:
-                self._proxy = S3FaultProxy(self.moto_url, faults=self.faults).start()
+                self._proxy = S3FaultProxy(
+                    self.moto_url, faults=self.faults, digest_code=self.digest_code
+                ).start()
             self.url = self._proxy.url if self._proxy is not None else self.moto_url
         except BaseException:
             self.stop()

@@ -53,13 +53,21 @@ def _item(tmp: Path, name: str, data: bytes, key: bytes | None = None) -> Upload
     return UploadItem(path, key or name.encode(), info.st_size, info.st_mtime_ns, sha)
 
 
-@pytest.mark.parametrize("checks", [True, False], ids=["store-checks", "store-trusts"])
+@pytest.mark.parametrize(
+    ("checks", "code"),
+    [(True, "BadDigest"), (True, "XAmzContentChecksumMismatch"), (False, "")],
+    ids=["store-checks", "store-checks-minio", "store-trusts"],
+)
 def test_other_bytes_never_land_whether_or_not_the_store_checks_sha256(
-    tmp_path: Path, checks: bool
+    tmp_path: Path, checks: bool, code: str
 ) -> None:
-    # Behind the proxy the store checks x-amz-checksum-sha256, as S3 does; moto alone takes it
-    # on trust, as some S3-compatible servers do. The box asks, then hashes only when it must.
-    with S3Store(proxy=checks) as store, structlog.testing.capture_logs() as logs:
+    # Behind the proxy the store checks x-amz-checksum-sha256, as S3 does (or MinIO, in its
+    # words); moto alone takes it on trust, as some S3-compatible servers do. The box asks,
+    # then hashes only when it must.
+    with (
+        S3Store(proxy=checks, digest_code=code) as store,
+        structlog.testing.capture_logs() as logs,
+    ):
         target = _target(store, tmp_path, "a")
         good = _item(tmp_path, "a.jpg", random.Random(1).randbytes(300_000))
         changed = _item(tmp_path, "b.jpg", random.Random(2).randbytes(300_000))

@@ -52,6 +52,10 @@ class CredentialsExpiredError(TransientTargetError):
     """S3 refused the credentials: a target with temporary ones fetches new ones, then retries."""
 
 
+# S3's refusal of a body that does not hash to its checksum, and MinIO's.
+DIGEST_CODES = frozenset({"BadDigest", "XAmzContentChecksumMismatch"})
+
+
 class BadDigestError(TransientTargetError):
     """S3 refused a body that does not hash to the checksum sent with it.
 
@@ -107,7 +111,7 @@ def s3_error(action: str, exc: BaseException) -> TargetError:
         # A HEAD reply has no body: an expired credential shows only as a bare 400 or 403.
         if code in CREDENTIAL_CODES or (action == "HeadObject" and code in ("400", "403")):
             return CredentialsExpiredError(text)
-        if code == "BadDigest":
+        if code in DIGEST_CODES:
             return BadDigestError(text)
         if status >= 500 or status in (408, 429) or code in _TRANSIENT_CODES:
             return TransientTargetError(text)

@@ -7,11 +7,15 @@ checks: moto takes the header on trust, and S3-compatible servers differ by vers
 target asks its store once per process: a small object put with a checksum that is not its
 own.
 
-- refused with ``BadDigest``: the store checks, and single PutObjects leave the check to it;
-- stored: it does not; the object is deleted again, and every upload hashes its bytes as
-  they are read (which stops a whole other file from being stored);
+- refused (``BadDigest``; MinIO says ``XAmzContentChecksumMismatch``): the store checks, and
+  single PutObjects leave the check to it;
+- stored: it does not; the object is deleted again, and every upload of a card's file hashes
+  its bytes as they are read (which stops a whole other file from being stored);
 - anything else (the store down, the credentials refused): not known. Uploads hash, and the
   question is asked again after :data:`ASK_AGAIN_S`.
+
+The answer is kept per endpoint and bucket. The probe is put as the uploads are (with their
+ACL), so a policy that refuses one refuses the other.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
 
-from daemon.targets.kit.s3api import b64, discard
+from daemon.errors import TargetError
+from daemon.targets.kit.s3api import BadDigestError, b64, call, with_acl
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -39,45 +43,62 @@ ASK_AGAIN_S = 600.0
 
 
 class StoreChecks:
-    """What a target knows of its stores, by bucket: whether they check each upload's SHA-256."""
+    """What a target knows of its stores, per endpoint and bucket: whether they check SHA-256s."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._known: dict[str, bool] = {}
-        self._asked_at: dict[str, float] = {}
+        self._known: dict[tuple[str, str], bool] = {}
+        self._asked_at: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
-    def known(self, bucket: str) -> bool | None:
+    def known(self, s3: S3Client, bucket: str) -> bool | None:
         """The answer, without asking (None: ask)."""
-        return self._known.get(bucket)
+        return self._known.get((s3.meta.endpoint_url, bucket))
 
-    def ask(self, s3: S3Client, bucket: str, key: str) -> bool:
-        """The answer, asking the store under ``key`` if need be (worker thread); False: hash."""
-        with self._lock:  # one question at a time: the uploads that start together wait for it
-            if bucket in self._known:
-                return self._known[bucket]
-            asked = self._asked_at.get(bucket)
+    def ask(self, s3: S3Client, bucket: str, key: str, *, acl: str | None = None) -> bool:
+        """The answer, asking the store under ``key`` if need be (worker thread); False: hash.
+
+        While one thread asks, the others hash rather than wait for the reply.
+        """
+        where = (s3.meta.endpoint_url, bucket)
+        with self._lock:
+            if where in self._known:
+                return self._known[where]
+            asked = self._asked_at.get(where)
             if asked is not None and self._clock() - asked < ASK_AGAIN_S:
-                return False
-            self._asked_at[bucket] = self._clock()
-            answer = store_checks_sha256(s3, bucket, key)
-            if answer is None:
-                return False
-            self._known[bucket] = answer
-            return answer
+                return False  # asked lately, or being asked now
+            self._asked_at[where] = self._clock()
+        answer = store_checks_sha256(s3, bucket, key, acl=acl)
+        if answer is None:
+            return False
+        with self._lock:
+            self._known[where] = answer
+        return answer
 
 
-def store_checks_sha256(s3: S3Client, bucket: str, key: str) -> bool | None:
+def store_checks_sha256(
+    s3: S3Client, bucket: str, key: str, *, acl: str | None = None
+) -> bool | None:
     """True when the store refuses a body that does not match its checksum; None: not known."""
     try:
-        s3.put_object(Bucket=bucket, Key=key, Body=PROBE_BODY, ChecksumSHA256=_WRONG)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "BadDigest":
-            log.info("the store checks each upload's SHA-256", bucket=bucket)
-            return True
+        call(
+            "PutObject",
+            s3.put_object,
+            Bucket=bucket,
+            Key=key,
+            Body=PROBE_BODY,
+            ChecksumSHA256=_WRONG,
+            **with_acl(acl),
+        )
+    except BadDigestError:
+        log.info("the store checks each upload's SHA-256", bucket=bucket)
+        return True
+    except TargetError as exc:
+        log.info("the store was not asked whether it checks SHA-256", bucket=bucket, error=str(exc))
         return None
-    except BotoCoreError:
-        return None
-    discard(s3, bucket, key)
+    try:
+        call("DeleteObject", s3.delete_object, Bucket=bucket, Key=key)
+    except TargetError as exc:
+        log.warning("checksum probe left in the bucket", bucket=bucket, key=key, error=str(exc))
     log.info("the store does not check SHA-256; uploads are hashed as they are sent", bucket=bucket)
     return False

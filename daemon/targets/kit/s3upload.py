@@ -14,9 +14,9 @@ What is verified, and by whom:
   SHA-256 (``s3checks``), a single PutObject leaves the content to it: a refusal makes the
   box hash the file, which tells a file that changed (FileChangedError) from a body altered
   on the way (transient, sent again). Otherwise, and for a multipart upload (whose parts'
-  checksums do not add up to the file's), each chunk is hashed as it goes out and the body
-  is refused before its last bytes leave when the whole does not match the journal's hash;
-  S3 never publishes a PutObject or multipart upload cut off;
+  checksums do not add up to the file's), each chunk of a card's file is hashed as it goes
+  out and the body is refused before its last bytes leave when the whole does not match the
+  journal's hash; S3 never publishes a PutObject or multipart upload cut off;
 - **the object is there**: S3 is read-after-write consistent, so a PutObject or
   CompleteMultipartUpload reply with an ETag counts as stored; only a reply without one is
   followed by a HeadObject (this size and this SHA-256 in the metadata);

@@ -6,7 +6,7 @@ Under ``PREFIX/``:
 - ``<box>/<dataset>/<path inside the dataset>``: an image where people browse (``mirror``);
 - ``datasets/<box>/<dataset>/manifest.json``: a dataset's manifest, written last;
 - ``datasets/<box>/checksum-probe``: what asks the store whether it checks SHA-256s
-  (``kit.s3checks``; a store that checks never keeps it, one that does not loses it again).
+  (``kit.s3checks``; a store that checks never keeps it, one that does not has it deleted).
 
 Bytes of a path outside ``[A-Za-z0-9._~/-]`` are percent-encoded (``%`` too), so the mapping is
 one-to-one and a name that is not UTF-8 still makes a valid key; a box or dataset name has its

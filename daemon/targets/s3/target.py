@@ -147,7 +147,7 @@ class S3Target:
     async def _put(self, key: str, item: UploadItem, transfer: Transfer) -> None:
         bucket = self.config.bucket
         try:
-            checks = self._checks.known(bucket)
+            checks = self._checks.known(self._s3, bucket)
             if checks is None:
                 probe = self.keys.probe()
                 checks = await asyncio.to_thread(self._checks.ask, self._s3, bucket, probe)
@@ -171,19 +171,17 @@ class S3Target:
     async def _sweep(self) -> None:
         """Abort, once per process, the multipart uploads this box began and never ended."""
         if self._swept is None:
-            self._swept = asyncio.create_task(asyncio.to_thread(self._abort_leftovers))
+            self._swept = asyncio.create_task(asyncio.to_thread(self._first_start))
         await asyncio.shield(self._swept)
 
-    def _abort_leftovers(self) -> int:
-        """Abort this box's unfinished uploads that nothing sends; returns how many are left.
-
-        Then ask the store whether it checks SHA-256s, before the first upload needs to know.
-        """
-        left = self._abort_unfinished()
+    def _first_start(self) -> int:
+        """The sweep, then the question whether the store checks SHA-256s (before an upload)."""
+        left = self._abort_leftovers()
         self._checks.ask(self._s3, self.config.bucket, self.keys.probe())
         return left
 
-    def _abort_unfinished(self) -> int:
+    def _abort_leftovers(self) -> int:
+        """Abort this box's unfinished uploads that nothing sends; returns how many are left."""
         left = aborted = 0
         for record, key, upload_id in self._uploads.records():
             if sending(upload_id):
