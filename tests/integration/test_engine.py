@@ -147,8 +147,14 @@ async def _run_until(
 
 
 def _engine(
-    journal: Journal, target: MemoryTarget, clock: Clock | None = None, **settings: float
+    journal: Journal,
+    target: MemoryTarget,
+    clock: Clock | None = None,
+    *,
+    longest: bool = False,
+    **settings: float,
 ) -> UploadEngine:
+    """An engine on ``journal``; ``longest``: every backoff waits its whole ceiling."""
     config = UploadSettings.model_validate(
         {"backoff_initial_s": 0.01, "backoff_max_s": 0.05, **settings}
     )
@@ -159,6 +165,7 @@ def _engine(
         clock or SystemClock(),
         _Sources(),
         locate=_locate,
+        backoff=Backoff.from_settings(config, _Longest()) if longest else None,
     )
 
 
@@ -594,18 +601,15 @@ def test_a_file_between_quick_retries_is_not_sent_once_its_dataset_is_cancelled(
     target.fail_next.append(TransientTargetError("503"))
     journal = Journal.open(tmp_path / "journal.sqlite3")
     [first] = _add_dataset(journal, tmp_path, "cancelled", 1)
-    settings = UploadSettings.model_validate(
-        {"concurrency": 1, "backoff_initial_s": 0.5, "backoff_max_s": 0.5}
-    )
     clock = FakeClock()
-    engine = UploadEngine(
+    engine = _engine(
         journal,
-        {target.name: target},
-        settings,
+        target,
         clock,
-        _Sources(),
-        locate=_locate,
-        backoff=Backoff.from_settings(settings, _Longest()),
+        longest=True,
+        concurrency=1,
+        backoff_initial_s=0.5,
+        backoff_max_s=0.5,
     )
 
     async def scenario() -> None:
@@ -694,19 +698,17 @@ def _waits(
     ids = _add_dataset(journal, tmp_path, "unlucky", 1)
     if busy:
         ids += _add_dataset(journal, tmp_path, "busy", busy)
-    settings = UploadSettings.model_validate(
-        {"concurrency": 2, "quick_retries": 0, "backoff_initial_s": 5, "backoff_max_s": 1000}
-    )
 
     def engine() -> UploadEngine:
-        return UploadEngine(
+        return _engine(
             journal,
-            {target.name: target},
-            settings,
+            target,
             clock,
-            _Sources(),
-            locate=_locate,
-            backoff=Backoff.from_settings(settings, _Longest()),
+            longest=True,
+            concurrency=2,
+            quick_retries=0,
+            backoff_initial_s=5,
+            backoff_max_s=1000,
         )
 
     def parked_after(tries: int) -> bool:
