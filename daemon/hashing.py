@@ -98,8 +98,8 @@ class StableRead:
     that sends chunks as they come never sends a whole file that is not the recorded one.
     With ``hash_content`` false the bytes are not hashed here: the caller vouches for them
     another way (the store checks them against ``expect``, or the file is the daemon's own
-    copy); size and mtime are still checked. Use as a context
-    manager: the file is open inside the block only.
+    copy); size and mtime are still checked. Use as a context manager: the file is open
+    inside the block only.
     """
 
     __slots__ = ("_digest", "_doing", "_expect", "_fd", "_mtime_ns", "_path", "_seen", "_size")
@@ -177,7 +177,7 @@ class StableRead:
 
     def _check_content(self) -> None:
         if self._digest is None:
-            return  # checked where the bytes land
+            return  # not hashed here: the caller vouches for the content
         if self._expect is not None and self._digest.hexdigest() != self._expect:
             self._check_unchanged()  # the likelier story, when it is the true one
             raise FileChangedError(f"{self._path}: content differs from its recorded hash")

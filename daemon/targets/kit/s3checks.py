@@ -20,6 +20,7 @@ ACL), so a policy that refuses one refuses the other.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -51,9 +52,12 @@ class StoreChecks:
         self._asked_at: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
-    def known(self, s3: S3Client, bucket: str) -> bool | None:
-        """The answer, without asking (None: ask)."""
-        return self._known.get((s3.meta.endpoint_url, bucket))
+    async def answer(self, s3: S3Client, bucket: str, key: str, *, acl: str | None = None) -> bool:
+        """The answer; when not known yet, asked in a worker thread (False: hash)."""
+        known = self._known.get((s3.meta.endpoint_url, bucket))
+        if known is not None:
+            return known
+        return await asyncio.to_thread(self.ask, s3, bucket, key, acl=acl)
 
     def ask(self, s3: S3Client, bucket: str, key: str, *, acl: str | None = None) -> bool:
         """The answer, asking the store under ``key`` if need be (worker thread); False: hash.
@@ -94,7 +98,7 @@ def store_checks_sha256(
         log.info("the store checks each upload's SHA-256", bucket=bucket)
         return True
     except TargetError as exc:
-        log.info("the store was not asked whether it checks SHA-256", bucket=bucket, error=str(exc))
+        log.info("cannot tell whether the store checks SHA-256; uploads are hashed", error=str(exc))
         return None
     try:
         call("DeleteObject", s3.delete_object, Bucket=bucket, Key=key)

@@ -131,8 +131,7 @@ class ProjectStorage:
                 self._swept.add(project)
                 await self._sweep(dataset, project, fresh)
                 probe = s3_key(fresh.prefix, PROBE_NAME)
-                ask = self._checks.ask
-                await asyncio.to_thread(ask, client, fresh.bucket, probe, acl=ACL)
+                await self._checks.answer(client, fresh.bucket, probe, acl=ACL)
             return fresh
 
     async def prefix(self, dataset: DatasetRef, project: int) -> str:
@@ -150,13 +149,8 @@ class ProjectStorage:
             creds = await self.credentials(dataset, project, renew=attempt == 2)
             key = s3_key(creds.prefix, item.key)
             try:
-                checks = self._checks.known(creds.client, creds.bucket)
-                if checks is None:
-                    probe = s3_key(creds.prefix, PROBE_NAME)
-                    ask = self._checks.ask
-                    checks = await asyncio.to_thread(
-                        ask, creds.client, creds.bucket, probe, acl=ACL
-                    )
+                probe = s3_key(creds.prefix, PROBE_NAME)
+                checks = await self._checks.answer(creds.client, creds.bucket, probe, acl=ACL)
                 await asyncio.to_thread(
                     put_file,
                     creds.client,

@@ -147,10 +147,7 @@ class S3Target:
     async def _put(self, key: str, item: UploadItem, transfer: Transfer) -> None:
         bucket = self.config.bucket
         try:
-            checks = self._checks.known(self._s3, bucket)
-            if checks is None:
-                probe = self.keys.probe()
-                checks = await asyncio.to_thread(self._checks.ask, self._s3, bucket, probe)
+            checks = await self._checks.answer(self._s3, bucket, self.keys.probe())
             await asyncio.to_thread(
                 put_file,
                 self._s3,
