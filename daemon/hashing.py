@@ -12,8 +12,10 @@ import contextlib
 import hashlib
 import os
 import stat
+import struct
 import threading
 from collections.abc import Iterator
+from functools import cache
 from typing import NamedTuple
 
 from daemon.errors import FileChangedError, SourceError, SpoolError
@@ -38,7 +40,7 @@ def chunk_buffer() -> bytearray:
 
 
 class Hashed(NamedTuple):
-    """A file's content hash and the size and mtime it had while being read.
+    """A file's content hash, the size and mtime it had while being read, and its seal.
 
     (A named tuple, not a dataclass: the hashing processes import this module, and
     ``dataclasses`` would cost each of them a MB.)
@@ -47,6 +49,44 @@ class Hashed(NamedTuple):
     sha256: str
     size: int
     mtime_ns: int
+    seal: int | None = None  # :func:`seal_of` the file uploads will read (a spool copy's)
+
+
+_SEAL = struct.Struct("<16sQQqqq")
+
+
+@cache
+def _boot_id() -> bytes | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return bytes.fromhex(fh.read().strip().replace("-", ""))
+    except (OSError, ValueError):
+        return None
+
+
+def seal_of(info: os.stat_result) -> int | None:
+    """What tells, later in the same boot, that a file is still the very file that was read.
+
+    The boot, the device, the inode number, size, mtime and ctime, folded into 64 bits. No
+    one can set a ctime: any write, truncation, rename over or ``utime`` moves it, so a file
+    with the same seal was not changed since. A card swapped for another (even with the same
+    names, sizes and mtimes) is a new mount, whose inodes take new numbers in this boot
+    (FAT and exFAT number them as they are first looked up, from a counter shared by every
+    mount); a reboot changes the boot. None where that does not hold: a filesystem with no
+    block device of its own (FUSE, NFS, tmpfs: their inode numbers may repeat across mounts).
+    """
+    boot = _boot_id()
+    if boot is None or os.major(info.st_dev) == 0:
+        return None
+    packed = _SEAL.pack(
+        boot,
+        info.st_dev,
+        info.st_ino,
+        info.st_size,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+    )
+    return int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little", signed=True)
 
 
 def open_regular(path: StrPath) -> tuple[int, os.stat_result]:
@@ -98,11 +138,22 @@ class StableRead:
     that sends chunks as they come never sends a whole file that is not the recorded one.
     With ``hash_content`` false the bytes are not hashed here: the caller vouches for them
     another way (the store checks them against ``expect``, or the file is the daemon's own
-    copy); size and mtime are still checked. Use as a context manager: the file is open
-    inside the block only.
+    copy); size and mtime are still checked. Nor are they when the open file still has
+    ``seal``, the :func:`seal_of` it had when ``expect`` was taken: it is that very read's
+    file, unchanged. Use as a context manager: the file is open inside the block only.
     """
 
-    __slots__ = ("_digest", "_doing", "_expect", "_fd", "_mtime_ns", "_path", "_seen", "_size")
+    __slots__ = (
+        "_digest",
+        "_doing",
+        "_expect",
+        "_fd",
+        "_mtime_ns",
+        "_path",
+        "_seal",
+        "_seen",
+        "_size",
+    )
 
     def __init__(
         self,
@@ -114,6 +165,7 @@ class StableRead:
         seen: str = "seen stable",
         doing: str = "hashed",
         hash_content: bool = True,
+        seal: int | None = None,
     ) -> None:
         self._path = path
         self._size = size
@@ -122,6 +174,7 @@ class StableRead:
         self._seen = seen
         self._doing = doing
         self._digest = hashlib.sha256() if hash_content or expect is None else None
+        self._seal = seal
         self._fd = -1
 
     def __enter__(self) -> StableRead:
@@ -130,6 +183,10 @@ class StableRead:
             os.close(fd)
             raise FileChangedError(f"{self._path}: changed since it was {self._seen}")
         self._fd = fd
+        sealed = seal_of(before)
+        if self._seal is not None and sealed == self._seal and self._expect is not None:
+            self._digest = None  # the very file hashed into ``expect``, unchanged since
+        self._seal = sealed
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -139,6 +196,11 @@ class StableRead:
     def hashes(self) -> bool:
         """Whether the content is hashed as it is read (else it is left to the caller)."""
         return self._digest is not None
+
+    @property
+    def seal(self) -> int | None:
+        """The open file's :func:`seal_of`, as it was opened (None: it has none)."""
+        return self._seal
 
     @property
     def fd(self) -> int:
@@ -172,7 +234,11 @@ class StableRead:
 
     def _check_unchanged(self) -> None:
         after = os.fstat(self._fd)
-        if after.st_size != self._size or after.st_mtime_ns != self._mtime_ns:
+        if (
+            after.st_size != self._size
+            or after.st_mtime_ns != self._mtime_ns
+            or seal_of(after) != self._seal  # written and its mtime set back
+        ):
             raise FileChangedError(f"{self._path}: changed while it was being {self._doing}")
 
     def _check_content(self) -> None:
@@ -192,7 +258,7 @@ def hash_file(path: StrPath, size: int, mtime_ns: int) -> Hashed:
     with StableRead(path, size, mtime_ns) as read:
         for _ in read.chunks():
             pass
-        return Hashed(read.finish(), size, mtime_ns)
+        return Hashed(read.finish(), size, mtime_ns, read.seal)
 
 
 def spool_file(
@@ -228,6 +294,7 @@ def spool_file(
                 if written != dest:
                     os.replace(written, dest)
                     written = None  # dest now: whole, and what the hash describes
+                seal = seal_of(os.fstat(out))  # after the rename, which moves the ctime
                 try:
                     if durable:
                         # Imported here: hashing processes never sync; ctypes costs each a MB.
@@ -243,7 +310,7 @@ def spool_file(
             with contextlib.suppress(OSError):
                 os.unlink(written)
         raise
-    return Hashed(digest, size, mtime_ns)
+    return Hashed(digest, size, mtime_ns, seal)
 
 
 def write_all(fd: int, chunk: memoryview | bytes) -> None:

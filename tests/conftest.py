@@ -38,6 +38,22 @@ def wait_until(
         time.sleep(0.05)
 
 
+def rewrite_keeping_mtime(path: Path, data: bytes) -> None:
+    """Write ``data`` over ``path`` and set its times back: only its ctime tells it changed.
+
+    Written again until the ctime has moved: a kernel without fine-grained timestamps moves
+    it once a clock tick, and a file written twice within one tick looks unchanged.
+    """
+    info = path.stat()
+
+    def rewritten() -> bool:
+        path.write_bytes(data)
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+        return path.stat().st_ctime_ns != info.st_ctime_ns
+
+    wait_until(rewritten, timeout=5, what=f"the ctime of {path} to move")
+
+
 def toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 

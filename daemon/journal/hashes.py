@@ -34,6 +34,7 @@ class Hashes(Files):
         now: float,
         current: FileRow | None = None,
         spool_path: bytes | None = None,
+        seal: int | None = None,
     ) -> FileRow:
         """Store the content hash of a stable file and decide whether it is a duplicate.
 
@@ -41,7 +42,8 @@ class Hashes(Files):
         card's times shift with the time zone). Changed content re-opens it as waiting, in the
         dataset that now takes the folder's files. ``current`` is the file's row when the
         caller has just read it; ``spool_path``, the copy made while hashing, is kept when
-        the file waits for upload (the caller deletes it otherwise).
+        the file waits for upload (the caller deletes it otherwise). ``seal`` is the read
+        file's (:func:`daemon.hashing.seal_of`); without one, the recorded one stays.
         """
         record = HashRecord(
             current=self.file(file_id) if current is None else current,
@@ -51,6 +53,7 @@ class Hashes(Files):
             sha256=sha256,
             duplicate_scope=duplicate_scope,
             spool_path=spool_path,
+            seal=seal,
         )
         return self.record_hashes([record], now)[0]
 
@@ -81,8 +84,13 @@ class Hashes(Files):
     ) -> dict[str, Any]:
         """What recording ``record`` sets; keeps ``originals`` true for the records after it."""
         current, sha256 = record.current, record.sha256
+        # A seal proves itself against the file when an upload opens it: the recorded one
+        # stays, for the same content, until a read gives a new one.
+        seal = record.seal
+        if seal is None and current.sha256 == sha256:
+            seal = current.seal
         if current.sha256 == sha256 and current.status in DONE_STATUSES:
-            return {"size": record.size, "mtime_ns": record.mtime_ns}
+            return {"size": record.size, "mtime_ns": record.mtime_ns, "seal": seal}
         dataset = self.dataset(record.dataset_id)
         in_scope = [
             found
@@ -121,6 +129,7 @@ class Hashes(Files):
             "next_attempt_at": 0,
             "remote_key": None,
             "uploaded_at": None,
+            "seal": seal,
         }
 
     def _originals(self, hashes: list[str]) -> dict[str, list[_Original]]:

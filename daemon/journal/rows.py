@@ -63,6 +63,7 @@ class FileRow:
     discovered_at: float
     uploaded_at: float | None
     spool_path: bytes | None = None  # the verified local copy, in spool mode
+    seal: int | None = None  # daemon.hashing.seal_of the file read, when it was hashed
 
 
 # Rows are read by explicit column lists in the dataclasses' field order, so a tuple from
@@ -110,6 +111,7 @@ class HashRecord(NamedTuple):
     sha256: str
     duplicate_scope: str
     spool_path: bytes | None = None
+    seal: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

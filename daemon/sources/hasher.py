@@ -383,6 +383,7 @@ class Hasher:
             sha256=hashed.sha256,
             duplicate_scope=self._scope_of(target),
             spool_path=None if spool is None else spool.copy_path(row.id),
+            seal=hashed.seal,
         )
 
     def _recorded(

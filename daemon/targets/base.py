@@ -56,13 +56,17 @@ class UploadItem:
     # ``path`` is the daemon's own copy in the spool: written from the read that hashed it,
     # never changed afterwards, so a target may link it instead of reading it again.
     spooled: bool = False
+    # daemon.hashing.seal_of the file when it was hashed (None: no seal was taken).
+    seal: int | None = None
 
     def reading(self, *, store_checks: bool = False) -> StableRead:
         """A read of the file that must be the recorded one (a context manager).
 
-        Size and mtime are always checked. The content is hashed as it is read unless no
-        one else could have changed it (the spool's copy) or ``store_checks``: the store
-        refuses bytes that do not match the recorded SHA-256 sent with them.
+        Size and mtime are always checked. The content is hashed as it is read unless
+        something else vouches for it: the file still has the seal it had when it was hashed
+        (the very file, unchanged since), it is the spool's copy (no one else writes it), or
+        ``store_checks`` (the store refuses bytes that do not match the recorded SHA-256 sent
+        with them). :attr:`StableRead.hashes` tells which, once open.
         """
         return StableRead(
             self.path,
@@ -72,6 +76,7 @@ class UploadItem:
             seen="hashed",
             doing="uploaded",
             hash_content=not (self.spooled or store_checks),
+            seal=self.seal,
         )
 
 

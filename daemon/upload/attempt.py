@@ -111,6 +111,7 @@ class Uploader:
             mtime_ns=row.mtime_ns,
             sha256=row.sha256 or "",
             spooled=row.spool_path is not None,
+            seal=row.seal,
         )
         await self._upload_loop(row, dataset, target, ref, item)
 

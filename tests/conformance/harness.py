@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import pytest
 
+from daemon.hashing import hash_file
 from daemon.targets.base import DatasetRef, MemoryState, ProcessingStatus, Target, UploadItem
 
 T = TypeVar("T")
@@ -87,11 +87,10 @@ def leftovers(tmp_path: Path) -> list[Path]:
 
 
 def item_for(path: Path, key: bytes) -> UploadItem:
-    """The item as the engine builds it: size, mtime and hash of the file as it is now."""
+    """The item as the engine builds it: size, mtime, hash and seal of the file as it is now."""
     info = path.stat()
-    return UploadItem(
-        path, key, info.st_size, info.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
-    )
+    hashed = hash_file(path, info.st_size, info.st_mtime_ns)
+    return UploadItem(path, key, hashed.size, hashed.mtime_ns, hashed.sha256, seal=hashed.seal)
 
 
 def source(tmp_path: Path, name: str, data: bytes) -> Path:

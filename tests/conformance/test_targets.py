@@ -39,6 +39,7 @@ from tests.conformance.harness import (
     run,
     source,
 )
+from tests.conftest import rewrite_keeping_mtime
 
 
 def test_every_registered_type_has_a_harness() -> None:
@@ -101,13 +102,31 @@ def test_a_file_grown_after_hashing_is_refused_and_nothing_is_left(
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "no-seal"])
 def test_other_bytes_with_the_same_size_and_mtime_are_refused(
-    harness: Harness, tmp_path: Path
+    harness: Harness, tmp_path: Path, sealed: bool
 ) -> None:
+    # Without a seal (a file hashed in an earlier boot) the bytes are hashed as they are sent.
     src = source(tmp_path, "a.jpg", b"x" * 10_000)
     item = item_for(src, b"a.jpg")
-    src.write_bytes(b"y" * 10_000)
-    os.utime(src, ns=(item.mtime_ns, item.mtime_ns))  # only the content tells
+    if not sealed:
+        item = dataclasses.replace(item, seal=None)
+    rewrite_keeping_mtime(src, b"y" * 10_000)  # only the content tells, and the ctime
+    with pytest.raises(FileChangedError):
+        run(harness.target.upload(DS, item, Transfer()))
+    assert harness.copies() == 0
+    assert leftovers(tmp_path) == []
+
+
+def test_another_file_in_its_place_with_the_same_size_and_mtime_is_refused(
+    harness: Harness, tmp_path: Path
+) -> None:
+    # As a card swapped for one with the same names, sizes and mtimes: another inode.
+    src = source(tmp_path, "a.jpg", b"x" * 10_000)
+    item = item_for(src, b"a.jpg")
+    other = source(tmp_path, "other.jpg", b"y" * 10_000)
+    os.utime(other, ns=(item.mtime_ns, item.mtime_ns))
+    other.replace(src)
     with pytest.raises(FileChangedError):
         run(harness.target.upload(DS, item, Transfer()))
     assert harness.copies() == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Box, wait_until
+from tests.conftest import Box, rewrite_keeping_mtime, wait_until
 from tests.fakes.nodeodm import FakeNodeODM, TaskView
 
 
@@ -249,4 +249,45 @@ def test_a_wrong_token_keeps_files_waiting_until_it_is_fixed_and_the_service_rel
         what="uploads resumed and the dataset processed",
     )
     _assert_exactly_once(node, "field-f", expected)
+    assert box.stop(proc) == 0
+
+
+def test_an_image_rewritten_while_it_waits_reaches_the_node_as_it_is_now(
+    box: Box, node: FakeNodeODM, tmp_path: Path
+) -> None:
+    # Hashed, then written again with its size and mtime kept: only the content (and the
+    # ctime) tells. The upload must not send it on the strength of the first read.
+    _configure(box, node, tmp_path)
+    token = tmp_path / "node.token"
+    token.write_text("not-the-node-token\n")
+    (box.root / "staging").mkdir()
+    expected = _card(box.root / "staging", 7, nested=0, flat=3)
+    proc = box.start()
+    (box.root / "staging").rename(box.inbox / "field-r")
+
+    def hashed_and_paused() -> bool:
+        dataset = box.status("field-r", files=True)["datasets"]
+        return (
+            bool(dataset)
+            and "token" in (dataset[0].get("detail") or "")
+            and [f["status"] for f in dataset[0]["file_list"] if f["sha256"]] == ["waiting"] * 3
+        )
+
+    wait_until(hashed_and_paused, what="the images hashed and waiting on the token")
+    image = box.inbox / "field-r" / "IMG_0001.JPG"
+    old = image.read_bytes()
+    new = random.Random(70).randbytes(len(old))
+    rewrite_keeping_mtime(image, new)
+    del expected[hashlib.sha256(old).hexdigest()]
+    expected[hashlib.sha256(new).hexdigest()] = "IMG_0001.JPG"
+    token.write_text("node-token\n")
+    proc.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: box.datasets().get("field-r", {}).get("state") == "processed",
+        timeout=90,
+        what="the dataset processed",
+    )
+    _assert_exactly_once(node, "field-r", expected)
+    files = box.status("field-r", files=True)["datasets"][0]["file_list"]
+    assert {f["sha256"] for f in files} == set(expected)  # the journal says what was sent
     assert box.stop(proc) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -9,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchkit.files import sha256_file, write_distinct
-from benchkit.project import UploadItem
+from benchkit.files import write_distinct
+from benchkit.project import Hashed, UploadItem, hash_file
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,21 @@ class DataSet:
         return [item.path for item in self.items]
 
 
-def as_spooled(data: DataSet) -> DataSet:
-    """The same files, sent as a box with ``spool = true`` sends its own copies."""
-    return DataSet(data.folder, [dataclasses.replace(i, spooled=True) for i in data.items])
+def as_sent(data: DataSet, args: argparse.Namespace) -> tuple[DataSet, str]:
+    """The files as the box ``--spooled`` or ``--unsealed`` names sends them, and its label.
+
+    By default as a card's files hashed in this boot: sealed, not hashed again. Unsealed:
+    hashed in an earlier boot (a box restarted with files waiting), hashed as they are sent.
+    Spooled: the spool's own copies.
+    """
+    if args.spooled:
+        items = [dataclasses.replace(i, spooled=True) for i in data.items]
+        return DataSet(data.folder, items), ", spooled"
+    if args.unsealed:
+        return DataSet(data.folder, [dataclasses.replace(i, seal=None) for i in data.items]), (
+            ", no seal"
+        )
+    return data, ""
 
 
 def make_files(folder: Path, count: int, size: int, name: str, pool: bytes) -> DataSet:
@@ -62,9 +75,14 @@ def make_sized(folder: Path, sizes: list[int], name: str, pool: bytes) -> DataSe
     # Hashing is not timed: the engine records the hash before an upload starts. It also
     # reads every file once, so each side of a ratio reads from the page cache.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool_:
-        hashes = list(pool_.map(sha256_file, paths))
-    items = []
-    for path, sha in zip(paths, hashes, strict=True):
-        info = path.stat()
-        items.append(UploadItem(path, path.name.encode(), info.st_size, info.st_mtime_ns, sha))
+        hashes = list(pool_.map(_hashed, paths))
+    items = [
+        UploadItem(path, path.name.encode(), h.size, h.mtime_ns, h.sha256, seal=h.seal)
+        for path, h in zip(paths, hashes, strict=True)
+    ]
     return DataSet(folder, items)
+
+
+def _hashed(path: Path) -> Hashed:
+    info = path.stat()
+    return hash_file(path, info.st_size, info.st_mtime_ns)

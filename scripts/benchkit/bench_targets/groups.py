@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from benchkit.bench_targets.data import DataSet, as_spooled, make_files, make_sized, spread
+from benchkit.bench_targets.data import DataSet, as_sent, make_files, make_sized, spread
 from benchkit.bench_targets.nodeodm import NodeODM
 from benchkit.bench_targets.pix4dcloud import Cloud
 from benchkit.bench_targets.results import (
@@ -66,9 +66,9 @@ def build_groups(args: argparse.Namespace, work: Path, stack: contextlib.ExitSta
         size = int(args.file_mb * MIB)
         data["many"] = make_files(work / "many", args.files, size, "IMG_{i:05d}.JPG", pool)
         labels["many"] = f"{args.files} x {args.file_mb:g} MiB, {c} at a time"
-    if args.spooled:
-        data = {scenario: as_spooled(ds) for scenario, ds in data.items()}
-        labels = {scenario: f"{label}, spooled" for scenario, label in labels.items()}
+    for scenario, ds in data.items():
+        data[scenario], sent = as_sent(ds, args)
+        labels[scenario] += sent
     warmup = make_files(work / "warmup", 1, 4096, "warmup.jpg", pool).items[0]
     groups: list[Group] = []
     if "nodeodm" in args.targets:
@@ -123,8 +123,8 @@ def _s3_groups(
     )
     groups = []
     for scenario, (sent, made) in data.items():
-        ds = as_spooled(sent) if args.spooled else sent
-        label = f"{made}, spooled" if args.spooled else made
+        ds, how = as_sent(sent, args)
+        label = made + how
         g = Group("s3", scenario, ds.nbytes, notes=[note])
         reference = f"rclone copy --transfers {c} **"
         g.rows = [Row("s3", label, reference, GOAL_RCLONE, "rclone", "dronesync", tools.no_rclone)]

@@ -6,7 +6,7 @@ survive a noisy box).
     scripts/bench-targets [--big-mb 1024] [--files 500] [--file-mb 8] [--runs 3]
                           [--targets nodeodm,pix4dcloud,webodm,s3] [--scenarios big,many]
                           [--s3-big-files 4] [--s3-big-mb 256] [--s3-file-mb 2-8]
-                          [--spooled] [--cpu-quota 0.25 [--cpu N]]
+                          [--spooled | --unsealed] [--cpu-quota 0.25 [--cpu N]]
 
 Scenarios: "big" is one file of --big-mb MiB; "many" is --files files of --file-mb MiB sent
 --concurrency at a time (default 4, the engine's default); "drops" (nodeodm only) is
@@ -38,8 +38,10 @@ retries, both timed over init, uploads and commit.
   files of --s3-big-mb MiB (in parts on both sides), "many" --files images of --s3-file-mb
   (2-8 MiB, evenly spread; one PUT each).
 
-``--spooled``: dronesync sends the files as a box with ``spool = true`` sends its own copies
-(size and mtime checked, the content not hashed again); the references read the same files.
+dronesync sends the files as a card's files hashed in this boot: sealed, size and mtime
+checked, the content not hashed again. ``--unsealed``: as files hashed before a reboot, hashed
+as they are sent. ``--spooled``: as a box with ``spool = true`` sends its own copies. The
+references read the same files.
 
 ``--cpu-quota``: every timed transfer (dronesync's, in this process, and each reference tool's)
 runs in a cgroup holding one CPU at that share of it (``benchkit.smallcpu``); the servers stay
@@ -144,6 +146,11 @@ def parse_args() -> argparse.Namespace:
         "--spooled",
         action="store_true",
         help="dronesync sends the files as the spool's own copies (spool = true)",
+    )
+    parser.add_argument(
+        "--unsealed",
+        action="store_true",
+        help="dronesync hashes the files as it sends them (hashed before a reboot)",
     )
     parser.add_argument("--tmp", type=Path, default=None, help="where the files are written")
     add_small_box(parser, card=False)

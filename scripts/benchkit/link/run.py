@@ -1,7 +1,7 @@
 """The HTTP targets through a limited link, beside the link's capacity and the peers.
 
     scripts/bench-link [--links 4g,lan] [--targets nodeodm,pix4dcloud,webodm] [--files 30]
-                       [--scale 1] [--runs 1] [--spooled]
+                       [--scale 1] [--runs 1] [--spooled | --unsealed]
 
 The servers (the project's local NodeODM, PIX4Dcloud with moto, WebODM servers) run in a network
 namespace of their own, joined to this one by a veth pair limited to the link's rate with
@@ -19,10 +19,12 @@ the capacity, held within 3 %; against a second server failing --fault-rate of t
 (NodeODM: dropped as its --test_drop_uploads; PIX4Dcloud: S3 503 SlowDown; WebODM: 502),
 retried by the daemon's upload engine (goal: the link >= 0.80 busy); beside ``curl`` (and pyodm
 on NodeODM, rclone on PIX4Dcloud) on the same files and server; and the client's CPU seconds
-per GB beside curl's (goal <= 1.3x; --spooled: dronesync sends them as the spool's own
-copies, as with ``spool = true``). "wire" is what left this side of the link (headers,
-retries and resent bytes included) over the capacity's. Needs root, ``ip`` and ``tc``
-(iproute2), curl; pyodm in .venv for its row (``pip install -e '.[bench]'``).
+per GB beside curl's (goal <= 1.3x). dronesync sends the images as a card's hashed in this
+boot (sealed: not hashed again); --unsealed: as files hashed before a reboot, hashed as they
+are sent; --spooled: as the spool's own copies, as with ``spool = true``. "wire" is what
+left this side of the link (headers, retries and resent bytes included) over the capacity's.
+Needs root, ``ip`` and ``tc`` (iproute2), curl; pyodm in .venv for its row (``pip install -e
+'.[bench]'``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import structlog
 
-from benchkit.bench_targets.data import DataSet, as_spooled, make_sized
+from benchkit.bench_targets.data import DataSet, as_sent, make_sized
 from benchkit.bench_targets.results import Meter
 from benchkit.bench_targets.tools import pyodm_missing, run_tool, tool_version
 from benchkit.cli import csv, summary
@@ -74,6 +76,11 @@ def parse_args() -> argparse.Namespace:
         "--spooled",
         action="store_true",
         help="dronesync sends the images as the spool's own copies (spool = true)",
+    )
+    parser.add_argument(
+        "--unsealed",
+        action="store_true",
+        help="dronesync hashes the images as it sends them (hashed before a reboot)",
     )
     parser.add_argument("--tmp", type=Path, default=None, help="where the files are written")
     args = parser.parse_args()
@@ -127,8 +134,7 @@ def run_link(args: argparse.Namespace, ns: Namespace, spec: LinkSpec, work: Path
     bulk = work / f"bulk-{spec.name}.bin"
     write_distinct(bulk, 0, max(1 << 20, int(spec.bytes_per_s * args.capacity_s)), random_pool())
     data = images(work / spec.name, args.files, args.scale)
-    if args.spooled:
-        data = as_spooled(data)
+    data, _ = as_sent(data, args)
     results: list[Measured] = []
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
