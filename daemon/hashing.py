@@ -14,6 +14,7 @@ import os
 import stat
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from functools import cache
 from typing import NamedTuple
@@ -49,10 +50,13 @@ class Hashed(NamedTuple):
     sha256: str
     size: int
     mtime_ns: int
-    seal: int | None = None  # :func:`seal_of` the file uploads will read (a spool copy's)
+    seal: int | None = None  # :func:`seal_of` the file read, when it may be recorded
 
 
-_SEAL = struct.Struct("<16sQQqqq")
+_SEAL = struct.Struct("<16sQQQqqq")
+# A ctime this near the read's start may yet be shared by a write in the same clock tick
+# (FAT's 10 ms, a coarse kernel clock's jiffy, ext's second): the read records no seal.
+RACY_NS = 2_000_000_000
 
 
 @cache
@@ -64,22 +68,39 @@ def _boot_id() -> bytes | None:
         return None
 
 
+def _diskseq(dev: int) -> int | None:
+    """The kernel's sequence number of the disk holding ``dev`` (a partition's is its disk's)."""
+    base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
+    for path in (f"{base}/diskseq", f"{base}/../diskseq"):
+        try:
+            with open(path, "rb") as fh:
+                return int(fh.read())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def seal_of(info: os.stat_result) -> int | None:
     """What tells, later in the same boot, that a file is still the very file that was read.
 
-    The boot, the device, the inode number, size, mtime and ctime, folded into 64 bits. No
-    one can set a ctime: any write, truncation, rename over or ``utime`` moves it, so a file
-    with the same seal was not changed since. A card swapped for another (even with the same
-    names, sizes and mtimes) is a new mount, whose inodes take new numbers in this boot
-    (FAT and exFAT number them as they are first looked up, from a counter shared by every
-    mount); a reboot changes the boot. None where that does not hold: a filesystem with no
-    block device of its own (FUSE, NFS, tmpfs: their inode numbers may repeat across mounts).
+    The boot, the disk's sequence number, the device, the inode number, size, mtime and ctime,
+    folded into 64 bits. No one can set a ctime: a write, a truncation or a ``utime`` moves it,
+    and another file renamed into place is another inode. The kernel gives every disk it
+    attaches a new sequence number (``diskseq``), and a new one when a reader's medium changes,
+    so a card swapped for another, even one with the same names, sizes and mtimes, is another
+    disk; a reboot is another boot. None where no disk stands behind the file (FUSE, NFS,
+    tmpfs, btrfs: no sequence number, and inode numbers that may repeat), or on a kernel
+    without ``diskseq`` (before 5.15).
     """
     boot = _boot_id()
     if boot is None or os.major(info.st_dev) == 0:
         return None
+    disk = _diskseq(info.st_dev)
+    if disk is None:
+        return None
     packed = _SEAL.pack(
         boot,
+        disk,
         info.st_dev,
         info.st_ino,
         info.st_size,
@@ -144,6 +165,7 @@ class StableRead:
     """
 
     __slots__ = (
+        "_ctime_ns",
         "_digest",
         "_doing",
         "_expect",
@@ -175,6 +197,7 @@ class StableRead:
         self._doing = doing
         self._digest = hashlib.sha256() if hash_content or expect is None else None
         self._seal = seal
+        self._ctime_ns = 0
         self._fd = -1
 
     def __enter__(self) -> StableRead:
@@ -187,6 +210,7 @@ class StableRead:
         if self._seal is not None and sealed == self._seal and self._expect is not None:
             self._digest = None  # the very file hashed into ``expect``, unchanged since
         self._seal = sealed
+        self._ctime_ns = before.st_ctime_ns
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -200,6 +224,16 @@ class StableRead:
     @property
     def seal(self) -> int | None:
         """The open file's :func:`seal_of`, as it was opened (None: it has none)."""
+        return self._seal
+
+    def seal_to_record(self, started_ns: int) -> int | None:
+        """The seal, unless the ctime was within :data:`RACY_NS` of ``started_ns``.
+
+        A write in the clock tick of that ctime would leave it as it was: what this read saw
+        may not be what the file holds, and no later read may be spared on its word.
+        """
+        if abs(started_ns - self._ctime_ns) < RACY_NS:
+            return None
         return self._seal
 
     @property
@@ -249,16 +283,18 @@ class StableRead:
             raise FileChangedError(f"{self._path}: content differs from its recorded hash")
 
 
-def hash_file(path: StrPath, size: int, mtime_ns: int) -> Hashed:
+def hash_file(path: StrPath, size: int, mtime_ns: int, *, now_ns: int | None = None) -> Hashed:
     """Hash ``path``, which the stability gate saw with ``size`` and ``mtime_ns``.
 
     Raises FileChangedError when the file is not the one the gate saw, before or after
-    reading, so that a file being written is never recorded with a partial hash.
+    reading, so that a file being written is never recorded with a partial hash. ``now_ns``
+    is when the read starts (wall clock), for its seal.
     """
+    started = time.time_ns() if now_ns is None else now_ns
     with StableRead(path, size, mtime_ns) as read:
         for _ in read.chunks():
             pass
-        return Hashed(read.finish(), size, mtime_ns, read.seal)
+        return Hashed(read.finish(), size, mtime_ns, read.seal_to_record(started))
 
 
 def spool_file(
@@ -294,7 +330,6 @@ def spool_file(
                 if written != dest:
                     os.replace(written, dest)
                     written = None  # dest now: whole, and what the hash describes
-                seal = seal_of(os.fstat(out))  # after the rename, which moves the ctime
                 try:
                     if durable:
                         # Imported here: hashing processes never sync; ctypes costs each a MB.
@@ -310,7 +345,8 @@ def spool_file(
             with contextlib.suppress(OSError):
                 os.unlink(written)
         raise
-    return Hashed(digest, size, mtime_ns, seal)
+    # No seal: a copy just written is in its ctime's clock tick, and needs none (spooled).
+    return Hashed(digest, size, mtime_ns)
 
 
 def write_all(fd: int, chunk: memoryview | bytes) -> None:

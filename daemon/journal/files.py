@@ -166,7 +166,8 @@ class Files(Datasets):
     def rehash(self, file_id: int, error: str) -> None:
         """The file changed under us: it goes back to the stability gate, not to failed."""
         self._write(
-            "UPDATE files SET status = 'waiting', sha256 = NULL, last_error = ? WHERE id = ?",
+            "UPDATE files SET status = 'waiting', sha256 = NULL, seal = NULL, last_error = ?"
+            " WHERE id = ?",
             (error, file_id),
         )
 

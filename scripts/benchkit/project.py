@@ -14,7 +14,7 @@ from typing import Any
 from daemon.cli import tune_process
 from daemon.clock import SystemClock
 from daemon.config import UploadSettings
-from daemon.hashing import Hashed, hash_file
+from daemon.hashing import RACY_NS, Hashed, hash_file
 from daemon.journal import FILE_COLUMNS, FileRow, HashRecord, Journal, NewFile
 from daemon.targets.base import DatasetRef, MemoryState, Throttle, Transfer, UploadItem
 from daemon.targets.nodeodm import NodeODMTargetConfig
@@ -37,6 +37,7 @@ __all__ = [
     "FAKE_S3",
     "FAKE_WEBODM",
     "FILE_COLUMNS",
+    "RACY_NS",
     "DatasetRef",
     "FileRow",
     "HashRecord",

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import pytest
 
-from daemon.hashing import hash_file
+from daemon.hashing import RACY_NS, hash_file
 from daemon.targets.base import DatasetRef, MemoryState, ProcessingStatus, Target, UploadItem
 
 T = TypeVar("T")
@@ -87,9 +87,14 @@ def leftovers(tmp_path: Path) -> list[Path]:
 
 
 def item_for(path: Path, key: bytes) -> UploadItem:
-    """The item as the engine builds it: size, mtime, hash and seal of the file as it is now."""
+    """The item as the engine builds it: size, mtime, hash and seal of the file as it is now.
+
+    Hashed as the stability gate lets a file be, a while after its last write (the seal of a
+    read in the clock tick of that write is not recorded).
+    """
     info = path.stat()
-    hashed = hash_file(path, info.st_size, info.st_mtime_ns)
+    later = info.st_ctime_ns + 2 * RACY_NS
+    hashed = hash_file(path, info.st_size, info.st_mtime_ns, now_ns=later)
     return UploadItem(path, key, hashed.size, hashed.mtime_ns, hashed.sha256, seal=hashed.seal)
 
 

@@ -109,6 +109,8 @@ def test_other_bytes_with_the_same_size_and_mtime_are_refused(
     # Without a seal (a file hashed in an earlier boot) the bytes are hashed as they are sent.
     src = source(tmp_path, "a.jpg", b"x" * 10_000)
     item = item_for(src, b"a.jpg")
+    if sealed and item.seal is None:
+        pytest.skip(f"{tmp_path}: no disk behind it, no seal")
     if not sealed:
         item = dataclasses.replace(item, seal=None)
     rewrite_keeping_mtime(src, b"y" * 10_000)  # only the content tells, and the ctime

@@ -206,3 +206,32 @@ def test_batches_of_every_size_are_written_by_a_few_distinct_statements(
     literal = re.compile(r"X'[0-9A-Fa-f]*'|'(?:[^']|'')*'|\b\d+(?:\.\d+)?(?:e[+-]?\d+)?\b")
     shapes = {literal.sub("?", statement) for statement in statements}
     assert len(shapes) <= 30, len(shapes)  # one shape per batch size would be hundreds
+
+
+def test_a_seal_goes_with_its_hash_to_the_upload_and_a_new_hash_drops_it(
+    pair: tuple[Journal, Journal],
+) -> None:
+    _, journal = pair
+    ds = history(journal, random.Random(3))[0]
+    new = journal.add_files(
+        [NewFile(ds, VOLUME, b"s/%d" % i, b"s%d" % i, 10, 1) for i in (1, 2)], NOW
+    )
+    rows = journal.find_files(new)
+    first, second = (
+        HashRecord(rows[f], ds, 10, 1, f"{f + 99:064x}", "target", seal=-f) for f in new
+    )
+    journal.record_hashes([first, second], NOW)
+    taken = {row.id: row.seal for row in journal.take_uploads(NOW, 1000, exclude=[])}
+    assert (taken[new[0]], taken[new[1]]) == (-new[0], -new[1])
+    # The same content read again without a seal keeps it; other content, read so, has none.
+    journal.release(new[0])
+    journal.release(new[1])
+    again = journal.find_files(new)
+    journal.record_hashes(
+        [
+            HashRecord(again[new[0]], ds, 10, 1, first.sha256, "target"),
+            HashRecord(again[new[1]], ds, 10, 1, "f" * 64, "target"),
+        ],
+        NOW,
+    )
+    assert [journal.file(f).seal for f in new] == [-new[0], None]

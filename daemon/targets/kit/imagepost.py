@@ -4,8 +4,9 @@ NodeODM and WebODM keep every file a request brings, so the bytes sent must be t
 recorded: :class:`~daemon.hashing.StableRead` hashes each chunk as it is read and raises before
 handing out the last one when the content is not the recorded one. The body then ends without
 its last chunk and closing boundary: the server sees a cut upload, never a whole file that is
-not the recorded one. The spool's copy, which only the read that hashed it wrote, is checked
-by size and mtime alone (:meth:`~daemon.targets.base.UploadItem.reading`).
+not the recorded one. A file still sealed since it was hashed, and the spool's copy (which only
+the read that hashed it wrote), are checked by size, mtime and seal alone
+(:meth:`~daemon.targets.base.UploadItem.reading`).
 """
 
 from __future__ import annotations

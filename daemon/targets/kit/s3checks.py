@@ -9,8 +9,9 @@ own.
 
 - refused (``BadDigest``; MinIO says ``XAmzContentChecksumMismatch``): the store checks, and
   single PutObjects leave the check to it;
-- stored: it does not; the object is deleted again, and every upload of a card's file hashes
-  its bytes as they are read (which stops a whole other file from being stored);
+- stored: it does not; the object is deleted again, and every upload of a card's file that
+  is not still sealed since it was hashed hashes its bytes as they are read (which stops a
+  whole other file from being stored);
 - anything else (the store down, the credentials refused): not known. Uploads hash, and the
   question is asked again after :data:`ASK_AGAIN_S`.
 

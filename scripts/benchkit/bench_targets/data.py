@@ -6,12 +6,13 @@ import argparse
 import dataclasses
 import math
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchkit.files import write_distinct
-from benchkit.project import Hashed, UploadItem, hash_file
+from benchkit.project import RACY_NS, Hashed, UploadItem, hash_file
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,10 @@ def make_sized(folder: Path, sizes: list[int], name: str, pool: bytes) -> DataSe
         write_distinct(path, i, size, pool)
         paths.append(path)
     # Hashing is not timed: the engine records the hash before an upload starts. It also
-    # reads every file once, so each side of a ratio reads from the page cache.
+    # reads every file once, so each side of a ratio reads from the page cache. A card's
+    # images were written long before: hashed in the clock tick of a write, they get no seal.
+    settled = max(path.stat().st_ctime_ns for path in paths) + RACY_NS
+    time.sleep(max(0.0, (settled - time.time_ns()) / 1e9))
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool_:
         hashes = list(pool_.map(_hashed, paths))
     items = [
