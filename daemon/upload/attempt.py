@@ -10,6 +10,7 @@ with no progress for ``stall_s`` is aborted and counts as a transient failure.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,12 @@ from daemon.upload.meter import RateMeter
 from daemon.upload.outcomes import AbortedError, Outcomes, StalledError
 from daemon.upload.ratelimit import TokenBucket
 
-# Attempts a file may fail by bad luck while its target is up: with 30 % of requests
-# refused, four in a row happen to fewer than 1 % of files.
-BAD_LUCK_ATTEMPTS = 4
+# A file's refusals in a row are bad luck while the target is up and the target's recent
+# refusal rate makes such a run expected of at least this share of a file among its recent
+# attempts: at 30 % refused over 256 attempts, up to seven in a row; for a file refused
+# among files that go through, one or two.
+SURPRISE = 0.05
+_RECENT = 256  # a target's attempts its refusal rate is taken over
 # Files whose last failure is remembered; beyond, the oldest are forgotten (they then back
 # off on their own count, as after a restart).
 _FAILURES_KEPT = 4096
@@ -77,6 +81,7 @@ class Uploader:
         # luck, not an outage.
         self._went_through: dict[str, float] = {}
         self._failed_at: dict[int, float] = {}
+        self._recent: dict[str, deque[bool]] = {}  # per target: whether each attempt failed
         self.meter = RateMeter()
 
     def cancel_dataset(self, dataset_id: int, reason: str) -> None:
@@ -131,10 +136,11 @@ class Uploader:
         the target went through since the file's last failure, the target is up and the
         failure was this request's bad luck, so the wait is a first failure's. (Counting the
         target's failures in a row instead misreads a server that refuses at once and accepts
-        slowly: several refusals land between two uploads while it is up.) A file failing
-        more than :data:`BAD_LUCK_ATTEMPTS` times backs off on its own count, whatever the
-        others do, as does one with no failure remembered in this process (after a restart
-        or a reload): an outage's backoff carries on.
+        slowly: several refusals land between two uploads while it is up.) Luck runs out when
+        the file has failed more times in a row than the target's recent refusal rate makes
+        likely (:data:`SURPRISE`): then it is the file, and it backs off on its own count,
+        whatever the others do, as does one with no failure remembered in this process (after
+        a restart or a reload): an outage's backoff carries on.
         """
         outcomes, backoff = self._outcomes, self._outcomes.backoff
         failures = 0
@@ -160,12 +166,13 @@ class Uploader:
                 return
             except TargetError as exc:
                 failures += 1
+                self._note(dataset.target, failed=True)
                 up = self._up_since_last_failure(row.id, dataset.target)
                 if attempts >= self._settings.attempts:
                     self._failed_at.pop(row.id, None)
                     outcomes.fail(row, dataset, item, str(exc), attempts)
                     return
-                lucky = up and attempts <= BAD_LUCK_ATTEMPTS  # beyond, the file keeps failing
+                lucky = up and self._bad_luck(dataset.target, attempts)
                 step = 1 if lucky else failures
                 delay = backoff.delay(step, exc.retry_after)
                 if failures > quick or delay > backoff.ceiling(step) or self._others_due():
@@ -179,9 +186,28 @@ class Uploader:
                     return  # cancelled, or moved to the folder's next dataset, meanwhile
                 continue
             self._went_through[dataset.target] = self._clock.monotonic()
+            self._note(dataset.target, failed=False)
             self._failed_at.pop(row.id, None)
             self._landing.land(Landed(row, dataset, item, target, key, attempts))
             return
+
+    def _note(self, target: str, *, failed: bool) -> None:
+        recent = self._recent.get(target)
+        if recent is None:
+            recent = self._recent[target] = deque(maxlen=_RECENT)
+        recent.append(failed)
+
+    def _bad_luck(self, target: str, failures: int) -> bool:
+        """Whether ``failures`` refusals of one file in a row are what luck gives.
+
+        That is, whether the target's refusal rate over its recent attempts makes such a run
+        expected of at least :data:`SURPRISE` of a file among those attempts.
+        """
+        recent = self._recent.get(target)
+        if not recent:
+            return False
+        rate = sum(recent) / len(recent)
+        return len(recent) * rate**failures >= SURPRISE
 
     def _up_since_last_failure(self, file_id: int, target: str) -> bool:
         """Whether an upload to ``target`` went through since this file last failed; notes now."""

@@ -749,8 +749,25 @@ def test_refusals_in_a_row_between_slow_successes_are_still_bad_luck(tmp_path: P
 
 
 def test_a_file_that_keeps_failing_backs_off_though_others_go_through(tmp_path: Path) -> None:
-    """Past a few refusals it is the file, not luck: its own count sets the wait."""
-    assert _waits(tmp_path, busy=40, outage=False, refusals=6) == [5, 5, 5, 5, 80, 160]
+    """Refused again and again while no other file is: it is the file, not luck.
+
+    Its own count sets the wait once its run of refusals is unlikely at the target's rate:
+    here from its fourth refusal or its fifth, as the others' uploads fall in the fake time.
+    """
+    waits = _waits(tmp_path, busy=40, outage=False, refusals=6)
+    assert waits[:3] == [5, 5, 5]
+    assert waits[3] in (5, 40)
+    assert waits[4:] == [80, 160]
+
+
+def test_on_a_server_refusing_often_a_long_run_of_refusals_is_still_bad_luck(
+    tmp_path: Path,
+) -> None:
+    """Where most first tries are refused, six refusals in a row happen to some file.
+
+    Its waits stay the first: a long wait for the last files of a dataset left the link idle.
+    """
+    assert _waits(tmp_path, busy=80, outage=False, refusals=6, crowd=4) == [5] * 6
 
 
 def test_in_an_outage_the_waits_grow(tmp_path: Path) -> None:

@@ -142,6 +142,7 @@ class EngineRun:
                 sha256=item.sha256,
                 duplicate_scope="dataset",
                 now=now,
+                seal=item.seal,
             )
             if row.status != "waiting":
                 raise RuntimeError(f"{item.path}: {row.status}, not waiting (same content twice?)")
