@@ -2,7 +2,8 @@
 
 Each dataset is a sub-folder named after it; each file keeps its path inside the dataset
 folder. A file is copied to a temporary name in its destination folder while it is hashed in
-the same read, checked against the recorded hash, and then linked into place with ``link()``,
+the same read (unless it is still sealed since it was hashed: :mod:`daemon.hashing`), checked
+against the recorded hash, and then linked into place with ``link()``,
 which never replaces an existing file. If a different file already holds the name, the copy
 takes the next free name ``NAME~2.EXT``; if the same content is already there, the upload is a
 no-op (so a retry after a crash never makes a second copy).
