@@ -68,15 +68,34 @@ def _boot_id() -> bytes | None:
         return None
 
 
+# Per device, which of its two paths held the disk's sequence number last time (a disk's own,
+# or a partition's disk's): tried first, so a read is one open of sysfs, not two.
+_DISKSEQ_PATHS: dict[int, tuple[str, str]] = {}
+
+
 def _diskseq(dev: int) -> int | None:
-    """The kernel's sequence number of the disk holding ``dev`` (a partition's is its disk's)."""
-    base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
-    for path in (f"{base}/diskseq", f"{base}/../diskseq"):
+    """The kernel's sequence number of the disk holding ``dev`` (a partition's is its disk's).
+
+    Read afresh each time (a medium changed in a reader renews it), with ``os.open``: a
+    file object costs twice the open itself, and this runs twice for every file read.
+    """
+    paths = _DISKSEQ_PATHS.get(dev)
+    if paths is None:
+        base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
+        paths = (f"{base}/diskseq", f"{base}/../diskseq")
+    for n, path in enumerate(paths):
         try:
-            with open(path, "rb") as fh:
-                return int(fh.read())
-        except (OSError, ValueError):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
             continue
+        try:
+            value = int(os.read(fd, 32))
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+        _DISKSEQ_PATHS[dev] = paths if n == 0 else (paths[1], paths[0])
+        return value
     return None
 
 
