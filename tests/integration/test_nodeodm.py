@@ -11,6 +11,7 @@ import hashlib
 import json
 import random
 import signal
+import subprocess
 import time
 import zipfile
 from collections.abc import Iterator
@@ -219,14 +220,34 @@ def test_half_the_uploads_dropped_by_the_node_still_end_with_each_image_once_in_
     assert box.stop(proc) == 0
 
 
-def test_a_wrong_token_keeps_files_waiting_until_it_is_fixed_and_the_service_reloaded(
-    box: Box, node: FakeNodeODM, tmp_path: Path
-) -> None:
+def _card_behind_a_wrong_token(
+    box: Box, node: FakeNodeODM, tmp_path: Path, seed: int, images: int
+) -> tuple[Path, dict[str, str]]:
+    """The daemon configured with a token the node refuses, and a card in ``staging``."""
     _configure(box, node, tmp_path)
     token = tmp_path / "node.token"
     token.write_text("not-the-node-token\n")
     (box.root / "staging").mkdir()
-    expected = _card(box.root / "staging", 6, nested=0, flat=4)
+    return token, _card(box.root / "staging", seed, nested=0, flat=images)
+
+
+def _fix_token_until_processed(
+    box: Box, proc: subprocess.Popen[bytes], token: Path, dataset: str
+) -> None:
+    """Write the right token, reload the service, and wait for the dataset to be processed."""
+    token.write_text("node-token\n")
+    proc.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: box.datasets().get(dataset, {}).get("state") == "processed",
+        timeout=90,
+        what="uploads resumed and the dataset processed",
+    )
+
+
+def test_a_wrong_token_keeps_files_waiting_until_it_is_fixed_and_the_service_reloaded(
+    box: Box, node: FakeNodeODM, tmp_path: Path
+) -> None:
+    token, expected = _card_behind_a_wrong_token(box, node, tmp_path, 6, images=4)
     proc = box.start()
     (box.root / "staging").rename(box.inbox / "field-f")
     paused = wait_until(
@@ -243,13 +264,7 @@ def test_a_wrong_token_keeps_files_waiting_until_it_is_fixed_and_the_service_rel
     assert all(f["attempts"] <= 1 for f in files), files
     assert "not-the-node-token" not in box.log()
     assert "not-the-node-token" not in json.dumps(box.status("field-f", files=True))
-    token.write_text("node-token\n")
-    proc.send_signal(signal.SIGHUP)
-    wait_until(
-        lambda: box.datasets().get("field-f", {}).get("state") == "processed",
-        timeout=90,
-        what="uploads resumed and the dataset processed",
-    )
+    _fix_token_until_processed(box, proc, token, "field-f")
     _assert_exactly_once(node, "field-f", expected)
     assert box.stop(proc) == 0
 
@@ -259,11 +274,7 @@ def test_an_image_rewritten_while_it_waits_reaches_the_node_as_it_is_now(
 ) -> None:
     # Hashed, then written again with its size and mtime kept: only the content (and the
     # ctime) tells. The upload must not send it on the strength of the first read.
-    _configure(box, node, tmp_path)
-    token = tmp_path / "node.token"
-    token.write_text("not-the-node-token\n")
-    (box.root / "staging").mkdir()
-    expected = _card(box.root / "staging", 7, nested=0, flat=3)
+    token, expected = _card_behind_a_wrong_token(box, node, tmp_path, 7, images=3)
     # A card's images were written long before it is read: their reads record a seal.
     written = max(p.stat().st_ctime_ns for p in (box.root / "staging").iterdir())
     wait_until(lambda: time.time_ns() > written + RACY_NS, what="the writes a while ago")
@@ -285,13 +296,7 @@ def test_an_image_rewritten_while_it_waits_reaches_the_node_as_it_is_now(
     rewrite_keeping_mtime(image, new)
     del expected[hashlib.sha256(old).hexdigest()]
     expected[hashlib.sha256(new).hexdigest()] = "IMG_0001.JPG"
-    token.write_text("node-token\n")
-    proc.send_signal(signal.SIGHUP)
-    wait_until(
-        lambda: box.datasets().get("field-r", {}).get("state") == "processed",
-        timeout=90,
-        what="the dataset processed",
-    )
+    _fix_token_until_processed(box, proc, token, "field-r")
     _assert_exactly_once(node, "field-r", expected)
     files = box.status("field-r", files=True)["datasets"][0]["file_list"]
     assert {f["sha256"] for f in files} == set(expected)  # the journal says what was sent
