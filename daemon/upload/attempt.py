@@ -133,14 +133,16 @@ class Uploader:
         lands: :class:`Landing` records it.
 
         A file's first failures wait longer each time only in an outage: when an upload to
-        the target went through since the file's last failure, the target is up and the
-        failure was this request's bad luck, so the wait is a first failure's. (Counting the
-        target's failures in a row instead misreads a server that refuses at once and accepts
-        slowly: several refusals land between two uploads while it is up.) Luck runs out when
-        the file has failed more times in a row than the target's recent refusal rate makes
-        likely (:data:`SURPRISE`): then it is the file, and it backs off on its own count,
-        whatever the others do, as does one with no failure remembered in this process (after
-        a restart or a reload): an outage's backoff carries on.
+        the target went through since the file's last failure, or the target's run of
+        refusals is no longer than its rate before the run makes likely (the last files of a
+        dataset, with nothing else in flight), the target is up and the failure was this
+        request's bad luck, so the wait is a first failure's. (A fixed count of the target's
+        failures in a row misreads a server that refuses at once and accepts slowly: several
+        refusals land between two uploads while it is up.) Luck runs out when the file has
+        failed more times in a row than the target's recent refusal rate makes likely
+        (:data:`SURPRISE`): then it is the file, and it backs off on its own count, whatever
+        the others do, as does one with no attempt of the target remembered in this process
+        (after a restart or a reload): an outage's backoff carries on.
         """
         outcomes, backoff = self._outcomes, self._outcomes.backoff
         failures = 0
@@ -167,7 +169,8 @@ class Uploader:
             except TargetError as exc:
                 failures += 1
                 self._note(dataset.target, failed=True)
-                up = self._up_since_last_failure(row.id, dataset.target)
+                name = dataset.target
+                up = self._up_since_last_failure(row.id, name) or self._refusing_as_usual(name)
                 if attempts >= self._settings.attempts:
                     self._failed_at.pop(row.id, None)
                     outcomes.fail(row, dataset, item, str(exc), attempts)
@@ -206,8 +209,26 @@ class Uploader:
         recent = self._recent.get(target)
         if not recent:
             return False
-        rate = sum(recent) / len(recent)
-        return len(recent) * rate**failures >= SURPRISE
+        return _expected(len(recent), sum(recent) / len(recent), failures)
+
+    def _refusing_as_usual(self, target: str) -> bool:
+        """Whether the target's current run of refusals is one its earlier rate gives.
+
+        The last files of a dataset, refused with nothing else in flight, see no upload go
+        through between two of their refusals; the target is still up while its run of
+        refusals is no longer than its refusal rate before the run makes likely. An outage
+        soon makes it longer (and a target that never refused is down at its first).
+        """
+        recent = self._recent.get(target)
+        if not recent:
+            return False
+        run = 0
+        for failed in reversed(recent):
+            if not failed:
+                break
+            run += 1
+        before = len(recent) - run
+        return bool(before) and _expected(before, (sum(recent) - run) / before, run)
 
     def _up_since_last_failure(self, file_id: int, target: str) -> bool:
         """Whether an upload to ``target`` went through since this file last failed; notes now."""
@@ -274,3 +295,8 @@ class Uploader:
                 flight.stalled = True
                 flight.transfer.abort(f"stalled: no progress for {stall:g} s")
                 task.cancel()
+
+
+def _expected(attempts: int, rate: float, run: int) -> bool:
+    """Whether a run of ``run`` refusals is expected of :data:`SURPRISE` of ``attempts``."""
+    return attempts * rate**run >= SURPRISE

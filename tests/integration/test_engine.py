@@ -770,6 +770,18 @@ def test_on_a_server_refusing_often_a_long_run_of_refusals_is_still_bad_luck(
     assert _waits(tmp_path, busy=80, outage=False, refusals=6, crowd=4) == [5] * 6
 
 
+def test_the_last_file_refused_alone_on_a_server_refusing_often_is_still_bad_luck(
+    tmp_path: Path,
+) -> None:
+    """The others are all uploaded after its first refusals; no upload goes through after.
+
+    The target's run of refusals is then this file's alone, and at the rate the target
+    refused before, a run of six is luck: a long wait here left the link idle at the end of
+    every dataset.
+    """
+    assert _waits(tmp_path, busy=4, outage=False, refusals=6, crowd=4) == [5] * 6
+
+
 def test_in_an_outage_the_waits_grow(tmp_path: Path) -> None:
     assert _waits(tmp_path, busy=0, outage=True) == [5, 10, 20]
 
