@@ -75,12 +75,13 @@ class _Body:
         self._transfer = transfer
         self.count = 0
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int = -1) -> memoryview | bytes:
         """The next chunk of the file, whatever ``size`` asks; ``b""`` at its end.
 
         urllib3 asks for 16 KiB at a time and sends each block it gets in one call: a whole
         chunk per call is one system call, and one wake-up of the sending thread on a slow
-        link, where 16 KiB blocks would take 64.
+        link, where 16 KiB blocks would take 64. The chunk is a view of the read's buffer,
+        not a copy: ``http.client`` hands it to ``sendall`` before it asks for the next.
         """
         del size
         chunk = next(self._chunks, None)
@@ -88,7 +89,7 @@ class _Body:
             return b""
         self.count += len(chunk)
         self._transfer.progress(len(chunk))
-        return bytes(chunk)
+        return chunk
 
 
 def put_file(
