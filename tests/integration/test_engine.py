@@ -652,19 +652,32 @@ class UnluckyTarget(MemoryTarget):
     """
 
     def __init__(
-        self, clock: FakeClock, unlucky: bytes | None, refusals: int, *, crowd: int = 0
+        self,
+        clock: FakeClock,
+        unlucky: bytes | None,
+        refusals: int,
+        *,
+        crowd: int = 0,
+        down: tuple[float, float] = (0.0, 0.0),
     ) -> None:
-        """``crowd``: the other files' first tries are refused too, but for one in ``crowd``."""
+        """``crowd``: the other files' first tries are refused too, but for one in ``crowd``.
+
+        ``down``: from and until when (fake time) every attempt is refused.
+        """
         super().__init__("refusing")
         self.clock = clock
         self.unlucky = unlucky
         self.refusals = refusals
         self.crowd = crowd
+        self.down = down
         self.tries: dict[bytes, list[float]] = {}
 
     async def upload(self, dataset: DatasetRef, item: UploadItem, transfer: Transfer) -> bytes:
         tries = self.tries.setdefault(item.key, [])
-        tries.append(self.clock.monotonic())
+        now = self.clock.monotonic()
+        tries.append(now)
+        if self.down[0] <= now < self.down[1]:
+            raise TransientTargetError("503")
         if self.unlucky in (None, item.key) and len(tries) <= self.refusals:
             raise TransientTargetError("503")
         if self.crowd and len(tries) == 1 and len(self.tries) % self.crowd:
@@ -780,6 +793,37 @@ def test_the_last_file_refused_alone_on_a_server_refusing_often_is_still_bad_luc
     every dataset.
     """
     assert _waits(tmp_path, busy=4, outage=False, refusals=6, crowd=4) == [5] * 6
+
+
+def test_an_outage_after_many_refusals_still_backs_off(tmp_path: Path) -> None:
+    """A server that refused most first tries goes down for ten minutes.
+
+    Its runs of refusals were long before; the outage's soon is longer: every file backs off
+    on its own count, and the few tried meanwhile are not tried every first-failure wait.
+    """
+    clock = FakeClock()
+    outage = (clock.monotonic() + 20, clock.monotonic() + 620)
+    target = UnluckyTarget(clock, None, 0, crowd=4, down=outage)
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    ids = _add_dataset(journal, tmp_path, "ds", 60)
+    engine = _engine(
+        journal,
+        target,
+        clock,
+        longest=True,
+        concurrency=2,
+        quick_retries=0,
+        backoff_initial_s=5,
+        backoff_max_s=1000,
+    )
+    asyncio.run(_run_until(engine, journal, ids, {"uploaded"}, clock, step_s=1.0))
+    during = sum(outage[0] <= t < outage[1] for tries in target.tries.values() for t in tries)
+    waiting = sum(any(t >= outage[0] for t in tries) for tries in target.tries.values())
+    # At a first failure's wait, each file waiting would be tried every 5 s, 120 times, and
+    # fail with its attempts spent; backing off on its own count (10, 20, ... 320 s), it is
+    # tried a handful of times and is uploaded once the server is back.
+    assert waiting >= 10
+    assert during <= 10 * waiting
 
 
 def test_in_an_outage_the_waits_grow(tmp_path: Path) -> None:
