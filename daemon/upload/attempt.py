@@ -34,11 +34,14 @@ from daemon.upload.ratelimit import TokenBucket
 # A file's refusals in a row are bad luck while the target is up and the target's recent
 # refusal rate makes such a run expected of at least this share of a file among its recent
 # attempts: at 30 % refused over 256 attempts, up to seven in a row; for a file refused
-# among files that go through, one or two.
+# among files that go through, two or three.
 SURPRISE = 0.05
 _RECENT = 256  # a target's attempts its refusal rate is taken over
-# Files whose last failure is remembered; beyond, the oldest are forgotten (they then back
-# off on their own count, as after a restart).
+# The highest refusal rate a target's run of refusals is judged by: an earlier outage's
+# refusals must not make the next outage's run look likely. At most twelve in a row.
+_RATE_CAP = 0.5
+# Files whose last failure is remembered; beyond, the oldest are forgotten (they then count
+# as failing first in this process).
 _FAILURES_KEPT = 4096
 
 
@@ -216,8 +219,9 @@ class Uploader:
 
         The last files of a dataset, refused with nothing else in flight, see no upload go
         through between two of their refusals; the target is still up while its run of
-        refusals is no longer than its refusal rate before the run makes likely. An outage
-        soon makes it longer (and a target that never refused is down at its first).
+        refusals is no longer than its refusal rate before the run (at most
+        :data:`_RATE_CAP`) makes likely. An outage soon makes it longer: after seven at 30 %
+        refused, twelve at most (a target that never refused is down at its first).
         """
         recent = self._recent.get(target)
         if not recent:
@@ -228,7 +232,8 @@ class Uploader:
                 break
             run += 1
         before = len(recent) - run
-        return bool(before) and _expected(before, (sum(recent) - run) / before, run)
+        rate = min((sum(recent) - run) / before, _RATE_CAP) if before else 0.0
+        return _expected(before, rate, run)
 
     def _up_since_last_failure(self, file_id: int, target: str) -> bool:
         """Whether an upload to ``target`` went through since this file last failed; notes now."""

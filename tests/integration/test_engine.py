@@ -658,11 +658,11 @@ class UnluckyTarget(MemoryTarget):
         refusals: int,
         *,
         crowd: int = 0,
-        down: tuple[float, float] = (0.0, 0.0),
+        down: tuple[tuple[float, float], ...] = (),
     ) -> None:
         """``crowd``: the other files' first tries are refused too, but for one in ``crowd``.
 
-        ``down``: from and until when (fake time) every attempt is refused.
+        ``down``: from and until when (fake time) every attempt is refused, outage by outage.
         """
         super().__init__("refusing")
         self.clock = clock
@@ -676,7 +676,7 @@ class UnluckyTarget(MemoryTarget):
         tries = self.tries.setdefault(item.key, [])
         now = self.clock.monotonic()
         tries.append(now)
-        if self.down[0] <= now < self.down[1]:
+        if any(start <= now < end for start, end in self.down):
             raise TransientTargetError("503")
         if self.unlucky in (None, item.key) and len(tries) <= self.refusals:
             raise TransientTargetError("503")
@@ -795,15 +795,16 @@ def test_the_last_file_refused_alone_on_a_server_refusing_often_is_still_bad_luc
     assert _waits(tmp_path, busy=4, outage=False, refusals=6, crowd=4) == [5] * 6
 
 
-def test_an_outage_after_many_refusals_still_backs_off(tmp_path: Path) -> None:
-    """A server that refused most first tries goes down for ten minutes.
+def _through_outages(tmp_path: Path, outages: list[tuple[float, float]]) -> tuple[int, int]:
+    """60 files on a server that refuses most first tries, down for ``outages`` (from start).
 
-    Its runs of refusals were long before; the outage's soon is longer: every file backs off
-    on its own count, and the few tried meanwhile are not tried every first-failure wait.
+    Returns how many attempts fell in the last outage, and how many files were tried in it.
+    Every file must end uploaded, none failed with its attempts (the default 8) spent.
     """
     clock = FakeClock()
-    outage = (clock.monotonic() + 20, clock.monotonic() + 620)
-    target = UnluckyTarget(clock, None, 0, crowd=4, down=outage)
+    start = clock.monotonic()
+    down = tuple((start + a, start + b) for a, b in outages)
+    target = UnluckyTarget(clock, None, 0, crowd=4, down=down)
     journal = Journal.open(tmp_path / "journal.sqlite3")
     ids = _add_dataset(journal, tmp_path, "ds", 60)
     engine = _engine(
@@ -816,12 +817,22 @@ def test_an_outage_after_many_refusals_still_backs_off(tmp_path: Path) -> None:
         backoff_initial_s=5,
         backoff_max_s=1000,
     )
-    asyncio.run(_run_until(engine, journal, ids, {"uploaded"}, clock, step_s=1.0))
-    during = sum(outage[0] <= t < outage[1] for tries in target.tries.values() for t in tries)
-    waiting = sum(any(t >= outage[0] for t in tries) for tries in target.tries.values())
-    # At a first failure's wait, each file waiting would be tried every 5 s, 120 times, and
-    # fail with its attempts spent; backing off on its own count (10, 20, ... 320 s), it is
-    # tried a handful of times and is uploaded once the server is back.
+    asyncio.run(_run_until(engine, journal, ids, {"uploaded", "failed"}, clock, step_s=1.0))
+    assert {journal.file(i).status for i in ids} == {"uploaded"}
+    first, last = down[-1]
+    during = sum(first <= t < last for tries in target.tries.values() for t in tries)
+    waiting = sum(any(first <= t < last for t in tries) for tries in target.tries.values())
+    return during, waiting
+
+
+def test_an_outage_after_many_refusals_still_backs_off(tmp_path: Path) -> None:
+    """A server that refused most first tries goes down for ten minutes.
+
+    Its runs of refusals were long before; the outage's is soon longer: every file backs off
+    on its own count (10, 20, ... 320 s) and is tried a handful of times, where a first
+    failure's wait would try it every 5 s and fail it with its attempts spent.
+    """
+    during, waiting = _through_outages(tmp_path, [(20, 620)])
     assert waiting >= 10
     assert during <= 10 * waiting
 
