@@ -171,14 +171,14 @@ class Uploader:
                 return
             except TargetError as exc:
                 failures += 1
-                self._note(dataset.target, failed=True)
                 name = dataset.target
+                self._note(name, failed=True)
                 up = self._up_since_last_failure(row.id, name) or self._refusing_as_usual(name)
                 if attempts >= self._settings.attempts:
                     self._failed_at.pop(row.id, None)
                     outcomes.fail(row, dataset, item, str(exc), attempts)
                     return
-                lucky = up and self._bad_luck(dataset.target, attempts)
+                lucky = up and self._bad_luck(name, attempts)
                 step = 1 if lucky else failures
                 delay = backoff.delay(step, exc.retry_after)
                 if failures > quick or delay > backoff.ceiling(step) or self._others_due():

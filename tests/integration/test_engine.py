@@ -658,11 +658,11 @@ class UnluckyTarget(MemoryTarget):
         refusals: int,
         *,
         crowd: int = 0,
-        down: tuple[tuple[float, float], ...] = (),
+        down: tuple[float, float] | None = None,
     ) -> None:
         """``crowd``: the other files' first tries are refused too, but for one in ``crowd``.
 
-        ``down``: from and until when (fake time) every attempt is refused, outage by outage.
+        ``down``: from and until when (fake time) every attempt is refused.
         """
         super().__init__("refusing")
         self.clock = clock
@@ -676,7 +676,7 @@ class UnluckyTarget(MemoryTarget):
         tries = self.tries.setdefault(item.key, [])
         now = self.clock.monotonic()
         tries.append(now)
-        if any(start <= now < end for start, end in self.down):
+        if self.down is not None and self.down[0] <= now < self.down[1]:
             raise TransientTargetError("503")
         if self.unlucky in (None, item.key) and len(tries) <= self.refusals:
             raise TransientTargetError("503")
@@ -687,6 +687,20 @@ class UnluckyTarget(MemoryTarget):
 
 
 BUSY_S = 1.0
+
+
+def _backing_off_engine(journal: Journal, target: MemoryTarget, clock: FakeClock) -> UploadEngine:
+    """Two workers, no quick retries, backoff from 5 s, every wait its whole ceiling."""
+    return _engine(
+        journal,
+        target,
+        clock,
+        longest=True,
+        concurrency=2,
+        quick_retries=0,
+        backoff_initial_s=5,
+        backoff_max_s=1000,
+    )
 
 
 def _waits(
@@ -713,16 +727,7 @@ def _waits(
         ids += _add_dataset(journal, tmp_path, "busy", busy)
 
     def engine() -> UploadEngine:
-        return _engine(
-            journal,
-            target,
-            clock,
-            longest=True,
-            concurrency=2,
-            quick_retries=0,
-            backoff_initial_s=5,
-            backoff_max_s=1000,
-        )
+        return _backing_off_engine(journal, target, clock)
 
     def parked_after(tries: int) -> bool:
         row = journal.file(ids[0])
@@ -795,36 +800,6 @@ def test_the_last_file_refused_alone_on_a_server_refusing_often_is_still_bad_luc
     assert _waits(tmp_path, busy=4, outage=False, refusals=6, crowd=4) == [5] * 6
 
 
-def _through_outages(tmp_path: Path, outages: list[tuple[float, float]]) -> tuple[int, int]:
-    """60 files on a server that refuses most first tries, down for ``outages`` (from start).
-
-    Returns how many attempts fell in the last outage, and how many files were tried in it.
-    Every file must end uploaded, none failed with its attempts (the default 8) spent.
-    """
-    clock = FakeClock()
-    start = clock.monotonic()
-    down = tuple((start + a, start + b) for a, b in outages)
-    target = UnluckyTarget(clock, None, 0, crowd=4, down=down)
-    journal = Journal.open(tmp_path / "journal.sqlite3")
-    ids = _add_dataset(journal, tmp_path, "ds", 60)
-    engine = _engine(
-        journal,
-        target,
-        clock,
-        longest=True,
-        concurrency=2,
-        quick_retries=0,
-        backoff_initial_s=5,
-        backoff_max_s=1000,
-    )
-    asyncio.run(_run_until(engine, journal, ids, {"uploaded", "failed"}, clock, step_s=1.0))
-    assert {journal.file(i).status for i in ids} == {"uploaded"}
-    first, last = down[-1]
-    during = sum(first <= t < last for tries in target.tries.values() for t in tries)
-    waiting = sum(any(first <= t < last for t in tries) for tries in target.tries.values())
-    return during, waiting
-
-
 def test_an_outage_after_many_refusals_still_backs_off(tmp_path: Path) -> None:
     """A server that refused most first tries goes down for ten minutes.
 
@@ -832,7 +807,16 @@ def test_an_outage_after_many_refusals_still_backs_off(tmp_path: Path) -> None:
     on its own count (10, 20, ... 320 s) and is tried a handful of times, where a first
     failure's wait would try it every 5 s and fail it with its attempts spent.
     """
-    during, waiting = _through_outages(tmp_path, [(20, 620)])
+    clock = FakeClock()
+    first, last = clock.monotonic() + 20, clock.monotonic() + 620
+    target = UnluckyTarget(clock, None, 0, crowd=4, down=(first, last))
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    ids = _add_dataset(journal, tmp_path, "ds", 60)
+    engine = _backing_off_engine(journal, target, clock)
+    asyncio.run(_run_until(engine, journal, ids, {"uploaded", "failed"}, clock, step_s=1.0))
+    assert {journal.file(i).status for i in ids} == {"uploaded"}  # none with attempts spent
+    during = sum(first <= t < last for tries in target.tries.values() for t in tries)
+    waiting = sum(any(first <= t < last for t in tries) for tries in target.tries.values())
     assert waiting >= 10
     assert during <= 10 * waiting
 
